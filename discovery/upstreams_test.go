@@ -1,0 +1,196 @@
+package discovery
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddymesh/caddymesh/internal/pool"
+)
+
+func TestValidateNamesFieldAndValue(t *testing.T) {
+	tests := []struct {
+		name   string
+		source *ConsulUpstreams
+		want   []string
+	}{
+		{"empty service", &ConsulUpstreams{}, []string{"service is required"}},
+		{"unknown health mode", &ConsulUpstreams{Service: "web", Health: "green"}, []string{"health", `"green"`}},
+		{"unknown consistency", &ConsulUpstreams{Service: "web", Consistency: "eventual"}, []string{"consistency", `"eventual"`}},
+		{"negative wait", &ConsulUpstreams{Service: "web", Wait: caddy.Duration(-time.Second)}, []string{"wait", "-1s"}},
+		{"wait above 10m", &ConsulUpstreams{Service: "web", Wait: caddy.Duration(11 * time.Minute)}, []string{"wait", "11m0s", "10m0s"}},
+		{"threshold above 100", &ConsulUpstreams{Service: "web", PanicThreshold: 101}, []string{"panic_threshold", "101"}},
+		{"negative threshold", &ConsulUpstreams{Service: "web", PanicThreshold: -1}, []string{"panic_threshold", "-1"}},
+		{"empty tag", &ConsulUpstreams{Service: "web", Tags: []string{""}}, []string{"tag", `""`}},
+		{"tag with a backtick", &ConsulUpstreams{Service: "web", Tags: []string{"a`b"}}, []string{"tag", "a`b"}},
+		{"filter that does not parse", &ConsulUpstreams{Service: "web", Filter: "Service.Tags contains"}, []string{"filter", `"Service.Tags contains"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.source.validate()
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not mention %s", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestFullFilter(t *testing.T) {
+	tests := []struct {
+		tags   []string
+		filter string
+		want   string
+	}{
+		{nil, "", ""},
+		{nil, `Service.Meta.version == "2"`, `Service.Meta.version == "2"`},
+		{[]string{"v2"}, "", "`v2` in Service.Tags"},
+		{[]string{"v2", `say "hi"`}, `Service.Meta.x != "y"`,
+			"`v2` in Service.Tags and `say \"hi\"` in Service.Tags and (Service.Meta.x != \"y\")"},
+	}
+	for _, tt := range tests {
+		cu := ConsulUpstreams{Tags: tt.tags, Filter: tt.filter}
+		if got := cu.fullFilter(); got != tt.want {
+			t.Errorf("tags %q filter %q: got %s, want %s", tt.tags, tt.filter, got, tt.want)
+		}
+	}
+}
+
+// answered returns a watcher that has answered with the given healthy
+// instances and, besides them, the given unhealthy ones.
+func answered(healthy []string, unhealthy ...string) *watcher {
+	var a answer
+	a.healthy = pool.NewSnapshot(instancesNamed(healthy...))
+	a.all = a.healthy
+	if len(unhealthy) > 0 {
+		a.all = pool.NewSnapshot(instancesNamed(append(append([]string{}, healthy...), unhealthy...)...))
+	}
+	w := &watcher{}
+	w.current.Store(&a)
+	return w
+}
+
+func instancesNamed(ids ...string) []pool.Instance {
+	out := make([]pool.Instance, len(ids))
+	for i, id := range ids {
+		out[i] = pool.Instance{ID: id, Dial: id + ":80", Weight: 1}
+	}
+	return out
+}
+
+func ids(s *pool.Snapshot) string {
+	if s == nil {
+		return "<no answer>"
+	}
+	var out []string
+	for _, inst := range s.Instances {
+		out = append(out, inst.ID)
+	}
+	return strings.Join(out, ",")
+}
+
+func TestChoose(t *testing.T) {
+	tests := []struct {
+		name      string
+		threshold int
+		watchers  []*watcher
+		want      string
+	}{
+		{"no answer yet", 0, []*watcher{{}}, "<no answer>"},
+		{"healthy instances of the only datacenter", 0,
+			[]*watcher{answered([]string{"a", "b"}, "c")}, "a,b"},
+		{"the first datacenter with a healthy instance wins", 0,
+			[]*watcher{answered(nil, "a"), answered([]string{"b"}), answered([]string{"c"})}, "b"},
+		{"a datacenter that has not answered is skipped", 0,
+			[]*watcher{{}, answered([]string{"b"})}, "b"},
+		{"no healthy instance anywhere gives an empty list", 0,
+			[]*watcher{answered(nil, "a"), answered(nil, "b")}, ""},
+		{"panic mode below the threshold serves all instances", 50,
+			[]*watcher{answered([]string{"a"}, "b", "c")}, "a,b,c"},
+		{"no panic at the threshold", 50,
+			[]*watcher{answered([]string{"a", "b"}, "c", "d")}, "a,b"},
+		{"panic mode with no healthy instance anywhere serves the first datacenter's", 10,
+			[]*watcher{answered(nil), answered(nil, "b"), answered(nil, "c")}, "b"},
+		{"failover wins over panic", 50,
+			[]*watcher{answered(nil, "a"), answered([]string{"b"})}, "b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cu := &ConsulUpstreams{Service: "web", PanicThreshold: tt.threshold, watchers: tt.watchers, logger: zap.NewNop()}
+			if got := ids(cu.choose()); got != tt.want {
+				t.Errorf("chose %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// newRequest returns a request carrying Caddy's variable table, as a
+// request in a Caddy server does.
+func newRequest() *http.Request {
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	return r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
+}
+
+func TestGetUpstreams(t *testing.T) {
+	cu := &ConsulUpstreams{Service: "web", watchers: []*watcher{answered([]string{"a", "b"})}, logger: zap.NewNop()}
+	r := newRequest()
+	first, err := cu.GetUpstreams(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, _ := cu.GetUpstreams(r)
+	if len(first) != 2 || first[0].Dial != "a:80" || first[1].Dial != "b:80" {
+		t.Fatalf("upstreams = %v, want a:80 b:80", first)
+	}
+	if first[0] == second[0] {
+		t.Error("two calls returned the same Upstream value; Caddy writes into them per attempt")
+	}
+	snap := pool.FromRequest(r)
+	if snap == nil || ids(snap) != "a,b" {
+		t.Errorf("request carries snapshot %q, want the one behind the upstreams", ids(snap))
+	}
+	if allocs := testing.AllocsPerRun(100, func() { cu.GetUpstreams(r) }); allocs != 2 {
+		t.Errorf("GetUpstreams allocates %v times, want 2 whatever the number of instances", allocs)
+	}
+}
+
+func TestGetUpstreamsBeforeFirstAnswer(t *testing.T) {
+	cu := &ConsulUpstreams{Service: "web", watchers: []*watcher{{}}, noAnswer: fmt.Errorf("no answer")}
+	r := newRequest()
+	pool.Attach(r, pool.NewSnapshot(nil)) // left by an earlier attempt
+	if _, err := cu.GetUpstreams(r); err == nil {
+		t.Error("want an error, so that Caddy falls back to static upstreams")
+	}
+	if pool.FromRequest(r) != nil {
+		t.Error("a stale snapshot stays attached to the request")
+	}
+}
+
+func BenchmarkGetUpstreams(b *testing.B) {
+	for _, n := range []int{3, 64, 256} {
+		b.Run(fmt.Sprintf("instances=%d", n), func(b *testing.B) {
+			names := make([]string, n)
+			for i := range names {
+				names[i] = fmt.Sprintf("10.0.%d.%d", i/256, i%256)
+			}
+			cu := &ConsulUpstreams{Service: "web", watchers: []*watcher{answered(names)}, logger: zap.NewNop()}
+			r := newRequest()
+			b.ReportAllocs()
+			for b.Loop() {
+				cu.GetUpstreams(r)
+			}
+		})
+	}
+}

@@ -1,0 +1,286 @@
+// Package consultest runs real Consul dev agents for tests: the pinned
+// Consul (internal/tools/consul), built once and cached by the go command,
+// started on free loopback ports, with helpers to register instances and
+// flip their health.
+package consultest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Binary returns the path of the pinned Consul agent, building it the first
+// time (minutes when the module cache is cold, a second afterwards).
+func Binary() (string, error) {
+	if path := os.Getenv("CADDYMESH_CONSUL"); path != "" {
+		return path, nil
+	}
+	_, self, _, _ := runtime.Caller(0)
+	cmd := exec.Command("go", "tool", "-n", "consul")
+	cmd.Dir = filepath.Join(filepath.Dir(self), "..", "tools", "consul")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("building consul in %s: %v\n%s", cmd.Dir, err, stderr.Bytes())
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// Options shape an agent.
+type Options struct {
+	// Datacenter of the agent. Default: dc1.
+	Datacenter string
+	// HTTPPort of the agent's API. Default: a free port.
+	HTTPPort int
+}
+
+// Agent is a Consul dev agent (a single server, state in memory) on free
+// loopback ports.
+type Agent struct {
+	// Addr is the host:port of the agent's HTTP API.
+	Addr string
+	// Client talks to the agent.
+	Client *api.Client
+	// Datacenter is the agent's datacenter.
+	Datacenter string
+
+	binary string
+	ports  ports
+	logDir string
+	cmd    *exec.Cmd
+	exited chan error
+}
+
+type ports struct{ http, serfLAN, serfWAN, server int }
+
+// Start starts an agent and waits until it has a leader.
+func Start(opts Options) (*Agent, error) {
+	binary, err := Binary()
+	if err != nil {
+		return nil, err
+	}
+	if opts.Datacenter == "" {
+		opts.Datacenter = "dc1"
+	}
+	logDir, err := os.MkdirTemp("", "consultest-")
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{Datacenter: opts.Datacenter, binary: binary, logDir: logDir}
+	const attempts = 3 // a free port can be taken by someone else before Consul binds it
+	for range attempts {
+		if a.ports, err = freePorts(); err != nil {
+			return nil, err
+		}
+		if opts.HTTPPort != 0 {
+			a.ports.http = opts.HTTPPort
+		}
+		if err = a.launch(); err == nil {
+			return a, nil
+		}
+	}
+	return nil, err
+}
+
+// launch starts the agent process on a.ports and waits for a leader.
+func (a *Agent) launch() error {
+	a.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.http))
+	logFile, err := os.Create(filepath.Join(a.logDir, "consul.log"))
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	a.cmd = exec.Command(a.binary, "agent", "-dev",
+		"-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-node", "node-"+a.Datacenter, "-datacenter", a.Datacenter,
+		"-http-port", strconv.Itoa(a.ports.http),
+		"-serf-lan-port", strconv.Itoa(a.ports.serfLAN),
+		"-serf-wan-port", strconv.Itoa(a.ports.serfWAN),
+		"-server-port", strconv.Itoa(a.ports.server),
+		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
+		"-log-level", "warn",
+		"-hcl", `disable_update_check = true`,
+		"-hcl", `limits { http_max_conns_per_client = 10000 }`,
+	)
+	a.cmd.Stdout, a.cmd.Stderr = logFile, logFile
+	if err := a.cmd.Start(); err != nil {
+		return err
+	}
+	a.exited = make(chan error, 1)
+	go func() { a.exited <- a.cmd.Wait() }()
+
+	cfg := api.DefaultConfig()
+	cfg.Address = a.Addr
+	if a.Client, err = api.NewClient(cfg); err != nil {
+		a.kill()
+		return err
+	}
+	if err := a.awaitLeader(30 * time.Second); err != nil {
+		a.kill()
+		return fmt.Errorf("consul agent on %s: %w\n%s", a.Addr, err, a.logTail())
+	}
+	return nil
+}
+
+// awaitLeader waits until the agent has elected itself and registered its
+// own node, so that services registered from now on are healthy at once.
+func (a *Agent) awaitLeader(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-a.exited:
+			return fmt.Errorf("agent exited: %v", err)
+		default:
+		}
+		leader, err := a.Client.Status().Leader()
+		if err == nil && leader != "" {
+			checks, _, err := a.Client.Health().Node("node-"+a.Datacenter, nil)
+			if err == nil && len(checks) > 0 && checks.AggregatedStatus() == api.HealthPassing {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return errors.New("no leader in time")
+}
+
+// Stop kills the agent and waits for it to exit.
+func (a *Agent) Stop() {
+	a.kill()
+	os.RemoveAll(a.logDir)
+}
+
+// Kill kills the agent hard, as a crash would, keeping its ports for
+// Restart. Its state, in memory, is lost.
+func (a *Agent) Kill() { a.kill() }
+
+func (a *Agent) kill() {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGKILL)
+	<-a.exited
+	a.cmd = nil
+}
+
+// Restart starts a killed agent again on the same ports, empty.
+func (a *Agent) Restart() error {
+	a.kill()
+	return a.launch()
+}
+
+// JoinWAN federates a with other, another datacenter's agent.
+func (a *Agent) JoinWAN(other *Agent) error {
+	return a.Client.Agent().Join(net.JoinHostPort("127.0.0.1", strconv.Itoa(other.ports.serfWAN)), true)
+}
+
+func (a *Agent) logTail() string {
+	data, _ := os.ReadFile(filepath.Join(a.logDir, "consul.log"))
+	if len(data) > 4096 {
+		data = data[len(data)-4096:]
+	}
+	return string(data)
+}
+
+// Instance is a service instance to register with a TTL check, so that a
+// test sets its health.
+type Instance struct {
+	Service string
+	ID      string
+	Address string // default 127.0.0.1
+	Port    int
+	Tags    []string
+	Meta    map[string]string
+	Weights *api.AgentWeights
+	// Status of its check at registration: passing (default), warning or
+	// critical.
+	Status string
+}
+
+// checkID is the ID of the TTL check of instance id.
+func checkID(id string) string { return "ttl-" + id }
+
+// Register registers inst with the agent.
+func (a *Agent) Register(t testing.TB, inst Instance) {
+	t.Helper()
+	if inst.Address == "" {
+		inst.Address = "127.0.0.1"
+	}
+	if inst.Status == "" {
+		inst.Status = api.HealthPassing
+	}
+	err := a.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: inst.ID, Name: inst.Service, Address: inst.Address, Port: inst.Port,
+		Tags: inst.Tags, Meta: inst.Meta, Weights: inst.Weights,
+		Check: &api.AgentServiceCheck{CheckID: checkID(inst.ID), TTL: "1h", Status: inst.Status},
+	})
+	if err != nil {
+		t.Fatalf("registering %s: %v", inst.ID, err)
+	}
+}
+
+// SetStatus sets the check of instance id to passing, warning or critical.
+func (a *Agent) SetStatus(t testing.TB, id, status string) {
+	t.Helper()
+	if err := a.Client.Agent().UpdateTTL(checkID(id), "set by test", status); err != nil {
+		t.Fatalf("setting %s %s: %v", id, status, err)
+	}
+}
+
+// Deregister removes instance id.
+func (a *Agent) Deregister(t testing.TB, id string) {
+	t.Helper()
+	if err := a.Client.Agent().ServiceDeregister(id); err != nil {
+		t.Fatalf("deregistering %s: %v", id, err)
+	}
+}
+
+// Maintenance puts instance id into maintenance mode, or takes it out.
+func (a *Agent) Maintenance(t testing.TB, id string, on bool) {
+	t.Helper()
+	var err error
+	if on {
+		err = a.Client.Agent().EnableServiceMaintenance(id, "test")
+	} else {
+		err = a.Client.Agent().DisableServiceMaintenance(id)
+	}
+	if err != nil {
+		t.Fatalf("maintenance of %s: %v", id, err)
+	}
+}
+
+// freePorts finds ports free on loopback for TCP and, for Serf, UDP too.
+func freePorts() (ports, error) {
+	var p [4]int
+	for i := range p {
+		for p[i] == 0 {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return ports{}, err
+			}
+			port := l.Addr().(*net.TCPAddr).Port
+			u, err := net.ListenPacket("udp", l.Addr().String())
+			l.Close()
+			if err == nil && !slices.Contains(p[:i], port) {
+				u.Close()
+				p[i] = port
+			}
+		}
+	}
+	return ports{http: p[0], serfLAN: p[1], serfWAN: p[2], server: p[3]}, nil
+}

@@ -1,0 +1,263 @@
+// Package meshtest is what caddymesh's end-to-end tests share: Caddy run
+// in-process by caddytest on an admin port private to the test process,
+// real HTTP backends on loopback, a steady load generator, and goroutine
+// accounting.
+package meshtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+)
+
+// AdminPort is the in-process Caddy's admin port. It is free when the
+// process starts, so that test packages running side by side, each with a
+// Caddy of its own, never load configs into each other's Caddy.
+var AdminPort = FreePort()
+
+func init() {
+	caddytest.Default.AdminPort = AdminPort
+	caddytest.Default.LoadRequestTimeout = 30 * time.Second
+}
+
+// Globals are the global options every test Caddyfile needs: the private
+// admin port, and no config autosave shared between test processes.
+func Globals() string {
+	return fmt.Sprintf("admin localhost:%d\n\tpersist_config off", AdminPort)
+}
+
+// AdminJSON is the "admin" member every test JSON config needs, for the same
+// reasons as Globals.
+func AdminJSON() string {
+	return fmt.Sprintf(`"admin": {"listen": "localhost:%d", "config": {"persist": false}}`, AdminPort)
+}
+
+// AdminURL is the base URL of the in-process Caddy's admin API.
+func AdminURL() string { return fmt.Sprintf("http://localhost:%d", AdminPort) }
+
+// Load loads a config of the given type ("caddyfile" or "json") into the
+// in-process Caddy, starting it the first time.
+func Load(t testing.TB, config, configType string) *caddytest.Tester {
+	t.Helper()
+	tester := caddytest.NewTester(t)
+	tester.InitServer(config, configType)
+	if t.Failed() {
+		t.FailNow()
+	}
+	return tester
+}
+
+// LoadError loads a config that should fail and returns Caddy's error
+// message; the test fails if the config loads.
+func LoadError(t testing.TB, config, configType string) string {
+	t.Helper()
+	if _, err := Client.Get(AdminURL() + "/config/"); err != nil {
+		Load(t, "{\n\t"+Globals()+"\n}\n", "caddyfile") // starts the in-process Caddy
+	}
+	contentType := "application/json"
+	if configType != "json" {
+		contentType = "text/" + configType
+	}
+	resp, err := Client.Post(AdminURL()+"/load", contentType, strings.NewReader(config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var answer struct{ Error string }
+	if err := json.NewDecoder(resp.Body).Decode(&answer); err != nil || resp.StatusCode == http.StatusOK {
+		t.Fatalf("config loaded (status %d), want an error", resp.StatusCode)
+	}
+	return answer.Error
+}
+
+// FreePort returns a TCP port free on loopback right now.
+func FreePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Backend is a real HTTP server on loopback that answers every request
+// with its name.
+type Backend struct {
+	// Name is what it answers.
+	Name string
+	// Hits counts the requests it answered.
+	Hits atomic.Int64
+	srv  *httptest.Server
+}
+
+// StartBackend starts a backend; the test closes it at its end.
+func StartBackend(t testing.TB, name string) *Backend {
+	b := &Backend{Name: name}
+	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		b.Hits.Add(1)
+		io.WriteString(w, name)
+	}))
+	t.Cleanup(b.Close)
+	return b
+}
+
+// Addr is the backend's host:port.
+func (b *Backend) Addr() string { return b.srv.Listener.Addr().String() }
+
+// Port is the backend's port.
+func (b *Backend) Port() int { return b.srv.Listener.Addr().(*net.TCPAddr).Port }
+
+// Close stops the backend.
+func (b *Backend) Close() { b.srv.Close() }
+
+// Client is an HTTP client for test traffic, with keep-alive.
+var Client = &http.Client{
+	Timeout:   10 * time.Second,
+	Transport: &http.Transport{MaxIdleConnsPerHost: 64},
+}
+
+// Get sends one GET and returns the status and body ("" on a transport
+// error, with status 0).
+func Get(url string) (int, string) {
+	resp, err := Client.Get(url)
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// Spread sends n requests to url one after another and counts the answers:
+// by body for 200s, as "status N" otherwise.
+func Spread(url string, n int) map[string]int {
+	counts := make(map[string]int)
+	for range n {
+		status, body := Get(url)
+		if status != http.StatusOK {
+			body = "status " + strconv.Itoa(status)
+		}
+		counts[body]++
+	}
+	return counts
+}
+
+// Eventually calls cond until it holds, failing the test after timeout.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting until %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Traffic is steady load against one URL from a few workers.
+type Traffic struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	firstError string
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+// StartTraffic starts workers sending requests to url back to back.
+func StartTraffic(url string, workers int) *Traffic {
+	tr := &Traffic{stop: make(chan struct{})}
+	for range workers {
+		tr.wg.Add(1)
+		go tr.work(url)
+	}
+	return tr
+}
+
+func (tr *Traffic) work(url string) {
+	defer tr.wg.Done()
+	for {
+		select {
+		case <-tr.stop:
+			return
+		default:
+		}
+		status, body := Get(url)
+		if status == http.StatusOK {
+			tr.ok.Add(1)
+			continue
+		}
+		tr.failed.Add(1)
+		tr.mu.Lock()
+		if tr.firstError == "" {
+			tr.firstError = fmt.Sprintf("status %d: %s", status, strings.TrimSpace(body))
+		}
+		tr.mu.Unlock()
+	}
+}
+
+// Counts returns how many requests succeeded and failed so far.
+func (tr *Traffic) Counts() (ok, failed int64) { return tr.ok.Load(), tr.failed.Load() }
+
+// Stop stops the workers and returns the final counts and the first failure.
+func (tr *Traffic) Stop() (ok, failed int64, firstError string) {
+	close(tr.stop)
+	tr.wg.Wait()
+	return tr.ok.Load(), tr.failed.Load(), tr.firstError
+}
+
+// Goroutines counts the goroutines whose stack mentions fn, a function
+// name such as "discovery.(*watcher).run".
+func Goroutines(fn string) int {
+	count := 0
+	for _, stack := range stacks() {
+		if strings.Contains(stack, fn) {
+			count++
+		}
+	}
+	return count
+}
+
+// GoroutineSummary lists the running goroutines by where they were
+// created, most numerous first: what a leak report needs.
+func GoroutineSummary() string {
+	counts := make(map[string]int)
+	for _, stack := range stacks() {
+		creator := "(no creator)"
+		if _, after, ok := strings.Cut(stack, "\ncreated by "); ok {
+			creator, _, _ = strings.Cut(after, "\n")
+		}
+		counts[creator]++
+	}
+	lines := make([]string, 0, len(counts))
+	for creator, n := range counts {
+		lines = append(lines, fmt.Sprintf("%5d %s", n, creator))
+	}
+	slices.Sort(lines)
+	slices.Reverse(lines)
+	return strings.Join(lines, "\n")
+}
+
+// stacks returns the stack of every goroutine.
+func stacks() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Split(string(buf[:n]), "\n\n")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}

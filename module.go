@@ -1,0 +1,40 @@
+// Package caddymesh turns Caddy into a service-mesh sidecar and API gateway
+// fed by HashiCorp Consul. Importing it registers every caddymesh module:
+//
+//   - mesh: the app holding settings all modules share, such as how to reach
+//     Consul (Caddyfile: the `mesh` global option).
+//   - http.reverse_proxy.upstreams.consul: the healthy instances of a Consul
+//     service as reverse_proxy upstreams, kept current by blocking queries,
+//     with Consul's weights (Caddyfile: `dynamic consul <service>`).
+//
+// It plugs into Caddy's reverse_proxy rather than replacing it, so retries,
+// passive health checks, transports, WebSockets, header manipulation,
+// metrics and automatic HTTPS keep working as they always do.
+//
+// Build Caddy with it:
+//
+//	xcaddy build --with github.com/caddymesh/caddymesh
+//
+// A minimal Caddyfile:
+//
+//	{
+//	    mesh {
+//	        consul {
+//	            address 127.0.0.1:8500
+//	        }
+//	    }
+//	}
+//
+//	:8080 {
+//	    reverse_proxy {
+//	        dynamic consul greeter
+//	    }
+//	}
+package caddymesh
+
+import (
+	// Caddyfile support: the mesh global option.
+	_ "github.com/caddymesh/caddymesh/caddyfile"
+	// The mesh app and the consul upstream source.
+	_ "github.com/caddymesh/caddymesh/discovery"
+)
