@@ -153,7 +153,9 @@ func provision(t *testing.T, source *discovery.ConsulUpstreams) (*pool.Snapshot,
 }
 
 func TestWeightsTravelWithTheRequest(t *testing.T) {
-	w := func(passing, warning int) *api.AgentWeights { return &api.AgentWeights{Passing: passing, Warning: warning} }
+	w := func(passing, warning int) *api.AgentWeights {
+		return &api.AgentWeights{Passing: passing, Warning: warning}
+	}
 	agent.Register(t, consultest.Instance{Service: "weighted", ID: "weighted-a", Port: 9001, Weights: w(5, 1)})
 	agent.Register(t, consultest.Instance{Service: "weighted", ID: "weighted-b", Port: 9002, Weights: w(10, 2), Status: api.HealthWarning})
 	agent.Register(t, consultest.Instance{Service: "weighted", ID: "weighted-c", Port: 9003, Weights: w(3, 0), Status: api.HealthWarning})

@@ -20,7 +20,9 @@ func entry(id, address string, port int, weights api.AgentWeights, statuses ...s
 
 func TestClassify(t *testing.T) {
 	none := api.AgentWeights{}
-	w := func(passing, warning int) api.AgentWeights { return api.AgentWeights{Passing: passing, Warning: warning} }
+	w := func(passing, warning int) api.AgentWeights {
+		return api.AgentWeights{Passing: passing, Warning: warning}
+	}
 	maintenance := entry("m", "10.0.0.9", 80, none, api.HealthPassing)
 	maintenance.Checks = append(maintenance.Checks, &api.HealthCheck{CheckID: api.ServiceMaintPrefix + "m", Status: api.HealthCritical})
 	nodeMaintenance := entry("n", "10.0.0.9", 80, none, api.HealthPassing)
