@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/miekg/dns"
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/pool"
@@ -178,19 +181,65 @@ func TestGetUpstreamsBeforeFirstAnswer(t *testing.T) {
 	}
 }
 
+// BenchmarkGetUpstreams measures the consul source's per-request cost
+// beside its peer, Caddy's own dynamic SRV source with its cache warm
+// (served by an in-process DNS server), at the same numbers of instances.
+// Compare them with benchstat -col /source.
 func BenchmarkGetUpstreams(b *testing.B) {
 	for _, n := range []int{3, 64, 256} {
-		b.Run(fmt.Sprintf("instances=%d", n), func(b *testing.B) {
+		b.Run(fmt.Sprintf("instances=%d/source=consul", n), func(b *testing.B) {
 			names := make([]string, n)
 			for i := range names {
 				names[i] = fmt.Sprintf("10.0.%d.%d", i/256, i%256)
 			}
 			cu := &ConsulUpstreams{Service: "web", watchers: []*watcher{answered(names)}, logger: zap.NewNop()}
-			r := newRequest()
-			b.ReportAllocs()
-			for b.Loop() {
-				cu.GetUpstreams(r)
+			benchmarkSource(b, cu, newRequest())
+		})
+		b.Run(fmt.Sprintf("instances=%d/source=caddy-srv", n), func(b *testing.B) {
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			source := &reverseproxy.SRVUpstreams{
+				Name:     fmt.Sprintf("_web._tcp.n%d.bench.", n),
+				Refresh:  caddy.Duration(time.Hour),
+				Resolver: &reverseproxy.UpstreamResolver{Addresses: []string{"tcp/" + startDNS(b, n)}},
 			}
+			if err := source.Provision(ctx); err != nil {
+				b.Fatal(err)
+			}
+			r := newRequest()
+			r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+			if upstreams, err := source.GetUpstreams(r); err != nil || len(upstreams) != n {
+				b.Fatalf("SRV source gave %d upstreams (%v), want %d", len(upstreams), err, n)
+			}
+			benchmarkSource(b, source, r)
 		})
 	}
+}
+
+func benchmarkSource(b *testing.B, source reverseproxy.UpstreamSource, r *http.Request) {
+	b.ReportAllocs()
+	for b.Loop() {
+		source.GetUpstreams(r)
+	}
+}
+
+// startDNS serves n SRV records for any name, over TCP on loopback.
+func startDNS(b *testing.B, n int) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	server := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, query *dns.Msg) {
+		answer := new(dns.Msg).SetReply(query)
+		for i := range n {
+			answer.Answer = append(answer.Answer, &dns.SRV{
+				Hdr:    dns.RR_Header{Name: query.Question[0].Name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: 3600},
+				Weight: 1, Port: 80, Target: fmt.Sprintf("h%d.bench.", i),
+			})
+		}
+		w.WriteMsg(answer)
+	})}
+	go server.ActivateAndServe()
+	b.Cleanup(func() { server.Shutdown() })
+	return ln.Addr().String()
 }

@@ -118,6 +118,8 @@ func (a *Agent) launch() error {
 		"-hcl", `limits { http_max_conns_per_client = 10000 }`,
 	)
 	a.cmd.Stdout, a.cmd.Stderr = logFile, logFile
+	// Die with the test process, even when a panic skips TestMain's Stop.
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := a.cmd.Start(); err != nil {
 		return err
 	}
@@ -200,12 +202,19 @@ func (a *Agent) logTail() string {
 // Instance is a service instance to register with a TTL check, so that a
 // test sets its health.
 type Instance struct {
+	// Service is the service's name.
 	Service string
-	ID      string
-	Address string // default 127.0.0.1
-	Port    int
-	Tags    []string
-	Meta    map[string]string
+	// ID is the instance's service ID.
+	ID string
+	// Address is the instance's address. Default: 127.0.0.1.
+	Address string
+	// Port is the instance's port.
+	Port int
+	// Tags are the instance's tags.
+	Tags []string
+	// Meta is the instance's metadata.
+	Meta map[string]string
+	// Weights are the instance's weights. Default: Consul's (1, 1).
 	Weights *api.AgentWeights
 	// Status of its check at registration: passing (default), warning or
 	// critical.

@@ -1,0 +1,45 @@
+# caddymesh: the two commands a newcomer needs are `make demo` and
+# `make test`. Everything they need is built on demand from pinned Go
+# tools (internal/tools) and cached by the go command.
+
+GO      ?= go
+XCADDY    = $(shell cd internal/tools/xcaddy && $(GO) tool -n xcaddy)
+BENCHSTAT = $(shell cd internal/tools/perf && $(GO) tool -n benchstat)
+CADDY_VERSION = v2.11.9
+# xcaddy needs a version for the local module; without one it asks the
+# module proxy for caddymesh, which is not published.
+LOCAL_MODULE  = github.com/caddymesh/caddymesh@v0.0.0-00010101000000-000000000000=.
+
+.PHONY: build consul demo test bench clean
+
+## build: ./caddy, a stock Caddy with caddymesh built in by xcaddy
+build: caddy
+
+caddy: go.mod go.sum $(shell git ls-files '*.go')
+	$(XCADDY) build $(CADDY_VERSION) --output ./caddy --with $(LOCAL_MODULE)
+
+## consul: build the pinned Consul agent (cached by the go command)
+consul:
+	@cd internal/tools/consul && $(GO) tool -n consul
+
+## demo: Consul, three weighted demo backends and Caddy; Ctrl-C stops it all
+demo: build consul
+	examples/demo.sh
+
+## test: formatting, vet, and every test with the race detector
+test: consul
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "not gofmt-formatted:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) test -race ./...
+
+## bench: the benchmarks behind BENCHMARKS.md, each beside its peer
+bench: consul
+	mkdir -p .work
+	$(GO) test -run '^$$' -bench GetUpstreams -benchmem -count 6 ./discovery/ > .work/upstreams.txt
+	$(BENCHSTAT) -col /source .work/upstreams.txt
+	$(GO) test -run '^$$' -bench Propagation -benchtime 25x ./discovery/ | grep -E '^(Benchmark|cpu)'
+
+
+clean:
+	rm -rf ./caddy .work
