@@ -6,6 +6,11 @@
 //   - http.reverse_proxy.upstreams.consul: the healthy instances of a Consul
 //     service as reverse_proxy upstreams, kept current by blocking queries,
 //     with Consul's weights (Caddyfile: `dynamic consul <service>`).
+//   - http.reverse_proxy.selection_policies.smooth_weighted: nginx's smooth
+//     weighted round robin (Caddyfile: `lb_policy smooth_weighted`).
+//   - http.reverse_proxy.selection_policies.consistent_hash: a weighted
+//     consistent-hash ring with bounded loads (Caddyfile:
+//     `lb_policy consistent_hash`).
 //
 // It plugs into Caddy's reverse_proxy rather than replacing it, so retries,
 // passive health checks, transports, WebSockets, header manipulation,
@@ -28,6 +33,7 @@
 //	:8080 {
 //	    reverse_proxy {
 //	        dynamic consul greeter
+//	        lb_policy smooth_weighted
 //	    }
 //	}
 package caddymesh
@@ -37,4 +43,6 @@ import (
 	_ "github.com/caddymesh/caddymesh/caddyfile"
 	// The mesh app and the consul upstream source.
 	_ "github.com/caddymesh/caddymesh/discovery"
+	// The selection policies.
+	_ "github.com/caddymesh/caddymesh/lbpolicy"
 )

@@ -1,0 +1,177 @@
+package lbpolicy
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/cespare/xxhash/v2"
+)
+
+func init() {
+	caddy.RegisterModule(new(ConsistentHash))
+}
+
+// ConsistentHash sends requests with the same key to the same upstream,
+// through a weighted consistent-hash ring: each upstream's share of keys is
+// proportional to its weight, and when an upstream leaves the pool only
+// the keys it had move. Use it for caches and for sticky sessions.
+//
+// An unavailable upstream's keys go to the next available upstream on the
+// ring, every other key staying where it is, and come back when it
+// recovers. With bounded_load, no upstream takes more than its share of
+// the requests in flight times the factor: an overloaded upstream passes
+// the request to the next one on the ring, which tames hot keys.
+//
+// The ring is built once per pool of upstreams (per Consul snapshot, or
+// static pool); a pick hashes the key and finds its place in O(1), with no
+// lock and no allocation. A pool of more than 65,536 upstreams is left to
+// the fallback policy.
+type ConsistentHash struct {
+	// The key to hash: any placeholder expression, such as
+	// {http.request.header.X-User}, {http.request.cookie.session} or
+	// {http.request.uri.path}. A request whose key is empty is sent by the
+	// fallback policy. Default: {http.vars.client_ip}, the client's IP.
+	Key string `json:"key,omitempty"`
+
+	// Ring points per unit of weight. More points spread keys more evenly
+	// at the cost of memory (8 bytes a point, plus an index). Default:
+	// 1024, which keeps the busiest of 100 equal upstreams within 7% of the
+	// mean; at most 65536.
+	Points int `json:"points,omitempty"`
+
+	// Bound on each upstream's requests in flight, as a factor of its share
+	// of all requests in flight to the pool (the "balance factor" of HAProxy
+	// and Envoy): with 1.25, no upstream takes more than 125% of its share;
+	// a request whose upstream is full goes to the next one on the ring.
+	// In-flight counts are those Caddy keeps per upstream address, as for
+	// least_conn: selections made within the microseconds before Caddy
+	// counts a request may each admit one more. At least 1; 0 turns it off.
+	// Default: 0.
+	BoundedLoad float64 `json:"bounded_load,omitempty"`
+
+	// Weights of upstreams by dial address (host:port), from 0 to 1000.
+	// They override Consul's weights. Default: Consul's weight, else 1.
+	Weights Weights `json:"weights,omitempty"`
+
+	// The policy that chooses when the key is empty. Default: random.
+	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
+
+	fallback reverseproxy.Selector
+	key      keyFunc
+	rings    builtFor[*hashRing]
+}
+
+// hashRing is a ring with what bounded loads need beside it.
+type hashRing struct {
+	*ring
+	loads       *loadEstimate
+	weights     []int
+	totalWeight int
+}
+
+// maxPointsPerWeight bounds the points option.
+const maxPointsPerWeight = 1 << 16
+
+// CaddyModule returns the Caddy module information.
+func (*ConsistentHash) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.selection_policies.consistent_hash",
+		New: func() caddy.Module { return new(ConsistentHash) },
+	}
+}
+
+// Provision fills defaults, compiles the key and loads the fallback.
+func (ch *ConsistentHash) Provision(ctx caddy.Context) error {
+	if ch.Key == "" {
+		ch.Key = defaultKey
+	}
+	if ch.Points == 0 {
+		ch.Points = defaultPoints
+	}
+	ch.key = compileKey(ch.Key)
+	if ch.FallbackRaw == nil {
+		ch.FallbackRaw = caddyconfig.JSONModuleObject(reverseproxy.RandomSelection{}, "policy", "random", nil)
+	}
+	mod, err := ctx.LoadModule(ch, "FallbackRaw")
+	if err != nil {
+		return fmt.Errorf("consistent_hash: loading fallback policy: %v", err)
+	}
+	ch.fallback = mod.(reverseproxy.Selector)
+	return nil
+}
+
+// Validate rejects bad values, naming the field and the value.
+func (ch *ConsistentHash) Validate() error {
+	switch {
+	case ch.Points < 0 || ch.Points > maxPointsPerWeight:
+		return fmt.Errorf("consistent_hash: points %d: must be from 1 to %d", ch.Points, maxPointsPerWeight)
+	case ch.BoundedLoad != 0 && (ch.BoundedLoad < 1 || math.IsInf(ch.BoundedLoad, 1) || math.IsNaN(ch.BoundedLoad)):
+		return fmt.Errorf("consistent_hash: bounded_load %v: must be at least 1, or 0 for no bound", ch.BoundedLoad)
+	}
+	return ch.Weights.validate()
+}
+
+// Select returns the upstream the request's key belongs to; see
+// ConsistentHash. A nil ResponseWriter is fine.
+func (ch *ConsistentHash) Select(upstreams reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
+	key := ch.key(r)
+	if key == "" || len(upstreams) > maxMembers {
+		return ch.fallback.Select(upstreams, r, w)
+	}
+	hr := ch.rings.get(upstreams, r, ch.Weights, ch.build)
+	var i int
+	if ch.BoundedLoad == 0 {
+		i = hr.pick(xxhash.Sum64String(key), func(i int) bool { return upstreams[i].Available() })
+	} else {
+		i = hr.pickBounded(xxhash.Sum64String(key), upstreams, ch.BoundedLoad)
+	}
+	if i < 0 {
+		return nil
+	}
+	return upstreams[i]
+}
+
+// build builds the ring of a pool.
+func (ch *ConsistentHash) build(upstreams []*reverseproxy.Upstream, weights []int) *hashRing {
+	members := make([]ringMember, len(upstreams))
+	loads := make([]int64, len(upstreams))
+	total := 0
+	for i, u := range upstreams {
+		members[i] = ringMember{id: u.Dial, weight: weights[i]}
+		loads[i] = int64(u.NumRequests())
+		total += weights[i]
+	}
+	return &hashRing{
+		ring:        newRing(members, ch.Points),
+		loads:       newLoadEstimate(loads),
+		weights:     weights,
+		totalWeight: total,
+	}
+}
+
+// pickBounded picks like pick, also refusing upstreams that already have
+// their bound of requests in flight.
+func (hr *hashRing) pickBounded(hash uint64, upstreams []*reverseproxy.Upstream, factor float64) int {
+	load := func(i int) int64 { return int64(upstreams[i].NumRequests()) }
+	hr.loads.refreshNext(load)
+	return hr.pick(hash, func(i int) bool {
+		if !upstreams[i].Available() {
+			return false
+		}
+		inFlight := load(i)
+		hr.loads.observe(i, inFlight)
+		return inFlight < hr.loads.capacity(factor, hr.weights[i], hr.totalWeight)
+	})
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*ConsistentHash)(nil)
+	_ caddy.Validator       = (*ConsistentHash)(nil)
+	_ reverseproxy.Selector = (*ConsistentHash)(nil)
+)

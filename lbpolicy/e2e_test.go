@@ -1,0 +1,254 @@
+package lbpolicy_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/caddymesh/caddymesh"
+	"github.com/caddymesh/caddymesh/internal/consultest"
+	"github.com/caddymesh/caddymesh/internal/meshtest"
+)
+
+// These tests run Caddy in-process with real backends on loopback, and a
+// real Consul agent for the weights Consul gives.
+
+var agent *consultest.Agent
+
+func TestMain(m *testing.M) {
+	var err error
+	agent, err = consultest.Start(consultest.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "starting consul:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	agent.Stop()
+	os.Exit(code)
+}
+
+// serve loads a config with one site on a free port whose body is site,
+// and returns the site's URL.
+func serve(t *testing.T, site string) string {
+	t.Helper()
+	port := meshtest.FreePort()
+	meshtest.Load(t, fmt.Sprintf(`{
+	%s
+	mesh {
+		consul {
+			address %s
+		}
+	}
+}
+:%d {
+%s
+}`, meshtest.Globals(), agent.Addr, port, site), "caddyfile")
+	return fmt.Sprintf("http://127.0.0.1:%d/", port)
+}
+
+// sequence sends n requests one after another and spells who answered.
+func sequence(url string, n int, header ...string) string {
+	var out []string
+	for range n {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		if len(header) == 2 {
+			req.Header.Set(header[0], header[1])
+		}
+		resp, err := meshtest.Client.Do(req)
+		if err != nil {
+			out = append(out, "error")
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		out = append(out, string(body))
+	}
+	return strings.Join(out, " ")
+}
+
+func TestNginxSequenceThroughCaddy(t *testing.T) {
+	a, b, c := meshtest.StartBackend(t, "a"), meshtest.StartBackend(t, "b"), meshtest.StartBackend(t, "c")
+	url := serve(t, fmt.Sprintf(`reverse_proxy %s %s %s {
+		lb_policy smooth_weighted {
+			weight %s 5
+			weight %s 1 %s 1
+		}
+	}`, a.Addr(), b.Addr(), c.Addr(), a.Addr(), b.Addr(), c.Addr()))
+	if got, want := sequence(url, 14), "a a b a c a a a a b a c a a"; got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+}
+
+func TestConsulWeightsShapeTraffic(t *testing.T) {
+	for name, weight := range map[string]int{"a": 5, "b": 1, "c": 1} {
+		backend := meshtest.StartBackend(t, name)
+		agent.Register(t, consultest.Instance{Service: "weighted", ID: "weighted-" + name, Port: backend.Port(),
+			Weights: &api.AgentWeights{Passing: weight, Warning: 1}})
+	}
+	url := serve(t, `reverse_proxy {
+		dynamic consul weighted
+		lb_policy smooth_weighted
+	}`)
+	counts := map[string]int{}
+	for _, name := range strings.Fields(sequence(url, 70)) {
+		counts[name]++
+	}
+	if counts["a"] != 50 || counts["b"] != 10 || counts["c"] != 10 {
+		t.Errorf("70 requests went %v, want exactly a:50 b:10 c:10 (Consul weights 5, 1, 1)", counts)
+	}
+}
+
+func TestSameKeySameBackendUntilItStops(t *testing.T) {
+	backends := map[string]*meshtest.Backend{}
+	var addrs []string
+	for _, name := range []string{"a", "b", "c", "d"} {
+		backends[name] = meshtest.StartBackend(t, name)
+		addrs = append(addrs, backends[name].Addr())
+	}
+	url := serve(t, fmt.Sprintf(`reverse_proxy %s {
+		lb_policy consistent_hash {http.request.header.X-User}
+		lb_retries 3
+		fail_duration 30s
+	}`, strings.Join(addrs, " ")))
+
+	home := map[string]string{}
+	for i := range 40 {
+		user := fmt.Sprintf("user-%d", i)
+		got := sequence(url, 5, "X-User", user)
+		first := strings.Fields(got)[0]
+		if got != strings.TrimSpace(strings.Repeat(first+" ", 5)) {
+			t.Fatalf("%s reached %s, want one backend", user, got)
+		}
+		home[user] = first
+	}
+	stopped := home["user-0"]
+	backends[stopped].Close()
+	for user, before := range home {
+		got := strings.Fields(sequence(url, 3, "X-User", user))
+		for _, now := range got {
+			switch {
+			case now == "error" || now == "":
+				t.Errorf("%s failed after %s stopped", user, stopped)
+			case before == stopped && now == stopped:
+				t.Errorf("%s still reached the stopped %s", user, stopped)
+			case before != stopped && now != before:
+				t.Errorf("%s moved from %s to %s, though only %s stopped", user, before, now, stopped)
+			}
+		}
+		if before == stopped && (got[0] != got[1] || got[1] != got[2]) {
+			t.Errorf("%s moved to %v: not one backend", user, got)
+		}
+	}
+}
+
+// slowBackend holds each request for a while and records the most it held
+// at once.
+type slowBackend struct {
+	inFlight, peak atomic.Int64
+	srv            *httptest.Server
+}
+
+func startSlowBackend(t *testing.T, hold time.Duration) *slowBackend {
+	b := &slowBackend{}
+	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		n := b.inFlight.Add(1)
+		for peak := b.peak.Load(); n > peak && !b.peak.CompareAndSwap(peak, n); peak = b.peak.Load() {
+		}
+		time.Sleep(hold)
+		b.inFlight.Add(-1)
+	}))
+	t.Cleanup(b.srv.Close)
+	return b
+}
+
+func TestBoundedLoadSpreadsAHotKey(t *testing.T) {
+	const upstreams, clients = 4, 16
+	run := func(t *testing.T, policyOptions string) []int64 {
+		var backends []*slowBackend
+		var addrs []string
+		for range upstreams {
+			b := startSlowBackend(t, 100*time.Millisecond)
+			backends = append(backends, b)
+			addrs = append(addrs, b.srv.Listener.Addr().String())
+		}
+		url := serve(t, fmt.Sprintf(`reverse_proxy %s {
+		lb_policy consistent_hash {http.request.header.X-Key} {
+			%s
+		}
+	}`, strings.Join(addrs, " "), policyOptions))
+		var wg sync.WaitGroup
+		for range clients {
+			wg.Go(func() { sequence(url, 5, "X-Key", "the-hot-key") })
+		}
+		wg.Wait()
+		peaks := make([]int64, upstreams)
+		for i, b := range backends {
+			peaks[i] = b.peak.Load()
+		}
+		return peaks
+	}
+	t.Run("without_a_bound_the_hot_key_loads_one_upstream", func(t *testing.T) {
+		peaks := run(t, "points 1024")
+		if max := maxOf(peaks); max != clients {
+			t.Errorf("peaks %v: want one upstream holding all %d requests", peaks, clients)
+		}
+	})
+	t.Run("bounded_load_1.25_caps_every_upstream", func(t *testing.T) {
+		peaks := run(t, "bounded_load 1.25")
+		// 16 in flight over 4 upstreams: a cap of ceil(1.25 × 16 / 4) = 5.
+		// The policy reads the in-flight counts Caddy keeps, which count a
+		// request a few microseconds after its selection: the 16 clients
+		// start at once, so selections racing in that window may each admit
+		// one more than the cap.
+		if max := maxOf(peaks); max > 5+1 {
+			t.Errorf("peaks %v: want none above the cap 5, plus one for racing selections", peaks)
+		}
+	})
+}
+
+func maxOf(values []int64) int64 {
+	m := values[0]
+	for _, v := range values[1:] {
+		m = max(m, v)
+	}
+	return m
+}
+
+func TestAsFallbackOfAnotherPolicy(t *testing.T) {
+	a, b := meshtest.StartBackend(t, "a"), meshtest.StartBackend(t, "b")
+	for policy, want := range map[string]string{
+		"smooth_weighted": "a b a b",
+		"consistent_hash": "",
+	} {
+		t.Run(policy, func(t *testing.T) {
+			// Caddy's header policy calls its fallback with a nil ResponseWriter.
+			url := serve(t, fmt.Sprintf(`reverse_proxy %s %s {
+		lb_policy header X-Absent {
+			fallback %s
+		}
+	}`, a.Addr(), b.Addr(), policy))
+			got := sequence(url, 4)
+			if strings.Contains(got, "error") || (want != "" && got != want) {
+				t.Errorf("got %s, want %s", got, cmpOr(want, "four answers"))
+			}
+		})
+	}
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,248 @@
+package lbpolicy
+
+import (
+	"math/bits"
+	"slices"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// A ring is a consistent-hash ring with multi-probe lookup (Appleton and
+// O'Reilly, "Multi-probe consistent hashing", 2015). Each member owns
+// points in proportion to its weight; a key is hashed to two positions,
+// and belongs to the owner of the point nearest clockwise of either. Two
+// probes halve the variance of the members' shares for the same number of
+// points, and keep the ring's defining property: when a member leaves, only
+// the keys that were on it move.
+//
+// Lookup is O(1): the points are laid out by a counting sort on their top
+// bits, whose bucket offsets double as an index, so a position is found by
+// one index load and a scan of a few points in one or two cache lines.
+type ring struct {
+	// points are sorted; each holds a position in its high bits and its
+	// owner's member index in the low ownerBits.
+	points []uint64
+	// start[b] is the index of the first point whose top bits are >= b;
+	// start has one more entry than there are buckets.
+	start []uint32
+	// shift turns a position into its bucket: position >> shift.
+	shift uint
+	// members is the number of members that own points.
+	members int
+}
+
+const (
+	// ownerBits is how many low bits of a point name its owner: a ring has
+	// at most 65,536 members.
+	ownerBits = 16
+	ownerMask = 1<<ownerBits - 1
+	// maxMembers is the largest number of members a ring can hold.
+	maxMembers = 1 << ownerBits
+	// maxPoints caps the size of a ring (4 MiB of points, built in about
+	// 20 ms); beyond it, the points per unit of weight are scaled down, as
+	// happens at the default from 512 equal upstreams on.
+	maxPoints = 1 << 19
+	// maxBucketBits caps the index at 2^17 buckets (512 KiB): about one
+	// point per bucket for rings of up to 128Ki points, and an index small
+	// enough to stay in cache while a larger ring is built.
+	maxBucketBits = 17
+	// defaultPoints is the default number of points per unit of weight:
+	// with two probes, it keeps the busiest of 100 equal upstreams within
+	// 7% of the mean share.
+	defaultPoints = 1024
+	// golden is 2^64 divided by the golden ratio, the step of the
+	// splitmix64 sequence.
+	golden = 0x9e3779b97f4a7c15
+)
+
+// ringMember is a member of a ring to be built: an identity that places
+// its points, and a weight.
+type ringMember struct {
+	id     string
+	weight int
+}
+
+// newRing builds a ring in which each member owns pointsPerWeight points
+// per unit of the smallest positive weight among members, so shares follow
+// weights however large they are. Members with weight 0 own no point.
+func newRing(members []ringMember, pointsPerWeight int) *ring {
+	counts := pointCounts(members, pointsPerWeight)
+	total := 0
+	for _, c := range counts {
+		total += c
+	}
+	r := &ring{points: make([]uint64, total)}
+	bucketBits := min(max(bits.Len(uint(total)), 1), maxBucketBits)
+	r.shift = 64 - uint(bucketBits)
+	r.start = make([]uint32, 1<<bucketBits+1)
+
+	// Counting sort on the top bits: count, offset, place.
+	forEachPoint(members, counts, func(p uint64) { r.start[p>>r.shift+1]++ })
+	for b := 1; b < len(r.start); b++ {
+		r.start[b] += r.start[b-1]
+	}
+	next := slices.Clone(r.start[:len(r.start)-1])
+	forEachPoint(members, counts, func(p uint64) {
+		b := p >> r.shift
+		r.points[next[b]] = p
+		next[b]++
+	})
+	for b := range len(r.start) - 1 {
+		if bucket := r.points[r.start[b]:r.start[b+1]]; len(bucket) > 1 {
+			slices.Sort(bucket) // a few points each
+		}
+	}
+	for _, c := range counts {
+		if c > 0 {
+			r.members++
+		}
+	}
+	return r
+}
+
+// pointCounts returns how many points each member owns.
+func pointCounts(members []ringMember, pointsPerWeight int) []int {
+	smallest := 0
+	for _, m := range members {
+		if m.weight > 0 && (smallest == 0 || m.weight < smallest) {
+			smallest = m.weight
+		}
+	}
+	counts := make([]int, len(members))
+	if smallest == 0 {
+		return counts
+	}
+	wanted := 0
+	for i, m := range members {
+		counts[i] = max(pointsPerWeight*m.weight/smallest, min(m.weight, 1))
+		wanted += counts[i]
+	}
+	if wanted > maxPoints {
+		for i, m := range members {
+			counts[i] = max(counts[i]*maxPoints/wanted, min(m.weight, 1))
+		}
+	}
+	return counts
+}
+
+// forEachPoint calls f with every point of every member: positions from
+// the splitmix64 sequence seeded by the hash of the member's identity.
+func forEachPoint(members []ringMember, counts []int, f func(point uint64)) {
+	for i, m := range members {
+		seed := xxhash.Sum64String(m.id)
+		for k := range counts[i] {
+			f(mix(seed+uint64(k)*golden)&^ownerMask | uint64(i))
+		}
+	}
+}
+
+// mix is the splitmix64 finalizer: a bijection that spreads nearby inputs
+// over the whole range.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// successor returns the index of the first point at or clockwise of
+// position.
+func (r *ring) successor(position uint64) int {
+	i := int(r.start[position>>r.shift])
+	for i < len(r.points) && r.points[i] < position {
+		i++
+	}
+	if i == len(r.points) {
+		return 0
+	}
+	return i
+}
+
+// home returns the index of the point a key hash belongs to: of its probes'
+// successors, the nearest. Both probes' positions are computed first, so
+// that their memory loads overlap.
+func (r *ring) home(hash uint64) int {
+	first, second := hash, mix(hash+golden)
+	i, j := r.successor(first), r.successor(second)
+	if r.points[j]-second < r.points[i]-first {
+		return j
+	}
+	return i
+}
+
+// pick returns the member a key hash belongs to, or, when usable refuses
+// it, the next member clockwise that usable accepts; -1 when it accepts
+// none. Each member is asked at most once.
+func (r *ring) pick(hash uint64, usable func(member int) bool) int {
+	if len(r.points) == 0 {
+		return -1
+	}
+	i := r.home(hash)
+	if member := r.owner(i); usable(member) {
+		return member
+	}
+	return r.walk(i, usable)
+}
+
+// walk returns the first member clockwise of point i, whose owner usable
+// refused, that usable accepts; -1 when it accepts none.
+func (r *ring) walk(i int, usable func(member int) bool) int {
+	var refused memberSet
+	if refused.add(r.owner(i)) == r.members {
+		return -1
+	}
+	for range len(r.points) - 1 {
+		if i++; i == len(r.points) {
+			i = 0
+		}
+		member := r.owner(i)
+		if refused.has(member) {
+			continue
+		}
+		if usable(member) {
+			return member
+		}
+		if refused.add(member) == r.members {
+			return -1
+		}
+	}
+	return -1
+}
+
+// owner returns the member that owns point i.
+func (r *ring) owner(i int) int {
+	return int(r.points[i] & ownerMask)
+}
+
+// memberSet is a set of member indexes that does not allocate until it
+// holds more than a few: a walk of the ring rarely refuses more than one.
+type memberSet struct {
+	few  [8]int
+	n    int
+	rest map[int]struct{}
+}
+
+func (s *memberSet) has(member int) bool {
+	for _, m := range s.few[:min(s.n, len(s.few))] {
+		if m == member {
+			return true
+		}
+	}
+	_, ok := s.rest[member]
+	return ok
+}
+
+// add adds a member not in the set and returns the set's new size.
+func (s *memberSet) add(member int) int {
+	if s.n < len(s.few) {
+		s.few[s.n] = member
+	} else {
+		if s.rest == nil {
+			s.rest = make(map[int]struct{})
+		}
+		s.rest[member] = struct{}{}
+	}
+	s.n++
+	return s.n
+}

@@ -1,0 +1,68 @@
+package lbpolicy
+
+import (
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+func init() {
+	caddy.RegisterModule(new(SmoothWeighted))
+}
+
+// SmoothWeighted is nginx's smooth weighted round robin: each upstream gets
+// requests in proportion to its weight, interleaved as evenly as possible
+// (weights 5, 1, 1 on a, b, c give a a b a c a a), unlike Caddy's
+// weighted_round_robin, which sends each upstream's share in a burst.
+//
+// An upstream's weight is its entry in weights, else its weight in Consul
+// when it came from the consul source, else 1; weight 0 means never. An
+// unavailable upstream (failing passive health checks, or at its request
+// limit) is skipped, its share going to the others in proportion to their
+// weights, and gets its share back with no burst when it is available
+// again.
+//
+// The cycle is computed once per pool of upstreams (per Consul snapshot, or
+// static pool); a pick is an atomic increment, with no lock and no
+// allocation. Under concurrency, every k whole cycles give each upstream
+// exactly k times its weight.
+type SmoothWeighted struct {
+	// Weights of upstreams by dial address (host:port), from 0 to 1000.
+	// They override Consul's weights. Default: Consul's weight, else 1.
+	Weights Weights `json:"weights,omitempty"`
+
+	schedules builtFor[*schedule]
+}
+
+// CaddyModule returns the Caddy module information.
+func (*SmoothWeighted) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.selection_policies.smooth_weighted",
+		New: func() caddy.Module { return new(SmoothWeighted) },
+	}
+}
+
+// Validate rejects weights out of range.
+func (sw *SmoothWeighted) Validate() error {
+	return sw.Weights.validate()
+}
+
+// Select returns the next available upstream of the cycle, or nil when
+// none is available.
+func (sw *SmoothWeighted) Select(upstreams reverseproxy.UpstreamPool, r *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
+	s := sw.schedules.get(upstreams, r, sw.Weights, func(_ []*reverseproxy.Upstream, weights []int) *schedule {
+		return newSchedule(weights)
+	})
+	i := s.pick(func(i int) bool { return upstreams[i].Available() })
+	if i < 0 {
+		return nil
+	}
+	return upstreams[i]
+}
+
+// Interface guards
+var (
+	_ caddy.Validator       = (*SmoothWeighted)(nil)
+	_ reverseproxy.Selector = (*SmoothWeighted)(nil)
+)
