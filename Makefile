@@ -10,7 +10,7 @@ CADDY_VERSION = v2.11.9
 # module proxy for caddymesh, which is not published.
 LOCAL_MODULE  = github.com/caddymesh/caddymesh@v0.0.0-00010101000000-000000000000=.
 
-.PHONY: build consul demo test bench clean
+.PHONY: build consul demo sidecars test bench clean
 
 ## build: ./caddy, a stock Caddy with caddymesh built in by xcaddy
 build: caddy
@@ -25,6 +25,10 @@ consul:
 ## demo: Consul, three weighted demo backends and Caddy; Ctrl-C stops it all
 demo: build consul
 	examples/demo.sh
+
+## sidecars: service A's sidecar calling service B's two sidecars through Consul
+sidecars: build consul
+	examples/sidecars/run.sh
 
 ## test: formatting, vet, and every test with the race detector
 test: consul

@@ -28,11 +28,7 @@ func TestAdapt(t *testing.T) {
 	}
 	for _, file := range files {
 		t.Run(strings.TrimSuffix(filepath.Base(file), ".caddyfiletest"), func(t *testing.T) {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			caddyfile, expected, ok := strings.Cut(string(data), "----------")
+			caddyfile, expected, ok := strings.Cut(string(mustRead(t, file)), "----------")
 			if !ok {
 				t.Fatal("no ---------- separator")
 			}
@@ -56,6 +52,15 @@ func TestAdapt(t *testing.T) {
 			}
 		})
 	}
+}
+
+func mustRead(t *testing.T, file string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }
 
 // rewrite stores the JSON caddyfile adapts to as the file's expectation.

@@ -3,8 +3,9 @@ package discovery
 import (
 	"strconv"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddymesh/caddymesh/internal/args"
 )
 
 // UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
@@ -33,21 +34,21 @@ func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch d.Val() {
 		case "tag":
-			err = appendArgs(d, &cu.Tags)
+			err = args.Append(d, &cu.Tags)
 		case "filter":
-			err = oneArg(d, &cu.Filter)
+			err = args.String(d, &cu.Filter)
 		case "datacenter":
-			err = appendArgs(d, &cu.Datacenters)
+			err = args.Append(d, &cu.Datacenters)
 		case "health":
-			err = oneArg(d, &cu.Health)
+			err = args.String(d, &cu.Health)
 		case "near":
-			err = oneArg(d, &cu.Near)
+			err = args.String(d, &cu.Near)
 		case "consistency":
-			err = oneArg(d, &cu.Consistency)
+			err = args.String(d, &cu.Consistency)
 		case "wait":
-			err = durationArg(d, &cu.Wait)
+			err = args.Duration(d, &cu.Wait)
 		case "panic_threshold":
-			err = percentArg(d, &cu.PanicThreshold)
+			err = args.Int(d, &cu.PanicThreshold)
 		case "consul":
 			cu.Consul = new(ConsulConfig)
 			err = cu.Consul.UnmarshalCaddyfile(d)
@@ -71,7 +72,12 @@ func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	    consul {
 //	        ...
 //	    }
+//	    register <service> {
+//	        ...
+//	    }
 //	}
+//
+// register is repeatable.
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the option's name
 	if d.NextArg() {
@@ -84,9 +90,131 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := a.Consul.UnmarshalCaddyfile(d); err != nil {
 				return err
 			}
+		case "register":
+			r := new(Registration)
+			if err := r.UnmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			a.Register = append(a.Register, r)
 		default:
 			return d.Errf("unrecognized mesh option '%s'", d.Val())
 		}
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile reads a register block of the mesh option. Syntax:
+//
+//	register <service> {
+//	    id        <instance-id>
+//	    address   <host>
+//	    port      <port>
+//	    tags      <tag> ...
+//	    meta      <key> <value>
+//	    weights   <passing> [<warning>]
+//	    check     http <url> | tcp <host:port> | ttl
+//	    interval  <duration>
+//	    timeout   <duration>
+//	    deregister_critical_after <duration>
+//	    drain     <duration>
+//	}
+//
+// meta is repeatable.
+func (r *Registration) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if !d.AllArgs(&r.Name) {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "id":
+			err = args.String(d, &r.ID)
+		case "address":
+			err = args.String(d, &r.Address)
+		case "port":
+			err = args.Int(d, &r.Port)
+		case "tags":
+			err = args.Append(d, &r.Tags)
+		case "meta":
+			err = r.parseMeta(d)
+		case "weights":
+			err = r.parseWeights(d)
+		case "check":
+			err = r.check().parseKind(d)
+		case "interval":
+			err = args.Duration(d, &r.check().Interval)
+		case "timeout":
+			err = args.Duration(d, &r.check().Timeout)
+		case "deregister_critical_after":
+			err = args.Duration(d, &r.check().DeregisterCriticalAfter)
+		case "drain":
+			err = args.Duration(d, &r.Drain)
+		default:
+			return d.Errf("unrecognized mesh register option '%s'", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := r.validate(); err != nil {
+		return d.Err(err.Error())
+	}
+	return nil
+}
+
+// check returns r's check, creating it.
+func (r *Registration) check() *RegistrationCheck {
+	if r.Check == nil {
+		r.Check = new(RegistrationCheck)
+	}
+	return r.Check
+}
+
+func (r *Registration) parseMeta(d *caddyfile.Dispenser) error {
+	var key, value string
+	if !d.AllArgs(&key, &value) {
+		return d.ArgErr()
+	}
+	if r.Meta == nil {
+		r.Meta = make(map[string]string)
+	}
+	r.Meta[key] = value
+	return nil
+}
+
+func (r *Registration) parseWeights(d *caddyfile.Dispenser) error {
+	values := d.RemainingArgs()
+	if len(values) < 1 || len(values) > 2 {
+		return d.ArgErr()
+	}
+	weights := make([]int, len(values))
+	for i, arg := range values {
+		n, err := strconv.Atoi(arg)
+		if err != nil {
+			return d.Errf("weights '%s': not a whole number", arg)
+		}
+		weights[i] = n
+	}
+	r.Weights = &RegistrationWeights{Passing: weights[0]}
+	if len(weights) == 2 {
+		r.Weights.Warning = &weights[1]
+	}
+	return nil
+}
+
+// parseKind reads `check http <url>`, `check tcp <host:port>` or
+// `check ttl`.
+func (c *RegistrationCheck) parseKind(d *caddyfile.Dispenser) error {
+	kind := d.RemainingArgs()
+	switch {
+	case len(kind) == 2 && kind[0] == "http":
+		c.HTTP = kind[1]
+	case len(kind) == 2 && kind[0] == "tcp":
+		c.TCP = kind[1]
+	case len(kind) == 1 && kind[0] == "ttl":
+		c.TTL = true
+	default:
+		return d.Errf("check %q: want http <url>, tcp <host:port> or ttl", kind)
 	}
 	return nil
 }
@@ -117,17 +245,17 @@ func (c *ConsulConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch d.Val() {
 		case "address":
-			err = oneArg(d, &c.Address)
+			err = args.String(d, &c.Address)
 		case "token":
-			err = oneArg(d, &c.Token)
+			err = args.String(d, &c.Token)
 		case "token_file":
-			err = oneArg(d, &c.TokenFile)
+			err = args.String(d, &c.TokenFile)
 		case "datacenter":
-			err = oneArg(d, &c.Datacenter)
+			err = args.String(d, &c.Datacenter)
 		case "namespace":
-			err = oneArg(d, &c.Namespace)
+			err = args.String(d, &c.Namespace)
 		case "partition":
-			err = oneArg(d, &c.Partition)
+			err = args.String(d, &c.Partition)
 		case "tls":
 			c.TLS = new(ConsulTLS)
 			err = c.TLS.unmarshalCaddyfile(d)
@@ -150,13 +278,13 @@ func (t *ConsulTLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch d.Val() {
 		case "ca_file":
-			err = oneArg(d, &t.CAFile)
+			err = args.String(d, &t.CAFile)
 		case "cert_file":
-			err = oneArg(d, &t.CertFile)
+			err = args.String(d, &t.CertFile)
 		case "key_file":
-			err = oneArg(d, &t.KeyFile)
+			err = args.String(d, &t.KeyFile)
 		case "server_name":
-			err = oneArg(d, &t.ServerName)
+			err = args.String(d, &t.ServerName)
 		case "insecure_skip_verify":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -172,55 +300,10 @@ func (t *ConsulTLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// oneArg reads the option's single argument into dst.
-func oneArg(d *caddyfile.Dispenser, dst *string) error {
-	if !d.AllArgs(dst) {
-		return d.ArgErr()
-	}
-	return nil
-}
-
-// appendArgs appends the option's arguments, at least one, to dst.
-func appendArgs(d *caddyfile.Dispenser, dst *[]string) error {
-	args := d.RemainingArgs()
-	if len(args) == 0 {
-		return d.ArgErr()
-	}
-	*dst = append(*dst, args...)
-	return nil
-}
-
-// durationArg reads the option's single argument as a duration.
-func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
-	option, arg := d.Val(), ""
-	if err := oneArg(d, &arg); err != nil {
-		return err
-	}
-	dur, err := caddy.ParseDuration(arg)
-	if err != nil {
-		return d.Errf("%s '%s': %v", option, arg, err)
-	}
-	*dst = caddy.Duration(dur)
-	return nil
-}
-
-// percentArg reads the option's single argument as a whole percentage.
-func percentArg(d *caddyfile.Dispenser, dst *int) error {
-	option, arg := d.Val(), ""
-	if err := oneArg(d, &arg); err != nil {
-		return err
-	}
-	n, err := strconv.Atoi(arg)
-	if err != nil {
-		return d.Errf("%s '%s': must be a whole number from 0 to 100", option, arg)
-	}
-	*dst = n
-	return nil
-}
-
 // Interface guards
 var (
 	_ caddyfile.Unmarshaler = (*ConsulUpstreams)(nil)
 	_ caddyfile.Unmarshaler = (*App)(nil)
 	_ caddyfile.Unmarshaler = (*ConsulConfig)(nil)
+	_ caddyfile.Unmarshaler = (*Registration)(nil)
 )

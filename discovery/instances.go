@@ -30,6 +30,8 @@ type classified struct {
 	// all are the instances not in maintenance, in rotation or not: what
 	// panic mode serves.
 	all []pool.Instance
+	// maintenance counts the instances in maintenance mode.
+	maintenance int
 }
 
 // classify sorts Consul's health entries into instances, following Consul's
@@ -39,7 +41,7 @@ type classified struct {
 // warns, 1 when the service has no weights, clamped to 1..128, and a weight
 // below 1 also takes the instance out of rotation. Maintenance mode and
 // connect-proxy instances are left out entirely.
-func classify(entries []*api.ServiceEntry, mode, datacenter string) classified {
+func classify(entries []*api.ServiceEntry, mode string) classified {
 	var out classified
 	for _, e := range entries {
 		if e.Service == nil || e.Service.Kind == api.ServiceKindConnectProxy {
@@ -47,9 +49,10 @@ func classify(entries []*api.ServiceEntry, mode, datacenter string) classified {
 		}
 		status := e.Checks.AggregatedStatus()
 		if status == api.HealthMaint {
+			out.maintenance++
 			continue
 		}
-		inst, healthy := instanceOf(e, status, mode, datacenter)
+		inst, healthy := instanceOf(e, status, mode)
 		if inst.Dial == "" {
 			continue
 		}
@@ -63,7 +66,7 @@ func classify(entries []*api.ServiceEntry, mode, datacenter string) classified {
 
 // instanceOf converts one entry whose checks aggregate to status, and says
 // whether it is in rotation.
-func instanceOf(e *api.ServiceEntry, status, mode, datacenter string) (pool.Instance, bool) {
+func instanceOf(e *api.ServiceEntry, status, mode string) (pool.Instance, bool) {
 	svc := e.Service
 	healthy := status == api.HealthPassing || (status == api.HealthWarning && mode == healthWarning)
 
@@ -85,7 +88,7 @@ func instanceOf(e *api.ServiceEntry, status, mode, datacenter string) (pool.Inst
 		Weight:     weight,
 		Health:     status,
 		Node:       nodeName(e.Node),
-		Datacenter: datacenter,
+		Datacenter: nodeDatacenter(e.Node),
 		Tags:       slices.Clone(svc.Tags),
 		Meta:       svc.Meta,
 	}, healthy
@@ -112,4 +115,11 @@ func nodeName(n *api.Node) string {
 		return ""
 	}
 	return n.Node
+}
+
+func nodeDatacenter(n *api.Node) string {
+	if n == nil {
+		return ""
+	}
+	return n.Datacenter
 }

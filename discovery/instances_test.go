@@ -9,7 +9,7 @@ import (
 // entry builds a health entry for service web with the given checks.
 func entry(id, address string, port int, weights api.AgentWeights, statuses ...string) *api.ServiceEntry {
 	e := &api.ServiceEntry{
-		Node:    &api.Node{Node: "node-" + id, Address: "10.0.0.1"},
+		Node:    &api.Node{Node: "node-" + id, Address: "10.0.0.1", Datacenter: "dc1"},
 		Service: &api.AgentService{ID: id, Service: "web", Address: address, Port: port, Weights: weights},
 	}
 	for i, s := range statuses {
@@ -76,7 +76,7 @@ func TestClassify(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := classify([]*api.ServiceEntry{tt.entry}, tt.mode, "dc1")
+			got := classify([]*api.ServiceEntry{tt.entry}, tt.mode)
 			if len(got.all) != len(tt.all) {
 				t.Fatalf("all = %+v, want %+v", got.all, tt.all)
 			}
@@ -98,7 +98,7 @@ func TestClassifyKeepsOrderTagsMetaAndNode(t *testing.T) {
 	a.Service.Tags, a.Service.Meta = []string{"v2", "blue"}, map[string]string{"version": "2"}
 	b := entry("b", "10.0.0.3", 1, api.AgentWeights{}, api.HealthCritical)
 	c := entry("c", "10.0.0.4", 1, api.AgentWeights{}, api.HealthPassing)
-	got := classify([]*api.ServiceEntry{a, b, c}, healthPassing, "dc2")
+	got := classify([]*api.ServiceEntry{a, b, c}, healthPassing)
 	if ids := []string{got.healthy[0].ID, got.healthy[1].ID}; ids[0] != "a" || ids[1] != "c" {
 		t.Errorf("healthy = %v, want [a c]", ids)
 	}

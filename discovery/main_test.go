@@ -9,12 +9,14 @@ import (
 
 	_ "github.com/caddymesh/caddymesh"
 	"github.com/caddymesh/caddymesh/internal/consultest"
+	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
 
 // agent is the real Consul dev agent of this package's tests.
 var agent *consultest.Agent
 
 func TestMain(m *testing.M) {
+	meshtest.RunCaddyIfAsked()
 	var err error
 	agent, err = consultest.Start(consultest.Options{})
 	if err != nil {

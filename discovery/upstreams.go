@@ -114,6 +114,9 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 	if err := cu.validate(); err != nil {
 		return err
 	}
+	if err := metrics.register(ctx); err != nil {
+		return err
+	}
 	cu.setDefaults()
 	appConsul, err := appConsulConfig(ctx)
 	if err != nil {
@@ -121,6 +124,9 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 	}
 	conn, err := resolveConnection(cu.Consul, appConsul)
 	if err != nil {
+		return err
+	}
+	if err := useEvents(ctx); err != nil {
 		return err
 	}
 	filter := cu.fullFilter()
@@ -145,7 +151,13 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 // take gets the shared watcher for key, starting it if it is the first.
 func (cu *ConsulUpstreams) take(key watchKey, conn connection) error {
 	value, _, err := watchers.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return startWatcher(key, conn)
+		w, err := newWatcher(key, conn)
+		if err != nil {
+			return nil, err
+		}
+		w.tags, w.userFilter = cu.Tags, cu.Filter
+		w.start()
+		return w, nil
 	})
 	if err != nil {
 		return err

@@ -47,6 +47,23 @@ const (
 // is cleaned up.
 var watchers = caddy.NewUsagePool()
 
+// forEachWatcher calls f with every running watcher and the number of
+// sources using it.
+func forEachWatcher(f func(w *watcher, users int)) {
+	var keys []any
+	var found []*watcher
+	watchers.Range(func(key, value any) bool {
+		if w, ok := value.(*watcher); ok {
+			keys, found = append(keys, key), append(found, w)
+		}
+		return true
+	})
+	for i, w := range found { // References locks the pool, which Range holds
+		users, _ := watchers.References(keys[i])
+		f(w, users)
+	}
+}
+
 // watchKey is everything that makes two watches differ.
 type watchKey struct {
 	endpoint
@@ -66,6 +83,26 @@ type answer struct {
 	// all are the instances not in maintenance, healthy or not: what panic
 	// mode serves. It is healthy itself when every instance is healthy.
 	all *pool.Snapshot
+	// maintenance counts the instances left out for maintenance.
+	maintenance int
+}
+
+// watchStatus is how a watch has fared with Consul lately.
+type watchStatus struct {
+	index        uint64    // Consul's index of the last answer
+	syncedAt     time.Time // when Consul last answered
+	err          string    // the last query's error, if it failed
+	failingSince time.Time // when the current outage began; zero if none
+}
+
+// staleness is how old the instances served may be: nothing while a
+// blocking query is in flight (Consul answers it at once on a change), the
+// time since Consul last answered while queries fail.
+func (s *watchStatus) staleness() time.Duration {
+	if s.failingSince.IsZero() || s.syncedAt.IsZero() {
+		return 0
+	}
+	return time.Since(s.syncedAt)
 }
 
 // watcher keeps the answer to one Consul health query current, with
@@ -80,21 +117,16 @@ type watcher struct {
 	distrustEmpty time.Duration
 
 	current atomic.Pointer[answer]
+	status  atomic.Pointer[watchStatus]
+	// tags and userFilter are the configured tags and filter that key.filter
+	// combines, for the admin API.
+	tags       []string
+	userFilter string
 
-	tried     chan struct{} // closed when the first query has finished, well or not
+	tried     chan struct{} // closed once the first query's outcome is recorded
 	triedOnce sync.Once
 	cancel    context.CancelFunc
 	done      chan struct{}
-}
-
-// startWatcher starts watching key over conn.
-func startWatcher(key watchKey, conn connection) (*watcher, error) {
-	w, err := newWatcher(key, conn)
-	if err != nil {
-		return nil, err
-	}
-	w.start()
-	return w, nil
 }
 
 // newWatcher returns a watcher ready to start.
@@ -103,7 +135,7 @@ func newWatcher(key watchKey, conn connection) (*watcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &watcher{
+	w := &watcher{
 		key:           key,
 		token:         conn.token,
 		client:        client,
@@ -113,7 +145,9 @@ func newWatcher(key watchKey, conn connection) (*watcher, error) {
 		distrustEmpty: distrustEmptyFor,
 		tried:         make(chan struct{}),
 		done:          make(chan struct{}),
-	}, nil
+	}
+	w.status.Store(&watchStatus{})
+	return w, nil
 }
 
 // start runs the watch loop on a goroutine of its own.
@@ -154,21 +188,24 @@ func (w *watcher) run(ctx context.Context) {
 	defer close(w.done)
 	l := &loop{watcher: w}
 	for l.limiter.Wait(ctx) == nil {
+		started := time.Now()
 		entries, lastIndex, err := l.fetch(ctx)
-		l.triedOnce.Do(func() { close(l.tried) })
 		if ctx.Err() != nil {
 			return
 		}
+		metrics.countQuery(l.key.service, time.Since(started), err)
 		if err != nil {
 			l.failed(err)
+			l.triedOnce.Do(func() { close(l.tried) })
 			if !sleep(ctx, backoff(l.failures)) {
 				return
 			}
 			continue
 		}
-		l.succeeded()
 		l.index = nextIndex(l.index, lastIndex)
+		l.succeeded()
 		l.apply(entries)
+		l.triedOnce.Do(func() { close(l.tried) }) // after apply: the answer is current
 	}
 }
 
@@ -212,34 +249,45 @@ func nextIndex(previous, returned uint64) uint64 {
 }
 
 // failed records a failed query. The last good answer stays current; the
-// outage is logged once, when it starts.
+// outage is logged and announced once, when it starts.
 func (l *loop) failed(err error) {
 	l.failures++
 	l.index = 0 // whoever answers next may be a restarted agent with other indexes
-	if l.failures > 1 {
-		return
+	if l.failures == 1 {
+		l.failingSince = time.Now()
+		l.log().Warn("consul query failed; serving the last known instances until it answers again",
+			zap.Error(err), zap.Bool("have_instances", l.current.Load() != nil))
+		emit(eventConsulUnreachable, l.eventData(map[string]any{"error": err.Error()}))
 	}
-	l.failingSince = time.Now()
-	l.log().Warn("consul query failed; serving the last known instances until it answers again",
-		zap.Error(err), zap.Bool("have_instances", l.current.Load() != nil))
+	status := *l.status.Load()
+	status.err, status.failingSince = err.Error(), l.failingSince
+	l.status.Store(&status)
 }
 
-// succeeded ends an outage, if there was one.
+// succeeded records an answer, and ends an outage if there was one.
 func (l *loop) succeeded() {
-	if l.failures == 0 {
-		return
+	if l.failures > 0 {
+		outage := time.Since(l.failingSince)
+		l.log().Info("consul answers again", zap.Int("failed_queries", l.failures), zap.Duration("outage", outage))
+		emit(eventConsulRecovered, l.eventData(map[string]any{"outage": outage.String()}))
+		l.failures = 0
+		l.distrustEmptyUntil = time.Now().Add(l.distrustEmpty)
 	}
-	l.log().Info("consul answers again",
-		zap.Int("failed_queries", l.failures), zap.Duration("outage", time.Since(l.failingSince)))
-	l.failures = 0
-	l.distrustEmptyUntil = time.Now().Add(l.distrustEmpty)
+	l.status.Store(&watchStatus{index: l.index, syncedAt: time.Now()})
+}
+
+// eventData is data for an event about this watch.
+func (l *loop) eventData(data map[string]any) map[string]any {
+	data["service"] = l.key.service
+	data["datacenter"] = l.key.datacenter
+	return data
 }
 
 // apply publishes what Consul answered, if it differs from the current
 // answer and is believable.
 func (l *loop) apply(entries []*api.ServiceEntry) {
 	l.noteEmptiness(len(entries) == 0)
-	found := classify(entries, l.key.health, l.key.datacenter)
+	found := classify(entries, l.key.health)
 	previous := l.current.Load()
 	if l.distrusts(found, previous) {
 		return
@@ -248,7 +296,7 @@ func (l *loop) apply(entries []*api.ServiceEntry) {
 	if previous != nil {
 		before = *previous
 	}
-	next := &answer{healthy: reuse(before.healthy, found.healthy)}
+	next := &answer{healthy: reuse(before.healthy, found.healthy), maintenance: found.maintenance}
 	next.all = next.healthy
 	if !sameInstances(found.all, found.healthy) {
 		next.all = reuse(before.all, found.all)
@@ -257,8 +305,10 @@ func (l *loop) apply(entries []*api.ServiceEntry) {
 		return
 	}
 	l.current.Store(next)
-	l.log().Debug("instances changed",
-		zap.Int("healthy", len(next.healthy.Instances)), zap.Int("total", len(next.all.Instances)))
+	metrics.countUpdate(l.key.service)
+	healthy, total := len(next.healthy.Instances), len(next.all.Instances)
+	l.log().Debug("instances changed", zap.Int("healthy", healthy), zap.Int("total", total))
+	emit(eventUpstreamsChanged, l.eventData(map[string]any{"healthy": healthy, "total": total}))
 }
 
 // distrusts reports whether an answer with no healthy instance, right after

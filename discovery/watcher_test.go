@@ -246,7 +246,13 @@ func TestWatcherServesLastGoodSetThroughErrors(t *testing.T) {
 	if got := healthyIDs(w); strings.Join(got, ",") != "a,b" {
 		t.Errorf("during the outage healthy = %v, want the last good a,b", got)
 	}
+	if status := w.status.Load(); status.staleness() <= 0 || status.err == "" {
+		t.Errorf("during the outage: staleness %s, error %q; want both reported", status.staleness(), status.err)
+	}
 	f.awaitRequests(7)
+	if status := w.status.Load(); status.staleness() != 0 || status.err != "" || status.index != 50 {
+		t.Errorf("after the outage: staleness %s, error %q, index %d; want 0, none, 50", status.staleness(), status.err, status.index)
+	}
 	if got := healthyIDs(w); strings.Join(got, ",") != "a,b,c" {
 		t.Errorf("after the outage healthy = %v, want a,b,c", got)
 	}
@@ -370,6 +376,27 @@ func TestWatcherSendsTokenButNeverLogsIt(t *testing.T) {
 				t.Errorf("log field %s reveals the token: %s", k, s)
 			}
 		}
+	}
+}
+
+func TestWatcherWarnsOnceAboutAnUnknownService(t *testing.T) {
+	f := newGatedFakeConsul(t,
+		reply{index: 5}, // no instance at all: a misspelt service, say
+		reply{index: 6},
+		reply{index: 7, instances: []string{"a"}},
+		reply{index: 8},
+	)
+	_, logs := f.watch("")
+	f.awaitRequests(1)
+	f.step()
+	f.step()
+	if n := countLogs(logs, "no instance of this service"); n != 1 {
+		t.Errorf("two empty answers logged %d warnings, want 1", n)
+	}
+	f.step()
+	f.step()
+	if n := countLogs(logs, "no instance of this service"); n != 2 {
+		t.Errorf("empty again after instances: %d warnings in all, want 2", n)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddymesh/caddymesh/internal/args"
 )
 
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:
@@ -57,9 +59,9 @@ func (ch *ConsistentHash) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch d.Val() {
 		case "points":
-			err = intArg(d, &ch.Points)
+			err = args.Int(d, &ch.Points)
 		case "bounded_load":
-			err = floatArg(d, &ch.BoundedLoad)
+			err = args.Float(d, &ch.BoundedLoad)
 		case "weight":
 			err = parseWeights(d, &ch.Weights)
 		case "fallback":
@@ -79,19 +81,19 @@ func (ch *ConsistentHash) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // parseWeights reads the dial-address and weight pairs of a weight line.
 func parseWeights(d *caddyfile.Dispenser, weights *Weights) error {
-	args := d.RemainingArgs()
-	if len(args) == 0 || len(args)%2 != 0 {
-		return d.Errf("weight takes pairs of a dial address and a weight, got %q", args)
+	pairs := d.RemainingArgs()
+	if len(pairs) == 0 || len(pairs)%2 != 0 {
+		return d.Errf("weight takes pairs of a dial address and a weight, got %q", pairs)
 	}
 	if *weights == nil {
 		*weights = make(Weights)
 	}
-	for i := 0; i < len(args); i += 2 {
-		n, err := strconv.Atoi(args[i+1])
+	for i := 0; i < len(pairs); i += 2 {
+		n, err := strconv.Atoi(pairs[i+1])
 		if err != nil {
-			return d.Errf("weight of %q: '%s' is not a whole number", args[i], args[i+1])
+			return d.Errf("weight of %q: '%s' is not a whole number", pairs[i], pairs[i+1])
 		}
-		(*weights)[args[i]] = n
+		(*weights)[pairs[i]] = n
 	}
 	return nil
 }
@@ -115,34 +117,6 @@ func parseFallback(d *caddyfile.Dispenser, raw *json.RawMessage) error {
 		return d.Errf("fallback %s is not a selection policy", name)
 	}
 	*raw = caddyconfig.JSONModuleObject(selector, "policy", name, nil)
-	return nil
-}
-
-// intArg reads the option's single argument as a whole number.
-func intArg(d *caddyfile.Dispenser, dst *int) error {
-	option, arg := d.Val(), ""
-	if !d.AllArgs(&arg) {
-		return d.ArgErr()
-	}
-	n, err := strconv.Atoi(arg)
-	if err != nil {
-		return d.Errf("%s '%s': not a whole number", option, arg)
-	}
-	*dst = n
-	return nil
-}
-
-// floatArg reads the option's single argument as a number.
-func floatArg(d *caddyfile.Dispenser, dst *float64) error {
-	option, arg := d.Val(), ""
-	if !d.AllArgs(&arg) {
-		return d.ArgErr()
-	}
-	f, err := strconv.ParseFloat(arg, 64)
-	if err != nil {
-		return d.Errf("%s '%s': not a number", option, arg)
-	}
-	*dst = f
 	return nil
 }
 

@@ -76,6 +76,20 @@ func TestSmoothWeightedSelect(t *testing.T) {
 	})
 }
 
+// TestCaddyWeightedRoundRobinIsNotSmooth records the behaviour the README
+// contrasts smooth_weighted with.
+func TestCaddyWeightedRoundRobinIsNotSmooth(t *testing.T) {
+	wrr := &reverseproxy.WeightedRoundRobinSelection{Weights: []int{5, 1, 1}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := wrr.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := picks(wrr, upstreamsNamed("a", "b", "c"), caddyRequest(""), 14); !strings.Contains(got, "a a a a a b c") {
+		t.Errorf("Caddy's weighted_round_robin gave %s, whose cycle is not a a a a a b c", got)
+	}
+}
+
 func TestSchedulesAreBuiltOncePerPool(t *testing.T) {
 	sw := &SmoothWeighted{}
 	static := upstreamsNamed("a", "b")

@@ -1,6 +1,7 @@
 // Command backend is the demo's backend: an HTTP server that answers with
 // its name, registers itself in Consul with a weight and an HTTP health
-// check, and deregisters when it stops.
+// check (unless -register=false, for when a sidecar registers it), and
+// deregisters when it stops.
 //
 //	backend -name greeter-1 -listen 127.0.0.1:9001 -service greeter -weight 5
 //
@@ -31,6 +32,7 @@ func main() {
 	service := flag.String("service", "greeter", "Consul service to register as")
 	weight := flag.Int("weight", 1, "Consul passing weight")
 	consul := flag.String("consul", envOr("CONSUL_HTTP_ADDR", "127.0.0.1:8500"), "Consul HTTP address")
+	register := flag.Bool("register", true, "register in Consul (off when a sidecar registers it)")
 	flag.Parse()
 
 	var failing atomic.Bool
@@ -61,6 +63,12 @@ func main() {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 
+	if !*register {
+		log.Printf("%s: serving on %s", *name, ln.Addr())
+		waitForStop()
+		shutdown(srv)
+		return
+	}
 	reg := registration{ID: *name, Name: *service, Weights: weights{Passing: *weight, Warning: 1}}
 	reg.Address, reg.Port = splitHostPort(ln.Addr().String())
 	reg.Check = check{
@@ -73,12 +81,22 @@ func main() {
 	}
 	log.Printf("%s: serving on %s, registered as %s with weight %d", *name, ln.Addr(), *service, *weight)
 
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
-	<-stop
+	waitForStop()
 	if err := put(*consul, "/v1/agent/service/deregister/"+*name, nil); err != nil {
 		log.Printf("%s: deregistering: %v", *name, err)
 	}
+	shutdown(srv)
+}
+
+// waitForStop returns on Ctrl-C or SIGTERM.
+func waitForStop() {
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+	<-stop
+}
+
+// shutdown lets requests in flight finish, for at most 5s.
+func shutdown(srv *http.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(ctx)

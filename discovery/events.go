@@ -1,0 +1,57 @@
+package discovery
+
+import (
+	"errors"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+)
+
+// Events the mesh emits through Caddy's events app, each with the service
+// and datacenter in its data, so that users can hook them (exec, webhooks).
+const (
+	// eventUpstreamsChanged: a watched service's instances changed; data
+	// also has the healthy and total counts.
+	eventUpstreamsChanged = "mesh.upstreams_changed"
+	// eventConsulUnreachable: a watch's queries started failing; data also
+	// has the error.
+	eventConsulUnreachable = "mesh.consul_unreachable"
+	// eventConsulRecovered: a watch's queries succeed again; data also has
+	// the outage's duration.
+	eventConsulRecovered = "mesh.consul_recovered"
+)
+
+// eventSink is an events app and the context to emit through it with.
+type eventSink struct {
+	ctx caddy.Context
+	app *caddyevents.App
+}
+
+// events is the events app of the config started last. Watchers are shared
+// by configs, so they emit through it rather than through the config that
+// started them.
+var events atomic.Pointer[eventSink]
+
+// useEvents makes watchers emit through the events app of ctx's config once
+// that config has started (an events app binds its subscriptions when it
+// starts), or not at all when the config has no events app.
+func useEvents(ctx caddy.Context) error {
+	app, err := ctx.AppIfConfigured("events")
+	if errors.Is(err, caddy.ErrNotConfigured) {
+		events.Store(nil)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	sink := &eventSink{ctx: ctx, app: app.(*caddyevents.App)}
+	return sink.app.On("started", onEvent(func() { events.Store(sink) }))
+}
+
+// emit emits an event, if anything can hear it.
+func emit(name string, data map[string]any) {
+	if sink := events.Load(); sink != nil {
+		sink.app.Emit(sink.ctx, name, data)
+	}
+}

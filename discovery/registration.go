@@ -1,0 +1,207 @@
+package discovery
+
+import (
+	"cmp"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/hashicorp/consul/api"
+)
+
+// Defaults of a registration.
+const (
+	defaultCheckInterval           = 10 * time.Second
+	defaultCheckTimeout            = 2 * time.Second
+	defaultDeregisterCriticalAfter = time.Minute
+	defaultDrain                   = 5 * time.Second
+)
+
+// Registration is a service this Caddy fronts, which the mesh app registers
+// in Consul while Caddy runs, and takes out of Consul before Caddy stops.
+type Registration struct {
+	// Name of the service in Consul. Required.
+	Name string `json:"name,omitempty"`
+
+	// ID of this instance of the service. Default: <name>-<hostname>-<port>.
+	ID string `json:"id,omitempty"`
+
+	// Address callers reach the service at. Default: the address of the
+	// Consul agent's node.
+	Address string `json:"address,omitempty"`
+
+	// Port callers reach the service at: usually the port of the Caddy
+	// site that fronts it. Required.
+	Port int `json:"port,omitempty"`
+
+	// Tags of the instance.
+	Tags []string `json:"tags,omitempty"`
+
+	// Metadata of the instance.
+	Meta map[string]string `json:"meta,omitempty"`
+
+	// Weights of the instance: its share of traffic when its checks pass,
+	// and when one warns. Default: Consul's (1 and 1).
+	Weights *RegistrationWeights `json:"weights,omitempty"`
+
+	// Health check Consul runs or expects. Default: a TCP check on the
+	// address and port.
+	Check *RegistrationCheck `json:"check,omitempty"`
+
+	// How long to wait, after taking the instance out of Consul when Caddy
+	// stops or a config drops the registration, before Caddy stops
+	// serving: callers' watchers see it go within milliseconds, and
+	// requests in flight finish. Default: 5s.
+	Drain caddy.Duration `json:"drain,omitempty"`
+}
+
+// RegistrationWeights are the weights of a registered instance.
+type RegistrationWeights struct {
+	// Weight while every check passes. At least 1.
+	Passing int `json:"passing,omitempty"`
+	// Weight while a check warns; 0 takes the instance out of rotation
+	// while it warns. Default: 1.
+	Warning *int `json:"warning,omitempty"`
+}
+
+// warning is the weight while a check warns.
+func (w *RegistrationWeights) warning() int {
+	if w.Warning == nil {
+		return 1
+	}
+	return *w.Warning
+}
+
+// RegistrationCheck is the health check of a registered instance: one of
+// HTTP, TCP and TTL. Default: TCP on the registration's address and port.
+type RegistrationCheck struct {
+	// URL Consul's agent GETs; any 2xx answer passes, 429 warns.
+	HTTP string `json:"http,omitempty"`
+
+	// host:port Consul's agent connects to.
+	TCP string `json:"tcp,omitempty"`
+
+	// Caddy itself reports the instance healthy every half interval while
+	// it runs; Consul marks it critical when the reports stop.
+	TTL bool `json:"ttl,omitempty"`
+
+	// How often the check runs (for TTL, how long a report holds).
+	// Default: 10s.
+	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// How long an HTTP or TCP check may take. Default: 2s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Consul removes the instance when the check has been critical this
+	// long, for when Caddy dies without taking it out itself. Default: 1m.
+	DeregisterCriticalAfter caddy.Duration `json:"deregister_critical_after,omitempty"`
+}
+
+// validate rejects bad values, naming the field and the value.
+func (r *Registration) validate() error {
+	if r.Name == "" {
+		return fmt.Errorf("mesh register: name is required")
+	}
+	if r.Port < 1 || r.Port > 65535 {
+		return fmt.Errorf("mesh register %s: port %d: must be from 1 to 65535", r.Name, r.Port)
+	}
+	if w := r.Weights; w != nil && (w.Passing < 1 || w.warning() < 0) {
+		return fmt.Errorf("mesh register %s: weights %d %d: passing must be at least 1, warning at least 0", r.Name, w.Passing, w.warning())
+	}
+	if r.Drain < 0 {
+		return fmt.Errorf("mesh register %s: drain %s: must not be negative", r.Name, time.Duration(r.Drain))
+	}
+	if r.Check != nil {
+		return r.Check.validate(r.Name)
+	}
+	return nil
+}
+
+// validate rejects bad check settings of service.
+func (c *RegistrationCheck) validate(service string) error {
+	kinds := 0
+	for _, set := range []bool{c.HTTP != "", c.TCP != "", c.TTL} {
+		if set {
+			kinds++
+		}
+	}
+	if kinds > 1 {
+		return fmt.Errorf("mesh register %s: check: only one of http, tcp and ttl may be set", service)
+	}
+	if c.HTTP != "" && !strings.HasPrefix(c.HTTP, "http://") && !strings.HasPrefix(c.HTTP, "https://") {
+		return fmt.Errorf("mesh register %s: check http %q: must be an http:// or https:// URL", service, c.HTTP)
+	}
+	if c.TCP != "" {
+		if _, _, err := net.SplitHostPort(c.TCP); err != nil {
+			return fmt.Errorf("mesh register %s: check tcp %q: %v", service, c.TCP, err)
+		}
+	}
+	for name, d := range map[string]caddy.Duration{
+		"interval": c.Interval, "timeout": c.Timeout, "deregister_critical_after": c.DeregisterCriticalAfter,
+	} {
+		if d < 0 {
+			return fmt.Errorf("mesh register %s: %s %s: must not be negative", service, name, time.Duration(d))
+		}
+	}
+	return nil
+}
+
+// prepare validates r and fills its defaults.
+func (r *Registration) prepare() error {
+	if err := r.validate(); err != nil {
+		return err
+	}
+	if r.ID == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("mesh register %s: id: no hostname to default to: %v", r.Name, err)
+		}
+		r.ID = fmt.Sprintf("%s-%s-%d", r.Name, host, r.Port)
+	}
+	r.Drain = cmp.Or(r.Drain, caddy.Duration(defaultDrain))
+	if r.Check == nil {
+		r.Check = new(RegistrationCheck)
+	}
+	c := r.Check
+	if c.HTTP == "" && c.TCP == "" && !c.TTL {
+		c.TCP = net.JoinHostPort(cmp.Or(r.Address, "127.0.0.1"), strconv.Itoa(r.Port))
+	}
+	c.Interval = cmp.Or(c.Interval, caddy.Duration(defaultCheckInterval))
+	c.Timeout = cmp.Or(c.Timeout, caddy.Duration(defaultCheckTimeout))
+	c.DeregisterCriticalAfter = cmp.Or(c.DeregisterCriticalAfter, caddy.Duration(defaultDeregisterCriticalAfter))
+	return nil
+}
+
+// agentRegistration is what the agent's register endpoint takes for r.
+func (r *Registration) agentRegistration() *api.AgentServiceRegistration {
+	check := &api.AgentServiceCheck{
+		CheckID:                        "service:" + r.ID,
+		Name:                           r.Name + " health",
+		DeregisterCriticalServiceAfter: time.Duration(r.Check.DeregisterCriticalAfter).String(),
+		Status:                         api.HealthPassing, // Caddy is serving it now
+	}
+	switch {
+	case r.Check.HTTP != "":
+		check.HTTP = r.Check.HTTP
+	case r.Check.TCP != "":
+		check.TCP = r.Check.TCP
+	}
+	if r.Check.TTL {
+		check.TTL = time.Duration(r.Check.Interval).String()
+	} else {
+		check.Interval = time.Duration(r.Check.Interval).String()
+		check.Timeout = time.Duration(r.Check.Timeout).String()
+	}
+	reg := &api.AgentServiceRegistration{
+		ID: r.ID, Name: r.Name, Address: r.Address, Port: r.Port,
+		Tags: r.Tags, Meta: r.Meta, Check: check,
+	}
+	if r.Weights != nil {
+		reg.Weights = &api.AgentWeights{Passing: r.Weights.Passing, Warning: r.Weights.warning()}
+	}
+	return reg
+}
