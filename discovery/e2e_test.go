@@ -26,7 +26,7 @@ import (
 
 const (
 	propagation = 5 * time.Second // generous bound for what takes milliseconds
-	watchLoop   = "discovery.(*watcher).run"
+	watchLoop   = "discovery.(*poller[...]).run"
 )
 
 // serve loads a config whose mesh app points at agent, with one site on a

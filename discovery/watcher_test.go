@@ -401,7 +401,7 @@ func TestWatcherWarnsOnceAboutAnUnknownService(t *testing.T) {
 }
 
 func TestWatcherGoroutineEndsWithDestruct(t *testing.T) {
-	const loop = "discovery.(*watcher).run"
+	const loop = "discovery.(*poller[...]).run"
 	before := meshtest.Goroutines(loop)
 	f := newFakeConsul(t, reply{index: 10, instances: []string{"a"}})
 	w, _ := f.watch("")

@@ -10,6 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/cespare/xxhash/v2"
+
+	"github.com/caddymesh/caddymesh/internal/reqkey"
 )
 
 func init() {
@@ -62,7 +64,7 @@ type ConsistentHash struct {
 	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
 
 	fallback reverseproxy.Selector
-	key      keyFunc
+	key      reqkey.Func
 	rings    builtFor[*hashRing]
 }
 
@@ -88,12 +90,12 @@ func (*ConsistentHash) CaddyModule() caddy.ModuleInfo {
 // Provision fills defaults, compiles the key and loads the fallback.
 func (ch *ConsistentHash) Provision(ctx caddy.Context) error {
 	if ch.Key == "" {
-		ch.Key = defaultKey
+		ch.Key = reqkey.ClientIP
 	}
 	if ch.Points == 0 {
 		ch.Points = defaultPoints
 	}
-	ch.key = compileKey(ch.Key)
+	ch.key = reqkey.Compile(ch.Key)
 	if ch.FallbackRaw == nil {
 		ch.FallbackRaw = caddyconfig.JSONModuleObject(reverseproxy.RandomSelection{}, "policy", "random", nil)
 	}

@@ -117,29 +117,6 @@ func TestSchedulesAreBuiltOncePerPool(t *testing.T) {
 	}
 }
 
-func TestCompileKeyMatchesCaddyReplacer(t *testing.T) {
-	r := caddyRequest("203.0.113.7")
-	r.Header.Add("X-User", "alice")
-	r.Header.Add("X-Multi", "one")
-	r.Header.Add("X-Multi", "two")
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	for _, key := range []string{
-		defaultKey,
-		"{http.request.header.X-User}",
-		"{http.request.header.x-user}",
-		"{http.request.header.X-Multi}",
-		"{http.request.header.X-Absent}",
-		"{http.request.uri.path}",
-		"{http.request.uri.query.q}",
-		"{http.request.method}{http.request.uri.path}",
-		"user-{http.request.header.X-User}",
-	} {
-		if got, want := compileKey(key)(r), repl.ReplaceAll(key, ""); got != want {
-			t.Errorf("key %s evaluates to %q, Caddy's replacer to %q", key, got, want)
-		}
-	}
-}
-
 func TestConsistentHashSelect(t *testing.T) {
 	upstreams := upstreamsNamed("a", "b", "c", "d")
 	ch := provisioned(t, &ConsistentHash{Key: "{http.request.header.X-User}", FallbackRaw: []byte(`{"policy": "first"}`)})

@@ -1,0 +1,43 @@
+package reqkey
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func TestCompileMatchesCaddyReplacer(t *testing.T) {
+	r := httptest.NewRequest(http.MethodGet, "/some/path?q=1", nil)
+	r.RemoteAddr = "198.51.100.4:52011"
+	vars := map[string]any{caddyhttp.ClientIPVarKey: "203.0.113.7"}
+	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, vars))
+	repl := caddyhttp.NewTestReplacer(r)
+	r.Header.Add("X-User", "alice")
+	r.Header.Add("X-Multi", "one")
+	r.Header.Add("X-Multi", "two")
+	for _, key := range []string{
+		ClientIP,
+		"{http.request.header.X-User}",
+		"{http.request.header.x-user}",
+		"{http.request.header.X-Multi}",
+		"{http.request.header.X-Absent}",
+		"{http.request.remote.host}",
+		"{http.request.uri.path}",
+		"{http.request.uri.query.q}",
+		"{http.request.method}{http.request.uri.path}",
+		"user-{http.request.header.X-User}",
+	} {
+		if got, want := Compile(key)(r), repl.ReplaceAll(key, ""); got != want {
+			t.Errorf("key %s evaluates to %q, Caddy's replacer to %q", key, got, want)
+		}
+	}
+	for _, key := range []string{ClientIP, "{http.request.header.X-User}", "{http.request.remote.host}"} {
+		eval := Compile(key)
+		if allocs := testing.AllocsPerRun(100, func() { eval(r) }); allocs != 0 {
+			t.Errorf("evaluating %s allocates %v times, want 0", key, allocs)
+		}
+	}
+}
