@@ -11,6 +11,11 @@
 //   - http.reverse_proxy.selection_policies.consistent_hash: a weighted
 //     consistent-hash ring with bounded loads (Caddyfile:
 //     `lb_policy consistent_hash`).
+//   - http.handlers.mesh_identity, mesh_breaker, mesh_limit: who is calling
+//     and may they, circuit breaking, traffic shaping (Caddyfile directives
+//     of the same names).
+//   - mesh.intentions.consul: Consul's service intentions, for
+//     mesh_identity; admin.api.mesh: the admin API under /mesh/.
 //
 // It plugs into Caddy's reverse_proxy rather than replacing it, so retries,
 // passive health checks, transports, WebSockets, header manipulation,
@@ -45,4 +50,6 @@ import (
 	_ "github.com/caddymesh/caddymesh/discovery"
 	// The selection policies.
 	_ "github.com/caddymesh/caddymesh/lbpolicy"
+	// The sidecar's HTTP handlers.
+	_ "github.com/caddymesh/caddymesh/middleware"
 )

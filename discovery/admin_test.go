@@ -1,7 +1,6 @@
 package discovery_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/hashicorp/consul/api"
 
 	"github.com/caddymesh/caddymesh/internal/consultest"
@@ -175,40 +173,6 @@ func TestMetricsAreServedByCaddy(t *testing.T) {
 	}
 }
 
-// recorder is an events handler that records the events it handles.
-type recorder struct{}
-
-var recorded = make(chan caddy.Event, 1000)
-
-// CaddyModule returns the Caddy module information.
-func (recorder) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{ID: "events.handlers.mesh_test_recorder", New: func() caddy.Module { return new(recorder) }}
-}
-
-// Handle records e.
-func (recorder) Handle(_ context.Context, e caddy.Event) error {
-	recorded <- e
-	return nil
-}
-
-func init() { caddy.RegisterModule(recorder{}) }
-
-// awaitEvent waits for an event named name about service.
-func awaitEvent(t *testing.T, name, service string) caddy.Event {
-	t.Helper()
-	timeout := time.After(10 * time.Second)
-	for {
-		select {
-		case e := <-recorded:
-			if e.Name() == name && e.Data["service"] == service {
-				return e
-			}
-		case <-timeout:
-			t.Fatalf("no %s event about %s", name, service)
-		}
-	}
-}
-
 func TestEventsAreEmitted(t *testing.T) {
 	backends(t, "evt", nil, "a")
 	other, err := consultest.Start(consultest.Options{})
@@ -234,18 +198,18 @@ func TestEventsAreEmitted(t *testing.T) {
 	}`, meshtest.AdminJSON(), agent.Addr, meshtest.FreePort(), other.Addr), "json")
 
 	agent.SetStatus(t, "evt-a", api.HealthCritical)
-	if e := awaitEvent(t, "mesh.upstreams_changed", "evt"); e.Data["healthy"] != 0 || e.Data["total"] != 1 {
+	if e := meshtest.AwaitEvent(t, "mesh.upstreams_changed", "service", "evt"); e.Data["healthy"] != 0 || e.Data["total"] != 1 {
 		t.Errorf("after the check failed: %v, want healthy 0 of 1", e.Data)
 	}
 	agent.SetStatus(t, "evt-a", api.HealthPassing)
-	if e := awaitEvent(t, "mesh.upstreams_changed", "evt"); e.Data["healthy"] != 1 {
+	if e := meshtest.AwaitEvent(t, "mesh.upstreams_changed", "service", "evt"); e.Data["healthy"] != 1 {
 		t.Errorf("after the check passed again: %v, want healthy 1", e.Data)
 	}
 	other.Kill()
-	awaitEvent(t, "mesh.consul_unreachable", "evt-other")
+	meshtest.AwaitEvent(t, "mesh.consul_unreachable", "service", "evt-other")
 	if err := other.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	awaitEvent(t, "mesh.consul_recovered", "evt-other")
+	meshtest.AwaitEvent(t, "mesh.consul_recovered", "service", "evt-other")
 	meshtest.Load(t, fmt.Sprintf("{\n\t%s\n}\n", meshtest.Globals()), "caddyfile")
 }

@@ -122,14 +122,11 @@ func (f onEvent) Handle(context.Context, caddy.Event) error {
 // appConsulConfig returns the mesh app's Consul settings, or nil when the
 // config has no mesh app.
 func appConsulConfig(ctx caddy.Context) (*ConsulConfig, error) {
-	app, err := ctx.AppIfConfigured("mesh")
-	if errors.Is(err, caddy.ErrNotConfigured) {
-		return nil, nil
+	app, err := meshApp(ctx)
+	if app == nil || err != nil {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("consul upstreams: %w", err)
-	}
-	return app.(*App).Consul, nil
+	return app.Consul, nil
 }
 
 // Interface guards

@@ -1,8 +1,6 @@
 package discovery_test
 
 import (
-	"fmt"
-	"os"
 	"testing"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
@@ -17,13 +15,5 @@ var agent *consultest.Agent
 
 func TestMain(m *testing.M) {
 	meshtest.RunCaddyIfAsked()
-	var err error
-	agent, err = consultest.Start(consultest.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "starting consul:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	agent.Stop()
-	os.Exit(code)
+	consultest.Main(m, &agent)
 }

@@ -49,11 +49,8 @@ func (sw *SmoothWeighted) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	}
 func (ch *ConsistentHash) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the policy's name
-	if d.NextArg() {
-		ch.Key = d.Val()
-		if d.NextArg() {
-			return d.ArgErr()
-		}
+	if err := args.Optional(d, &ch.Key); err != nil {
+		return err
 	}
 	for d.NextBlock(0) {
 		var err error

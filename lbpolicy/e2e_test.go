@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,17 +25,7 @@ import (
 
 var agent *consultest.Agent
 
-func TestMain(m *testing.M) {
-	var err error
-	agent, err = consultest.Start(consultest.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "starting consul:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	agent.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { consultest.Main(m, &agent) }
 
 // serve loads a config with one site on a free port whose body is site,
 // and returns the site's URL.

@@ -17,6 +17,18 @@ func String(d *caddyfile.Dispenser, dst *string) error {
 	return nil
 }
 
+// Optional reads the option's argument into dst, when it has one; more
+// than one is an error.
+func Optional(d *caddyfile.Dispenser, dst *string) error {
+	if d.NextArg() {
+		*dst = d.Val()
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
 // Append appends the option's arguments, at least one, to dst.
 func Append(d *caddyfile.Dispenser, dst *[]string) error {
 	args := d.RemainingArgs()

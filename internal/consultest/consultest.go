@@ -47,6 +47,12 @@ type Options struct {
 	Datacenter string
 	// HTTPPort of the agent's API. Default: a free port.
 	HTTPPort int
+	// HCL is extra agent configuration, such as
+	// `default_intention_policy = "deny"`.
+	HCL []string
+	// ManagementToken, when set, turns ACLs on with a default policy of
+	// deny, and is the token of the agent and of Client.
+	ManagementToken string
 }
 
 // Agent is a Consul dev agent (a single server, state in memory) on free
@@ -59,6 +65,8 @@ type Agent struct {
 	// Datacenter is the agent's datacenter.
 	Datacenter string
 
+	hcl    []string
+	token  string
 	binary string
 	ports  ports
 	logDir string
@@ -81,7 +89,10 @@ func Start(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{Datacenter: opts.Datacenter, binary: binary, logDir: logDir}
+	a := &Agent{Datacenter: opts.Datacenter, hcl: opts.HCL, token: opts.ManagementToken, binary: binary, logDir: logDir}
+	if a.token != "" {
+		a.hcl = append(a.hcl, fmt.Sprintf(`acl { enabled = true, default_policy = "deny", tokens { initial_management = %q, agent = %q } }`, a.token, a.token))
+	}
 	const attempts = 3 // a free port can be taken by someone else before Consul binds it
 	for range attempts {
 		if a.ports, err = freePorts(); err != nil {
@@ -105,9 +116,9 @@ func (a *Agent) launch() error {
 		return err
 	}
 	defer logFile.Close()
-	a.cmd = exec.Command(a.binary, "agent", "-dev",
+	args := []string{"agent", "-dev",
 		"-bind", "127.0.0.1", "-client", "127.0.0.1",
-		"-node", "node-"+a.Datacenter, "-datacenter", a.Datacenter,
+		"-node", "node-" + a.Datacenter, "-datacenter", a.Datacenter,
 		"-http-port", strconv.Itoa(a.ports.http),
 		"-serf-lan-port", strconv.Itoa(a.ports.serfLAN),
 		"-serf-wan-port", strconv.Itoa(a.ports.serfWAN),
@@ -116,7 +127,11 @@ func (a *Agent) launch() error {
 		"-log-level", "warn",
 		"-hcl", `disable_update_check = true`,
 		"-hcl", `limits { http_max_conns_per_client = 10000 }`,
-	)
+	}
+	for _, hcl := range a.hcl {
+		args = append(args, "-hcl", hcl)
+	}
+	a.cmd = exec.Command(a.binary, args...)
 	a.cmd.Stdout, a.cmd.Stderr = logFile, logFile
 	// Die with the test process, even when a panic skips TestMain's Stop.
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -127,7 +142,7 @@ func (a *Agent) launch() error {
 	go func() { a.exited <- a.cmd.Wait() }()
 
 	cfg := api.DefaultConfig()
-	cfg.Address = a.Addr
+	cfg.Address, cfg.Token = a.Addr, a.token
 	if a.Client, err = api.NewClient(cfg); err != nil {
 		a.kill()
 		return err
@@ -292,4 +307,17 @@ func freePorts() (ports, error) {
 		}
 	}
 	return ports{http: p[0], serfLAN: p[1], serfWAN: p[2], server: p[3]}, nil
+}
+
+// Main is a test package's TestMain body: it starts an agent into *agent,
+// runs the tests, stops the agent, and exits with the tests' status.
+func Main(m *testing.M, agent **Agent) {
+	var err error
+	if *agent, err = Start(Options{}); err != nil {
+		fmt.Fprintln(os.Stderr, "starting consul:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	(*agent).Stop()
+	os.Exit(code)
 }

@@ -73,8 +73,20 @@ func (s *Store[T]) Acquire(key string, now time.Time) *Entry[T] {
 			return nil
 		}
 	}
-	e.lastUsed.Store(now.UnixNano())
+	e.touch(now.UnixNano(), s.idleAfter/touchResolution)
 	return e
+}
+
+// touchResolution is how finely an entry's last use is kept: to within a
+// 64th of idleAfter, so that a key in heavy use is not written to, from
+// every core, on every request.
+const touchResolution = 64
+
+// touch records a use at now, unless one was recorded within resolution.
+func (e *Entry[T]) touch(now int64, resolution time.Duration) {
+	if now-e.lastUsed.Load() >= int64(resolution) {
+		e.lastUsed.Store(now)
+	}
 }
 
 // insert adds key to sh, held once, evicting an idle entry when sh is full.

@@ -1,0 +1,464 @@
+package discovery
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/hashicorp/consul/api"
+	"go.uber.org/zap"
+
+	"github.com/caddymesh/caddymesh/internal/args"
+)
+
+func init() {
+	caddy.RegisterModule(new(ConsulIntentions))
+}
+
+// intentionWatches holds one intentions watch per Consul endpoint and
+// destination, shared like the health watchers.
+var intentionWatches = caddy.NewUsagePool()
+
+// intentionsKey is what makes two intentions watches differ.
+type intentionsKey struct {
+	endpoint
+	destination string
+}
+
+// ConsulIntentions decides, as Consul's service intentions for a
+// destination say, whether a caller may make a request. The intentions are
+// kept current by a blocking query and evaluated locally with Consul's
+// rules: the first intention, by precedence, whose source matches the
+// caller decides (exact names before wildcards); an L7 intention's first
+// matching permission decides; otherwise, the default. Permissions that
+// require a JWT deny, since caddymesh does not verify JWTs (a JWT
+// requirement on a whole service-intentions entry is not seen: Consul's
+// intention match API does not return it). Until Consul first answers,
+// every caller is denied. It is the intentions source of mesh_identity.
+//
+// The default is the one Consul's own sidecars use: the local agent's
+// default_intention_policy, else its ACL default policy. Reading the
+// former takes agent:read; without it, the ACL default policy that every
+// Consul answer carries decides, unless Default says otherwise.
+type ConsulIntentions struct {
+	// The service whose intentions apply. Default: the service the mesh
+	// app registers, when it registers exactly one.
+	Destination string `json:"destination,omitempty"`
+
+	// The decision, allow or deny, for callers no intention decides.
+	// Default: Consul's.
+	Default string `json:"default,omitempty"`
+
+	// Connection settings overriding the mesh app's, field by field.
+	Consul *ConsulConfig `json:"consul,omitempty"`
+
+	key   intentionsKey
+	watch *intentionsWatch
+}
+
+// CaddyModule returns the Caddy module information.
+func (*ConsulIntentions) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "mesh.intentions.consul",
+		New: func() caddy.Module { return new(ConsulIntentions) },
+	}
+}
+
+// Provision takes the shared watch of the destination's intentions and
+// waits briefly for Consul's first answer.
+func (ci *ConsulIntentions) Provision(ctx caddy.Context) error {
+	if err := ci.validate(); err != nil {
+		return err
+	}
+	app, err := meshApp(ctx)
+	if err != nil {
+		return err
+	}
+	if ci.Destination == "" {
+		if app == nil || len(app.Register) != 1 {
+			return errors.New("mesh intentions: destination is required unless the mesh app registers exactly one service")
+		}
+		ci.Destination = app.Register[0].Name
+	}
+	var appConsul *ConsulConfig
+	if app != nil {
+		appConsul = app.Consul
+	}
+	conn, err := resolveConnection(ci.Consul, appConsul)
+	if err != nil {
+		return err
+	}
+	if err := metrics.register(ctx); err != nil {
+		return err
+	}
+	ci.key = intentionsKey{endpoint: conn.endpoint, destination: ci.Destination}
+	value, _, err := intentionWatches.LoadOrNew(ci.key, func() (caddy.Destructor, error) {
+		return startIntentionsWatch(ci.Destination, conn)
+	})
+	if err != nil {
+		return err
+	}
+	ci.watch = value.(*intentionsWatch)
+	select {
+	case <-ci.watch.tried:
+	case <-time.After(firstAnswerTimeout):
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+func (ci *ConsulIntentions) validate() error {
+	if ci.Default != "" && ci.Default != "allow" && ci.Default != "deny" {
+		return fmt.Errorf("mesh intentions: default %q: must be allow or deny", ci.Default)
+	}
+	return nil
+}
+
+// Cleanup lets go of the watch; the last user stops it.
+func (ci *ConsulIntentions) Cleanup() error {
+	if ci.watch == nil {
+		return nil
+	}
+	_, err := intentionWatches.Delete(ci.key)
+	return err
+}
+
+// Allows reports whether the intentions let caller (a service of a
+// namespace and partition, empty for the defaults) make request r.
+func (ci *ConsulIntentions) Allows(r *http.Request, service, namespace, partition string) bool {
+	rules := ci.watch.rules.Load()
+	if rules == nil {
+		return false
+	}
+	defaultAllow := rules.defaultAllow
+	if ci.Default != "" {
+		defaultAllow = ci.Default == "allow"
+	}
+	return rules.allows(r, service, namespace, partition, defaultAllow)
+}
+
+// UnmarshalCaddyfile sets up the source from the intentions option of
+// mesh_identity. Syntax:
+//
+//	intentions [<destination>] {
+//	    default allow|deny
+//	    consul { ... }
+//	}
+func (ci *ConsulIntentions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the option's name
+	if err := args.Optional(d, &ci.Destination); err != nil {
+		return err
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "default":
+			if err := args.String(d, &ci.Default); err != nil {
+				return err
+			}
+		case "consul":
+			ci.Consul = new(ConsulConfig)
+			if err := ci.Consul.UnmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized intentions option '%s'", d.Val())
+		}
+	}
+	if err := ci.validate(); err != nil {
+		return d.Err(err.Error())
+	}
+	return nil
+}
+
+// intentionsWatch keeps a destination's intentions current.
+type intentionsWatch struct {
+	*poller[intentionsAnswer]
+	destination string
+	rules       atomic.Pointer[intentionRules]
+	// agentDefault is the agent's default intention policy, "allow" or
+	// "deny", once read; "" when the token may not read it.
+	agentDefault     string
+	agentDefaultRead bool
+}
+
+// intentionsAnswer is what Consul says of a destination's intentions.
+type intentionsAnswer struct {
+	intentions   []*api.Intention // by precedence, highest first
+	defaultAllow bool
+}
+
+func startIntentionsWatch(destination string, conn connection) (*intentionsWatch, error) {
+	p, err := newPoller[intentionsAnswer](destination, conn.datacenter, conn)
+	if err != nil {
+		return nil, err
+	}
+	w := &intentionsWatch{poller: p, destination: destination}
+	p.query, p.apply = w.query, w.apply
+	p.wait = func() time.Duration { return defaultWait }
+	p.start()
+	return w, nil
+}
+
+// Destruct stops the watch. The usage pool calls it when the last user
+// lets go.
+func (w *intentionsWatch) Destruct() error {
+	w.stop()
+	return nil
+}
+
+func (w *intentionsWatch) query(_ context.Context, q *api.QueryOptions) (intentionsAnswer, *api.QueryMeta, error) {
+	if err := w.readAgentDefault(); err != nil {
+		return intentionsAnswer{}, nil, err
+	}
+	q.AllowStale = true
+	match := &api.IntentionMatch{By: api.IntentionMatchDestination, Names: []string{w.destination}}
+	found, meta, err := w.client.Connect().IntentionMatch(match, q)
+	if err != nil {
+		return intentionsAnswer{}, nil, err
+	}
+	policy := cmp.Or(w.agentDefault, meta.DefaultACLPolicy)
+	return intentionsAnswer{intentions: found[w.destination], defaultAllow: policy != "deny"}, meta, nil
+}
+
+// readAgentDefault reads, once, the local agent's default intention
+// policy, as the agent itself computes it for its sidecars: its
+// default_intention_policy, else its ACL default policy.
+func (w *intentionsWatch) readAgentDefault() error {
+	if w.agentDefaultRead {
+		return nil
+	}
+	self, err := w.client.Agent().Self()
+	var status api.StatusError
+	if errors.As(err, &status) && status.Code == http.StatusForbidden {
+		w.log().Info("the token may not read the agent's default intention policy (agent:read); using its ACL default policy")
+		w.agentDefaultRead = true
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	config := self["DebugConfig"]
+	acl, _ := config["ACLResolverSettings"].(map[string]any)
+	intentionPolicy, _ := config["DefaultIntentionPolicy"].(string)
+	aclPolicy, _ := acl["ACLDefaultPolicy"].(string)
+	w.agentDefault = cmp.Or(intentionPolicy, aclPolicy)
+	w.agentDefaultRead = true
+	return nil
+}
+
+func (w *intentionsWatch) apply(a intentionsAnswer) {
+	previous := w.rules.Load()
+	rules := compileIntentions(a, w.log())
+	w.rules.Store(rules)
+	if previous == nil || !slices.Equal(previous.versions, rules.versions) || previous.defaultAllow != rules.defaultAllow {
+		w.log().Info("intentions changed", zap.Int("intentions", len(rules.intentions)), zap.Bool("default_allow", rules.defaultAllow))
+	}
+}
+
+// intentionRules are a destination's intentions, ready to evaluate.
+type intentionRules struct {
+	intentions   []intentionRule
+	defaultAllow bool
+	versions     []string // each intention's ID and modify index, to tell changes
+}
+
+// intentionRule is one intention: an L4 one (allow set, no permissions)
+// or an L7 one (permissions).
+type intentionRule struct {
+	sourceName, sourceNS, sourcePartition string
+	allow                                 bool
+	permissions                           []permissionRule
+}
+
+// permissionRule is one permission of an L7 intention.
+type permissionRule struct {
+	allow    bool
+	needsJWT bool
+	http     *httpMatch
+}
+
+// httpMatch is the HTTP part of a permission; every condition set must
+// hold.
+type httpMatch struct {
+	pathExact, pathPrefix string
+	pathRegex             *regexp.Regexp
+	methods               []string
+	headers               []headerMatch
+}
+
+type headerMatch struct {
+	api.IntentionHTTPHeaderPermission
+	regex *regexp.Regexp
+}
+
+// compileIntentions prepares intentions for evaluation. Intentions from
+// peers and sameness groups never match a local caller and are left out; a
+// permission whose regular expression does not compile never matches.
+func compileIntentions(a intentionsAnswer, log *zap.Logger) *intentionRules {
+	rules := &intentionRules{defaultAllow: a.defaultAllow}
+	for _, ixn := range a.intentions {
+		rules.versions = append(rules.versions, fmt.Sprintf("%s@%d", ixn.ID, ixn.ModifyIndex))
+		if ixn.SourcePeer != "" || ixn.SourceSamenessGroup != "" || (ixn.SourceType != "" && ixn.SourceType != api.IntentionSourceConsul) {
+			continue
+		}
+		rule := intentionRule{
+			sourceName: ixn.SourceName, sourceNS: ixn.SourceNS, sourcePartition: ixn.SourcePartition,
+			allow: ixn.Action == api.IntentionActionAllow,
+		}
+		for _, perm := range ixn.Permissions {
+			compiled, err := compilePermission(perm)
+			if err != nil {
+				log.Warn("intention permission ignored: it never matches", zap.String("source", ixn.SourceName), zap.Error(err))
+				continue
+			}
+			rule.permissions = append(rule.permissions, compiled)
+		}
+		rules.intentions = append(rules.intentions, rule)
+	}
+	return rules
+}
+
+func compilePermission(perm *api.IntentionPermission) (permissionRule, error) {
+	rule := permissionRule{allow: perm.Action == api.IntentionActionAllow, needsJWT: perm.JWT != nil}
+	h := perm.HTTP
+	if h == nil {
+		return rule, nil
+	}
+	m := &httpMatch{pathExact: h.PathExact, pathPrefix: h.PathPrefix, methods: h.Methods}
+	var err error
+	if h.PathRegex != "" {
+		if m.pathRegex, err = anchored(h.PathRegex); err != nil {
+			return rule, fmt.Errorf("path regex %q: %v", h.PathRegex, err)
+		}
+	}
+	for _, hdr := range h.Header {
+		hm := headerMatch{IntentionHTTPHeaderPermission: hdr}
+		if hdr.Regex != "" {
+			if hm.regex, err = anchored(hdr.Regex); err != nil {
+				return rule, fmt.Errorf("header %s regex %q: %v", hdr.Name, hdr.Regex, err)
+			}
+		}
+		m.headers = append(m.headers, hm)
+	}
+	rule.http = m
+	return rule, nil
+}
+
+// anchored compiles a regular expression that must match a whole value,
+// as Envoy's do.
+func anchored(expr string) (*regexp.Regexp, error) {
+	return regexp.Compile("^(?:" + expr + ")$")
+}
+
+// allows evaluates the rules for a caller and request, falling back to
+// defaultAllow.
+func (r *intentionRules) allows(req *http.Request, service, namespace, partition string, defaultAllow bool) bool {
+	for i := range r.intentions {
+		rule := &r.intentions[i]
+		if !rule.matchesSource(service, namespace, partition) {
+			continue
+		}
+		if len(rule.permissions) == 0 {
+			return rule.allow
+		}
+		for _, perm := range rule.permissions {
+			if perm.http.matches(req) {
+				return perm.allow && !perm.needsJWT
+			}
+		}
+		return defaultAllow
+	}
+	return defaultAllow
+}
+
+func (rule *intentionRule) matchesSource(service, namespace, partition string) bool {
+	return matchesName(rule.sourceName, service, "") &&
+		matchesName(rule.sourceNS, namespace, "default") &&
+		matchesName(rule.sourcePartition, partition, "default")
+}
+
+// matchesName reports whether an intention's name (a name, *, or empty
+// for the default) matches a caller's (empty for the default).
+func matchesName(pattern, name, defaultName string) bool {
+	return pattern == "*" || cmp.Or(pattern, defaultName) == cmp.Or(name, defaultName)
+}
+
+// matches reports whether every condition of m holds for req; a nil
+// match matches every request.
+func (m *httpMatch) matches(req *http.Request) bool {
+	if m == nil {
+		return true
+	}
+	path := req.URL.Path
+	switch {
+	case m.pathExact != "" && path != m.pathExact,
+		m.pathPrefix != "" && !strings.HasPrefix(path, m.pathPrefix),
+		m.pathRegex != nil && !m.pathRegex.MatchString(path),
+		len(m.methods) > 0 && !slices.Contains(m.methods, req.Method):
+		return false
+	}
+	for i := range m.headers {
+		if !m.headers[i].matches(req.Header) {
+			return false
+		}
+	}
+	return true
+}
+
+// matches evaluates one header condition, as Envoy's header matchers do:
+// several values of a header are joined with commas.
+func (hm *headerMatch) matches(header http.Header) bool {
+	values, present := header[http.CanonicalHeaderKey(hm.Name)]
+	value := strings.Join(values, ",")
+	fold := func(s string) string { return s }
+	if hm.IgnoreCase {
+		fold = strings.ToLower
+	}
+	var ok bool
+	switch {
+	case hm.Present:
+		ok = present
+	case hm.Exact != "":
+		ok = present && fold(value) == fold(hm.Exact)
+	case hm.Prefix != "":
+		ok = present && strings.HasPrefix(fold(value), fold(hm.Prefix))
+	case hm.Suffix != "":
+		ok = present && strings.HasSuffix(fold(value), fold(hm.Suffix))
+	case hm.Contains != "":
+		ok = present && strings.Contains(fold(value), fold(hm.Contains))
+	case hm.regex != nil:
+		ok = present && hm.regex.MatchString(value)
+	default:
+		ok = present
+	}
+	return ok != hm.Invert
+}
+
+// meshApp returns the config's mesh app, or nil when it has none.
+func meshApp(ctx caddy.Context) (*App, error) {
+	app, err := ctx.AppIfConfigured("mesh")
+	if errors.Is(err, caddy.ErrNotConfigured) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading the mesh app: %w", err)
+	}
+	return app.(*App), nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*ConsulIntentions)(nil)
+	_ caddy.CleanerUpper    = (*ConsulIntentions)(nil)
+	_ caddyfile.Unmarshaler = (*ConsulIntentions)(nil)
+	_ caddy.Destructor      = (*intentionsWatch)(nil)
+)

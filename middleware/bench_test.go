@@ -1,0 +1,82 @@
+package middleware
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// benchmarkHandlers returns caddymesh's handlers, set up as a sidecar uses
+// them (per-caller keys), and Caddy's vars handler, setting one variable:
+// the floor of what a Caddy middleware costs.
+func benchmarkHandlers(b testing.TB) map[string]caddyhttp.MiddlewareHandler {
+	const perCaller = "{http.vars.mesh_caller}"
+	vars := caddyhttp.VarsMiddleware{"caller": "web"}
+	return map[string]caddyhttp.MiddlewareHandler{
+		"vars": vars,
+		"mesh_identity": newIdentity(b, &Identity{
+			From:  []IdentitySource{{Source: "header", Header: "X-Mesh-Caller", Trusted: []string{"10.0.0.0/8"}}},
+			Allow: []string{"web"},
+		}),
+		"mesh_limit":   limitAt(b, &Limit{Key: perCaller, Rate: "1e9/s", Burst: 1 << 30, Concurrency: 1 << 20}, time.Now()),
+		"mesh_breaker": newBreaker(b, &Breaker{Key: perCaller}),
+	}
+}
+
+// allowedRequest is a request each handler of benchmarkHandlers lets
+// through.
+func allowedRequest() *http.Request {
+	r := fromPeer("10.0.0.1:5000", "web")
+	caddyhttp.SetVar(r.Context(), CallerVar, "web")
+	return r
+}
+
+var noop = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+
+func TestAllowPathsDoNotAllocate(t *testing.T) {
+	for name, h := range benchmarkHandlers(t) {
+		if name == "vars" || (name == "mesh_breaker" && raceEnabled) { // the race detector makes sync.Pool drop items
+			continue
+		}
+		r, w := allowedRequest(), new(discard)
+		if err := h.ServeHTTP(w, r, noop); err != nil { // the first request of a caller may set things up
+			t.Fatalf("%s: %v", name, err)
+		}
+		if allocs := testing.AllocsPerRun(1000, func() { h.ServeHTTP(w, r, noop) }); allocs != 0 {
+			t.Errorf("%s: %v allocations per request let through, want 0", name, allocs)
+		}
+	}
+}
+
+// BenchmarkHandler measures one request through a handler on its allow
+// path, serially and from parallel goroutines, beside Caddy's vars
+// handler. Compare them with benchstat -col /handler.
+func BenchmarkHandler(b *testing.B) {
+	handlers := benchmarkHandlers(b)
+	for _, name := range []string{"vars", "mesh_identity", "mesh_limit", "mesh_breaker"} {
+		h := handlers[name]
+		b.Run("handler="+name+"/mode=serial", func(b *testing.B) {
+			r, w := allowedRequest(), new(discard)
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := h.ServeHTTP(w, r, noop); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("handler="+name+"/mode=parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				r, w := allowedRequest(), new(discard)
+				for pb.Next() {
+					if err := h.ServeHTTP(w, r, noop); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}

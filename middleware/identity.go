@@ -1,0 +1,343 @@
+// Package middleware holds the HTTP handlers a mesh sidecar needs in front
+// of the service it fronts: mesh_identity (who is calling, and may they),
+// mesh_breaker (stop calling what fails) and mesh_limit (traffic shaping).
+package middleware
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(new(Identity))
+}
+
+// Variables mesh_identity sets on requests it lets through.
+const (
+	// CallerVar holds the calling service's name: {http.vars.mesh_caller}.
+	CallerVar = "mesh_caller"
+	// CallerIDVar holds the caller's SPIFFE ID, when it came from a
+	// certificate: {http.vars.mesh_caller_id}.
+	CallerIDVar = "mesh_caller_id"
+)
+
+// Identity establishes which service is calling, and decides whether it
+// may: from the SPIFFE ID of a verified client certificate, or from a
+// request header sent by a trusted network. Explicit deny wins, then
+// allow; with intentions, Consul's service intentions decide the rest.
+//
+// A request without an identity is answered 401, one not allowed 403,
+// with a short JSON body naming the reason ({"error": "caller denied",
+// "caller": "web"}), and logged with the caller. When the server has
+// handle_errors routes, the refusal goes to them instead, as a Caddy HTTP
+// error whose message is the reason. A request let through carries the
+// caller in {http.vars.mesh_caller}, to pass upstream with header_up or to
+// log.
+type Identity struct {
+	// Where a caller's identity comes from, tried in order.
+	From []IdentitySource `json:"from,omitempty"`
+
+	// Callers allowed: service names, or * for any caller with an identity.
+	// With neither allow nor intentions, any caller with an identity is
+	// allowed.
+	Allow []string `json:"allow,omitempty"`
+
+	// Callers denied, whatever else says: service names, or *.
+	Deny []string `json:"deny,omitempty"`
+
+	// Decide, for callers neither allowed nor denied above, with a
+	// service's intentions: a module of the mesh.intentions namespace,
+	// such as {"source": "consul", "destination": "api"}.
+	IntentionsRaw json.RawMessage `json:"intentions,omitempty" caddy:"namespace=mesh.intentions inline_key=source"`
+
+	intentions IntentionSource
+	names      boxedNames
+	logger     *zap.Logger
+}
+
+// IdentitySource is one place a caller's identity may come from.
+type IdentitySource struct {
+	// "mtls": the SPIFFE URI SAN (spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>)
+	// of the client certificate, which Caddy's `tls { client_auth }` must
+	// have verified. "header": a request header, trusted only from the
+	// networks in Trusted.
+	Source string `json:"source,omitempty"`
+
+	// For "header": the request header that names the calling service.
+	Header string `json:"header,omitempty"`
+
+	// For "header": the networks (CIDR) of peers allowed to send the
+	// header. A request from elsewhere that carries it is answered 403.
+	Trusted []string `json:"trusted,omitempty"`
+
+	trusted []netip.Prefix
+}
+
+// IntentionSource decides, from intentions it keeps current and without
+// I/O, whether a caller may make a request. Namespace and partition are
+// empty for the defaults.
+type IntentionSource interface {
+	Allows(r *http.Request, service, namespace, partition string) bool
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Identity) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.mesh_identity",
+		New: func() caddy.Module { return new(Identity) },
+	}
+}
+
+// Provision parses the trusted networks and loads the intentions source.
+func (id *Identity) Provision(ctx caddy.Context) error {
+	id.logger = ctx.Logger()
+	if err := id.Validate(); err != nil {
+		return err
+	}
+	for i := range id.From {
+		src := &id.From[i]
+		for _, cidr := range src.Trusted {
+			prefix, err := netip.ParsePrefix(cidr)
+			if err != nil {
+				return fmt.Errorf("mesh_identity: trusted %q: %v", cidr, err)
+			}
+			src.trusted = append(src.trusted, prefix)
+		}
+		src.Header = http.CanonicalHeaderKey(src.Header)
+	}
+	if id.IntentionsRaw != nil {
+		mod, err := ctx.LoadModule(id, "IntentionsRaw")
+		if err != nil {
+			return fmt.Errorf("mesh_identity: loading intentions: %v", err)
+		}
+		source, ok := mod.(IntentionSource)
+		if !ok {
+			return fmt.Errorf("mesh_identity: intentions module %T cannot decide", mod)
+		}
+		id.intentions = source
+	}
+	return nil
+}
+
+// Validate rejects bad values, naming the field and the value.
+func (id *Identity) Validate() error {
+	if len(id.From) == 0 {
+		return errors.New("mesh_identity: from: at least one source of identity is required")
+	}
+	for _, src := range id.From {
+		switch {
+		case src.Source == "mtls" && (src.Header != "" || len(src.Trusted) > 0):
+			return errors.New("mesh_identity: from mtls takes no header or trusted networks")
+		case src.Source == "header" && (src.Header == "" || len(src.Trusted) == 0):
+			return fmt.Errorf("mesh_identity: from header %q: a header name and trusted networks are required", src.Header)
+		case src.Source != "mtls" && src.Source != "header":
+			return fmt.Errorf("mesh_identity: from %q: must be mtls or header", src.Source)
+		}
+		for _, cidr := range src.Trusted {
+			if _, err := netip.ParsePrefix(cidr); err != nil {
+				return fmt.Errorf("mesh_identity: trusted %q: %v", cidr, err)
+			}
+		}
+	}
+	return nil
+}
+
+// caller is who is calling.
+type caller struct {
+	service, namespace, partition, spiffeID string
+}
+
+// ServeHTTP lets through callers that may call, and answers the others.
+func (id *Identity) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	who, status, reason := id.identify(r)
+	if status == 0 {
+		status, reason = id.authorize(r, who)
+	}
+	if status != 0 {
+		return id.refuse(w, r, status, reason, who)
+	}
+	caddyhttp.SetVar(r.Context(), CallerVar, id.names.box(who.service))
+	if who.spiffeID != "" {
+		caddyhttp.SetVar(r.Context(), CallerIDVar, id.names.box(who.spiffeID))
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// identify finds the caller, or the status and reason to refuse with.
+func (id *Identity) identify(r *http.Request) (caller, int, string) {
+	for i := range id.From {
+		src := &id.From[i]
+		switch src.Source {
+		case "mtls":
+			if who, ok := fromCertificate(r); ok {
+				return who, 0, ""
+			}
+		case "header":
+			name := r.Header.Get(src.Header)
+			if name == "" {
+				continue
+			}
+			if !src.trusts(r.RemoteAddr) {
+				return caller{service: name}, http.StatusForbidden, "identity header from an untrusted peer"
+			}
+			return caller{service: name}, 0, ""
+		}
+	}
+	return caller{}, http.StatusUnauthorized, "no caller identity"
+}
+
+// trusts reports whether the peer at remoteAddr is in a trusted network.
+func (src *IdentitySource) trusts(remoteAddr string) bool {
+	peer, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	addr := peer.Addr().Unmap()
+	return slices.ContainsFunc(src.trusted, func(p netip.Prefix) bool { return p.Contains(addr) })
+}
+
+// fromCertificate reads the caller from the SPIFFE ID of a client
+// certificate that Caddy verified.
+func fromCertificate(r *http.Request) (caller, bool) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.PeerCertificates) == 0 {
+		return caller{}, false
+	}
+	for _, uri := range r.TLS.PeerCertificates[0].URIs {
+		if uri.Scheme == "spiffe" {
+			return parseSPIFFE(uri.Path, uri.String())
+		}
+	}
+	return caller{}, false
+}
+
+// parseSPIFFE reads the path of a Consul service SPIFFE ID:
+// [/ap/<partition>]/ns/<namespace>/dc/<datacenter>/svc/<service>.
+func parseSPIFFE(path, id string) (caller, bool) {
+	who := caller{spiffeID: id}
+	rest := strings.TrimPrefix(path, "/")
+	for rest != "" {
+		var label, value string
+		label, rest, _ = strings.Cut(rest, "/")
+		value, rest, _ = strings.Cut(rest, "/")
+		switch label {
+		case "ap":
+			who.partition = value
+		case "ns":
+			who.namespace = value
+		case "svc":
+			who.service = value
+		}
+	}
+	return who, who.service != ""
+}
+
+// authorize decides whether who may make request r: 0, or the status and
+// reason to refuse with.
+func (id *Identity) authorize(r *http.Request, who caller) (int, string) {
+	switch {
+	case matchesAny(id.Deny, who.service):
+		return http.StatusForbidden, "caller denied"
+	case matchesAny(id.Allow, who.service):
+		return 0, ""
+	case id.intentions != nil:
+		if id.intentions.Allows(r, who.service, who.namespace, who.partition) {
+			return 0, ""
+		}
+		return http.StatusForbidden, "caller denied by intentions"
+	case len(id.Allow) > 0:
+		return http.StatusForbidden, "caller not allowed"
+	}
+	return 0, ""
+}
+
+func matchesAny(services []string, service string) bool {
+	return slices.ContainsFunc(services, func(s string) bool { return s == "*" || s == service })
+}
+
+// refuse logs a refused request with the caller and answers it: with the
+// JSON body, or, when the server has handle_errors routes to write the
+// answer, as a Caddy HTTP error (Caddy alone would send an empty body).
+func (id *Identity) refuse(w http.ResponseWriter, r *http.Request, status int, reason string, who caller) error {
+	id.logger.Info("request refused",
+		zap.Int("status", status), zap.String("reason", reason),
+		zap.String("caller", who.service), zap.String("caller_id", who.spiffeID),
+		zap.String("remote", r.RemoteAddr), zap.String("uri", r.RequestURI))
+	if hasErrorRoutes(r) {
+		return caddyhttp.Error(status, errors.New(reason))
+	}
+	body, err := json.Marshal(refusal{Error: reason, Caller: who.service})
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, err = w.Write(append(body, '\n'))
+	return err
+}
+
+// refusal is the JSON body of a refused request.
+type refusal struct {
+	Error  string `json:"error"`
+	Caller string `json:"caller,omitempty"`
+}
+
+// hasErrorRoutes reports whether r's server handles errors with routes of
+// its own (handle_errors).
+func hasErrorRoutes(r *http.Request) bool {
+	srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return ok && srv != nil && srv.Errors != nil && len(srv.Errors.Routes) > 0
+}
+
+// boxedNames keeps caller names as interface values, so that storing one
+// in a request's variables does not allocate: reads are lock-free, from a
+// map replaced whole when a new name comes (rarely: callers are services).
+// It holds at most maxBoxedNames; beyond, names are boxed on each request.
+type boxedNames struct {
+	names atomic.Pointer[map[string]any]
+	mu    sync.Mutex // serializes additions
+}
+
+const maxBoxedNames = 4096
+
+func (b *boxedNames) box(name string) any {
+	if names := b.names.Load(); names != nil {
+		if boxed, ok := (*names)[name]; ok {
+			return boxed
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old := b.names.Load()
+	if old != nil && len(*old) >= maxBoxedNames {
+		return name
+	}
+	next := make(map[string]any, 1)
+	if old != nil {
+		next = maps.Clone(*old)
+	}
+	if boxed, ok := next[name]; ok {
+		return boxed
+	}
+	next[name] = name
+	b.names.Store(&next)
+	return next[name]
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Identity)(nil)
+	_ caddy.Validator             = (*Identity)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Identity)(nil)
+)

@@ -1,0 +1,210 @@
+package middleware
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddymesh/caddymesh/internal/meshtest"
+)
+
+// newIdentity provisions id, quiet: the tests refuse many requests.
+func newIdentity(t testing.TB, id *Identity) *Identity {
+	provision(t, id)
+	id.logger = zap.NewNop()
+	return id
+}
+
+var fromWebHeader = IdentitySource{Source: "header", Header: "X-Mesh-Caller", Trusted: []string{"10.0.0.0/8", "::1/128"}}
+
+// callerIs is a next handler that reports the caller variables.
+var callerIs = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+	caller, _ := caddyhttp.GetVar(r.Context(), CallerVar).(string)
+	id, _ := caddyhttp.GetVar(r.Context(), CallerIDVar).(string)
+	_, err := w.Write([]byte(caller + " " + id))
+	return err
+})
+
+func fromPeer(remoteAddr, caller string) *http.Request {
+	r := request("GET", "/")
+	r.RemoteAddr = remoteAddr
+	if caller != "" {
+		r.Header.Set("X-Mesh-Caller", caller)
+	}
+	return r
+}
+
+func TestIdentityFromHeaderOnlyFromTrustedPeers(t *testing.T) {
+	id := newIdentity(t, &Identity{From: []IdentitySource{fromWebHeader}})
+	for _, tc := range []struct {
+		peer, caller string
+		status       int
+		body         string
+	}{
+		{"10.1.2.3:5000", "web", 200, "web "},
+		{"[::1]:5000", "web", 200, "web "},
+		{"[::ffff:10.1.2.3]:5000", "web", 200, "web "}, // IPv4 mapped
+		{"192.168.1.1:5000", "web", 403, `{"error":"identity header from an untrusted peer","caller":"web"}`},
+		{"10.1.2.3:5000", "", 401, `{"error":"no caller identity"}`},
+		{"192.168.1.1:5000", "", 401, `{"error":"no caller identity"}`},
+	} {
+		a := serve(id, fromPeer(tc.peer, tc.caller), callerIs)
+		if a.status != tc.status || strings.TrimSuffix(a.body, "\n") != tc.body {
+			t.Errorf("caller %q from %s: %d %q, want %d %q", tc.caller, tc.peer, a.status, a.body, tc.status, tc.body)
+		}
+	}
+}
+
+func TestParseSPIFFE(t *testing.T) {
+	for path, want := range map[string]caller{
+		"/ns/default/dc/dc1/svc/web":           {service: "web", namespace: "default"},
+		"/ap/eng/ns/billing/dc/dc2/svc/ledger": {service: "ledger", namespace: "billing", partition: "eng"},
+		"/ns/default/dc/dc1/svc/":              {},
+		"/agent/client/dc/dc1/id/node-1":       {},
+		"":                                     {},
+	} {
+		got, ok := parseSPIFFE(path, "id")
+		if ok != (want.service != "") || (ok && (got.service != want.service || got.namespace != want.namespace || got.partition != want.partition)) {
+			t.Errorf("parseSPIFFE(%q) = %+v, %v; want %+v", path, got, ok, want)
+		}
+	}
+}
+
+// withCertificate returns a request over TLS that presented leaf, as
+// Caddy hands it on: verified when verified is set.
+func withCertificate(t *testing.T, leaf meshtest.Leaf, verified bool) *http.Request {
+	cert, err := x509.ParseCertificate(leaf.Certificate.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := request("GET", "/")
+	r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}}
+	if verified {
+		r.TLS.VerifiedChains = [][]*x509.Certificate{{cert}}
+	}
+	return r
+}
+
+func TestIdentityFromVerifiedCertificate(t *testing.T) {
+	ca := meshtest.NewCA(t, "mesh-ca")
+	web := ca.Service(t, "spiffe://11111111-2222.consul/ns/default/dc/dc1/svc/web")
+	id := newIdentity(t, &Identity{From: []IdentitySource{{Source: "mtls"}, fromWebHeader}})
+
+	a := serve(id, withCertificate(t, web, true), callerIs)
+	if a.status != 200 || a.body != "web spiffe://11111111-2222.consul/ns/default/dc/dc1/svc/web" {
+		t.Errorf("verified certificate: %d %q, want the caller and its SPIFFE ID", a.status, a.body)
+	}
+	if a = serve(id, withCertificate(t, web, false), callerIs); a.status != 401 {
+		t.Errorf("unverified certificate: %d %q, want 401", a.status, a.body)
+	}
+	noSPIFFE := ca.Server(t)
+	if a = serve(id, withCertificate(t, noSPIFFE, true), callerIs); a.status != 401 {
+		t.Errorf("certificate without a SPIFFE ID: %d %q, want 401", a.status, a.body)
+	}
+	r := withCertificate(t, noSPIFFE, true)
+	r.RemoteAddr = "10.0.0.1:1234"
+	r.Header.Set("X-Mesh-Caller", "batch")
+	if a = serve(id, r, callerIs); a.status != 200 || a.body != "batch " {
+		t.Errorf("no SPIFFE ID, then a trusted header: %d %q, want the header's caller", a.status, a.body)
+	}
+}
+
+// intentionsSay is an intentions source that allows the callers listed.
+type intentionsSay []string
+
+func (allowed intentionsSay) Allows(_ *http.Request, service, _, _ string) bool {
+	return matchesAny(allowed, service)
+}
+
+func TestIdentityDecidesDenyThenAllowThenIntentions(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		allow, deny []string
+		intentions  IntentionSource
+		allowed     []string // of web, billing, batch
+	}{
+		{"nothing said: any caller", nil, nil, nil, []string{"web", "billing", "batch"}},
+		{"allow list", []string{"web", "batch"}, nil, nil, []string{"web", "batch"}},
+		{"allow any", []string{"*"}, nil, nil, []string{"web", "billing", "batch"}},
+		{"deny list", nil, []string{"billing"}, nil, []string{"web", "batch"}},
+		{"deny beats allow", []string{"*"}, []string{"billing"}, nil, []string{"web", "batch"}},
+		{"deny any", []string{"web"}, []string{"*"}, nil, nil},
+		{"intentions decide", nil, nil, intentionsSay{"batch"}, []string{"batch"}},
+		{"allow before intentions", []string{"web"}, nil, intentionsSay{"batch"}, []string{"web", "batch"}},
+		{"deny before intentions", nil, []string{"batch"}, intentionsSay{"*"}, []string{"web", "billing"}},
+	} {
+		id := newIdentity(t, &Identity{From: []IdentitySource{fromWebHeader}, Allow: tc.allow, Deny: tc.deny})
+		id.intentions = tc.intentions
+		var allowed []string
+		for _, caller := range []string{"web", "billing", "batch"} {
+			switch a := serve(id, fromPeer("10.0.0.1:1", caller), callerIs); a.status {
+			case 200:
+				allowed = append(allowed, caller)
+			case 403:
+				var body refusal
+				if err := json.Unmarshal([]byte(a.body), &body); err != nil || body.Caller != caller || body.Error == "" {
+					t.Errorf("%s: refusal body %q, want JSON naming the reason and the caller", tc.name, a.body)
+				}
+			default:
+				t.Errorf("%s: %s answered %d", tc.name, caller, a.status)
+			}
+		}
+		if strings.Join(allowed, ",") != strings.Join(tc.allowed, ",") {
+			t.Errorf("%s: allowed %v, want %v", tc.name, allowed, tc.allowed)
+		}
+	}
+}
+
+func TestIdentityRefusalGoesToErrorRoutesWhenTheServerHasThem(t *testing.T) {
+	id := newIdentity(t, &Identity{From: []IdentitySource{fromWebHeader}, Deny: []string{"web"}})
+	srv := &caddyhttp.Server{Errors: &caddyhttp.HTTPErrorConfig{Routes: caddyhttp.RouteList{{}}}}
+	r := fromPeer("10.0.0.1:1", "web")
+	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.ServerCtxKey, srv))
+	a := serve(id, r, callerIs)
+	var handlerErr caddyhttp.HandlerError
+	if a.status != 403 || !errors.As(a.err, &handlerErr) || handlerErr.Err.Error() != "caller denied" || a.body != "" {
+		t.Errorf("refused with error routes: %d %v %q, want a Caddy HTTP error 403 \"caller denied\" and no body written", a.status, a.err, a.body)
+	}
+}
+
+func TestIdentityRejectsBadSettings(t *testing.T) {
+	for _, tc := range []struct {
+		from []IdentitySource
+		want string
+	}{
+		{nil, "from: at least one source of identity is required"},
+		{[]IdentitySource{{Source: "jwt"}}, `from "jwt": must be mtls or header`},
+		{[]IdentitySource{{Source: "mtls", Header: "X-Caller"}}, "from mtls takes no header"},
+		{[]IdentitySource{{Source: "header", Header: "X-Caller"}}, `from header "X-Caller": a header name and trusted networks are required`},
+		{[]IdentitySource{{Source: "header", Trusted: []string{"10.0.0.0/8"}}}, `from header "": a header name`},
+		{[]IdentitySource{{Source: "header", Header: "X-Caller", Trusted: []string{"10.0.0.0/33"}}}, `trusted "10.0.0.0/33"`},
+		{[]IdentitySource{{Source: "header", Header: "X-Caller", Trusted: []string{"10.0.0.1"}}}, `trusted "10.0.0.1"`},
+	} {
+		err := (&Identity{From: tc.from}).Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("from %+v: error %v, want one saying %q", tc.from, err, tc.want)
+		}
+	}
+}
+
+func TestBoxedNamesAreCappedAndShared(t *testing.T) {
+	var names boxedNames
+	first := names.box("web")
+	if again := names.box("web"); again != first {
+		t.Error("a name was boxed twice")
+	}
+	for i := range maxBoxedNames + 10 {
+		names.box(strings.Repeat("x", i%50) + string(rune('a'+i%26)) + string(rune(i)))
+	}
+	if n := len(*names.names.Load()); n != maxBoxedNames {
+		t.Errorf("%d names kept, want the cap of %d", n, maxBoxedNames)
+	}
+}
