@@ -16,6 +16,12 @@
 //     of the same names).
 //   - mesh.intentions.consul: Consul's service intentions, for
 //     mesh_identity; admin.api.mesh: the admin API under /mesh/.
+//   - http.handlers.mesh_service: a gateway's way to name the Consul
+//     service from the request (/greeter/hello goes to greeter), refusing
+//     services that may not be reached.
+//   - http.handlers.mesh_router: the routes services declare in Consul
+//     (Fabio's urlprefix- tags, or meta), served without reloads; with
+//     tls.permission.mesh, on-demand TLS for the hosts they declare.
 //
 // It plugs into Caddy's reverse_proxy rather than replacing it, so retries,
 // passive health checks, transports, WebSockets, header manipulation,

@@ -15,13 +15,26 @@ import (
 
 func init() {
 	httpcaddyfile.RegisterGlobalOption("mesh", parseMesh)
-	// A sidecar's inbound chain, so that no `order` option is needed: who
-	// calls (mesh_identity), how much (mesh_limit), and whether what it
-	// wraps is failing (mesh_breaker), after Caddy's own authentication and
-	// before the handlers that answer, such as reverse_proxy.
-	registerHandler("mesh_identity", func() handler { return new(middleware.Identity) })
-	registerHandler("mesh_limit", func() handler { return new(middleware.Limit) })
-	registerHandler("mesh_breaker", func() handler { return new(middleware.Breaker) })
+	// A sidecar's or gateway's inbound chain, so that no `order` option is
+	// needed: who calls (mesh_identity), which service they call
+	// (mesh_service), how much (mesh_limit), and whether what it wraps is
+	// failing (mesh_breaker), after Caddy's own authentication and before
+	// the handlers that answer, such as reverse_proxy.
+	for _, directive := range []string{"mesh_identity", "mesh_service", "mesh_limit", "mesh_breaker"} {
+		registerHandler(directive, httpcaddyfile.Before, "request_header")
+	}
+	// mesh_router answers, as reverse_proxy does; with `fallback next`,
+	// reverse_proxy may answer what it does not route.
+	registerHandler("mesh_router", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// handlers make the handler of each caddymesh directive.
+var handlers = map[string]func() handler{
+	"mesh_identity": func() handler { return new(middleware.Identity) },
+	"mesh_service":  func() handler { return new(discovery.ServiceFromRequest) },
+	"mesh_limit":    func() handler { return new(middleware.Limit) },
+	"mesh_breaker":  func() handler { return new(middleware.Breaker) },
+	"mesh_router":   func() handler { return new(discovery.Router) },
 }
 
 // handler is a middleware that reads its own Caddyfile tokens.
@@ -30,15 +43,16 @@ type handler interface {
 	caddyfile.Unmarshaler
 }
 
-// registerHandler registers directive as a handler made by create, placed
-// before request_header; directives registered later come after earlier
-// ones.
-func registerHandler(directive string, create func() handler) {
+// registerHandler registers directive, placed relative to a standard
+// directive; directives placed before the same one come in the order they
+// are registered.
+func registerHandler(directive string, position httpcaddyfile.Positional, anchor string) {
+	create := handlers[directive]
 	httpcaddyfile.RegisterHandlerDirective(directive, func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		m := create()
 		return m, m.UnmarshalCaddyfile(h.Dispenser)
 	})
-	httpcaddyfile.RegisterDirectiveOrder(directive, httpcaddyfile.Before, "request_header")
+	httpcaddyfile.RegisterDirectiveOrder(directive, position, anchor)
 }
 
 // parseMesh sets up the mesh app from the `mesh` global option:

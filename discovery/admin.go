@@ -24,6 +24,7 @@ func init() {
 //   - GET /mesh/services: every Consul service watched, with its instances.
 //   - GET /mesh/services/<name>: the watches of one service.
 //   - GET /mesh/registrations: the instances this Caddy keeps registered.
+//   - GET /mesh/routes: the route table of each mesh_router.
 //
 // Answers are JSON; errors are JSON too ({"error": "..."}). No ACL token
 // ever appears in them.
@@ -43,6 +44,7 @@ func (Admin) Routes() []caddy.AdminRoute {
 		{Pattern: "/mesh/services", Handler: get(func(*http.Request) (any, error) { return watchViews(""), nil })},
 		{Pattern: "/mesh/services/", Handler: get(serviceWatches)},
 		{Pattern: "/mesh/registrations", Handler: get(func(*http.Request) (any, error) { return registrationViews(), nil })},
+		{Pattern: "/mesh/routes", Handler: get(func(*http.Request) (any, error) { return routeTableViews(), nil })},
 	}
 }
 
@@ -130,6 +132,43 @@ func (w *watcher) view(users int) watchView {
 		v.Instances = a.all.Instances
 	}
 	return v
+}
+
+// routeTableView is a mesh_router's table as the admin API shows it: its
+// routes in the order they are matched, the declarations that lost a
+// conflict, and those that could not be read.
+type routeTableView struct {
+	Routes    []routeView     `json:"routes"`
+	Conflicts []routeConflict `json:"conflicts"`
+	Rejected  []rejectedRoute `json:"rejected"`
+}
+
+// routeView is a route and the instances serving it.
+type routeView struct {
+	*routeEntry
+	Instances []string `json:"instances"`
+}
+
+func routeTableViews() []routeTableView {
+	views := []routeTableView{}
+	for _, t := range routers.tables() {
+		v := routeTableView{Routes: []routeView{}, Conflicts: t.conflicts, Rejected: t.rejected}
+		for _, e := range t.inMatchOrder() {
+			dials := []string{}
+			for _, inst := range e.instances.Instances {
+				dials = append(dials, inst.Dial)
+			}
+			v.Routes = append(v.Routes, routeView{routeEntry: e, Instances: dials})
+		}
+		if v.Conflicts == nil {
+			v.Conflicts = []routeConflict{}
+		}
+		if v.Rejected == nil {
+			v.Rejected = []rejectedRoute{}
+		}
+		views = append(views, v)
+	}
+	return views
 }
 
 // Interface guards

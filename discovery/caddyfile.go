@@ -3,7 +3,9 @@ package discovery
 import (
 	"strconv"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/caddymesh/caddymesh/internal/args"
 )
@@ -19,12 +21,17 @@ import (
 //	    consistency     default|stale|cached
 //	    wait            <duration>
 //	    panic_threshold <0..100>
+//	    max_services    <n>
+//	    idle_timeout    <duration>
+//	    resolve_timeout <duration>
 //	    consul {
 //	        ...
 //	    }
 //	}
 //
-// tag is repeatable; every tag listed must be present.
+// tag is repeatable; every tag listed must be present. max_services,
+// idle_timeout and resolve_timeout are for a service named by
+// placeholders.
 func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the source's name
 	if !d.AllArgs(&cu.Service) {
@@ -49,6 +56,12 @@ func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = args.Duration(d, &cu.Wait)
 		case "panic_threshold":
 			err = args.Int(d, &cu.PanicThreshold)
+		case "max_services":
+			err = args.Int(d, &cu.MaxServices)
+		case "idle_timeout":
+			err = args.Duration(d, &cu.IdleTimeout)
+		case "resolve_timeout":
+			err = args.Duration(d, &cu.ResolveTimeout)
 		case "consul":
 			cu.Consul = new(ConsulConfig)
 			err = cu.Consul.UnmarshalCaddyfile(d)
@@ -286,10 +299,7 @@ func (t *ConsulTLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "server_name":
 			err = args.String(d, &t.ServerName)
 		case "insecure_skip_verify":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			t.InsecureSkipVerify = true
+			err = args.Flag(d, &t.InsecureSkipVerify)
 		default:
 			return d.Errf("unrecognized consul tls option '%s'", d.Val())
 		}
@@ -300,8 +310,115 @@ func (t *ConsulTLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	mesh_service <placeholder> {
+//	    allow_services <pattern> ...
+//	    require_tag    <tag>
+//	    strip_path
+//	    consul {
+//	        ...
+//	    }
+//	}
+func (s *ServiceFromRequest) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive's name
+	if !d.AllArgs(&s.Service) {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "allow_services":
+			err = args.Append(d, &s.AllowServices)
+		case "require_tag":
+			err = args.String(d, &s.RequireTag)
+		case "strip_path":
+			err = args.Flag(d, &s.StripPath)
+		case "consul":
+			s.Consul = new(ConsulConfig)
+			err = s.Consul.UnmarshalCaddyfile(d)
+		default:
+			return d.Errf("unrecognized mesh_service option '%s'", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := s.Validate(); err != nil {
+		return d.Err(err.Error())
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	mesh_router {
+//	    tag_prefix  <prefix>
+//	    meta_prefix <prefix>
+//	    require_tag <tag>
+//	    fallback    404|next
+//	    proxy {
+//	        <reverse_proxy options, but upstreams and handle_response>
+//	    }
+//	    consul {
+//	        ...
+//	    }
+//	}
+func (rt *Router) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive's name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "tag_prefix":
+			err = args.String(d, &rt.TagPrefix)
+		case "meta_prefix":
+			err = args.String(d, &rt.MetaPrefix)
+		case "require_tag":
+			err = args.String(d, &rt.RequireTag)
+		case "fallback":
+			err = args.String(d, &rt.Fallback)
+		case "proxy":
+			err = rt.parseProxy(d)
+		case "consul":
+			rt.Consul = new(ConsulConfig)
+			err = rt.Consul.UnmarshalCaddyfile(d)
+		default:
+			return d.Errf("unrecognized mesh_router option '%s'", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := rt.Validate(); err != nil {
+		return d.Err(err.Error())
+	}
+	return nil
+}
+
+// parseProxy reads the proxy block with reverse_proxy's own parser.
+func (rt *Router) parseProxy(d *caddyfile.Dispenser) error {
+	segment := d.NewFromNextSegment()
+	for check := segment.NewFromNextSegment(); check.Next(); {
+		if check.Val() == "handle_response" && check.Nesting() == 1 {
+			return check.Err("mesh_router proxy: handle_response is not supported here")
+		}
+	}
+	proxy := new(reverseproxy.Handler)
+	if err := proxy.UnmarshalCaddyfile(segment); err != nil {
+		return err
+	}
+	rt.Proxy = caddyconfig.JSON(proxy, nil)
+	return nil
+}
+
 // Interface guards
 var (
+	_ caddyfile.Unmarshaler = (*ServiceFromRequest)(nil)
+	_ caddyfile.Unmarshaler = (*Router)(nil)
+	_ caddyfile.Unmarshaler = CertificatePermission{}
 	_ caddyfile.Unmarshaler = (*ConsulUpstreams)(nil)
 	_ caddyfile.Unmarshaler = (*App)(nil)
 	_ caddyfile.Unmarshaler = (*ConsulConfig)(nil)

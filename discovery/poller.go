@@ -55,6 +55,8 @@ type poller[T any] struct {
 	apply     func(T)
 	recovered func() // answers resume after failures; optional
 
+	changes // its owner signals each answer it publishes
+
 	tried     chan struct{} // closed once the first query's outcome is recorded
 	triedOnce sync.Once
 	cancel    context.CancelFunc
@@ -231,5 +233,43 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	case <-ctx.Done():
 		return false
+	}
+}
+
+// changes signals the subscribers of a poller each time its owner
+// publishes a new answer.
+type changes struct {
+	mu   sync.Mutex
+	subs map[chan<- struct{}]struct{}
+}
+
+// subscribe makes ch receive a signal after each change. The signal is
+// dropped when ch is full: give it a buffer of one, and any number of
+// changes before the subscriber looks make one signal.
+func (c *changes) subscribe(ch chan<- struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.subs == nil {
+		c.subs = make(map[chan<- struct{}]struct{})
+	}
+	c.subs[ch] = struct{}{}
+}
+
+// unsubscribe stops signals to ch.
+func (c *changes) unsubscribe(ch chan<- struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.subs, ch)
+}
+
+// notify signals every subscriber, without waiting for any.
+func (c *changes) notify() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for ch := range c.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
 	}
 }

@@ -1,11 +1,11 @@
 package discovery
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/pool"
+	"github.com/caddymesh/caddymesh/internal/reqkey"
 )
 
 func init() {
@@ -47,7 +48,14 @@ const firstAnswerTimeout = 3 * time.Second
 // gave keep being served. Each instance's weight and metadata travel with
 // the request for weight-aware selection policies.
 type ConsulUpstreams struct {
-	// Name of the Consul service. Required.
+	// Name of the Consul service. Required. It may hold placeholders, such
+	// as {http.request.uri.path.0} or {http.request.host.labels.2}, to name
+	// the service per request: then each service is watched from the first
+	// request for it (see max_services, idle_timeout, resolve_timeout), and
+	// a name that is not a valid Consul service name (letters, digits, - and
+	// _, at most 63, starting and ending with a letter or digit) gets no
+	// upstreams. Put mesh_service in front to say which names may be
+	// reached.
 	Service string `json:"service,omitempty"`
 
 	// Tags an instance must all carry to be used.
@@ -88,15 +96,30 @@ type ConsulUpstreams struct {
 	// than the service. 0 turns it off. Default: 0.
 	PanicThreshold int `json:"panic_threshold,omitempty"`
 
+	// For a service name with placeholders: how many services it watches
+	// at most at once; requests for others get no upstreams until one is
+	// let go. Default: 256.
+	MaxServices int `json:"max_services,omitempty"`
+
+	// For a service name with placeholders: how long a service is watched
+	// without a request for it before it is let go. Default: 10m.
+	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
+
+	// For a service name with placeholders: how long the first request for
+	// a service waits for Consul's first answer about it. Default: 3s.
+	ResolveTimeout caddy.Duration `json:"resolve_timeout,omitempty"`
+
 	// Connection settings for this source, overriding the mesh app's
 	// field by field.
 	Consul *ConsulConfig `json:"consul,omitempty"`
 
-	watchers  []*watcher // one per datacenter, in failover order
-	keys      []watchKey // what to give back to the pool at cleanup
-	noAnswer  error
-	panicking atomic.Bool
-	logger    *zap.Logger
+	conn        connection
+	datacenters []string
+	filter      string
+	static      *serviceWatch // the service, when its name is fixed
+	lazy        *lazyServices // the services, when the name has placeholders
+	serviceName reqkey.Func   // evaluates a name with placeholders
+	logger      *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -108,7 +131,8 @@ func (*ConsulUpstreams) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision validates the config and takes a shared watcher for each
-// datacenter, waiting briefly for Consul's first answer.
+// datacenter, waiting briefly for Consul's first answer; or, for a service
+// name with placeholders, gets ready to watch services as requests come.
 func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 	cu.logger = ctx.Logger()
 	if err := cu.validate(); err != nil {
@@ -122,157 +146,95 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	conn, err := resolveConnection(cu.Consul, appConsul)
-	if err != nil {
+	if cu.conn, err = resolveConnection(cu.Consul, appConsul); err != nil {
 		return err
 	}
 	if err := useEvents(ctx); err != nil {
 		return err
 	}
-	filter := cu.fullFilter()
-	datacenters := cu.Datacenters
-	if len(datacenters) == 0 {
-		datacenters = []string{conn.datacenter}
+	cu.filter = cu.fullFilter()
+	cu.datacenters = cu.Datacenters
+	if len(cu.datacenters) == 0 {
+		cu.datacenters = []string{cu.conn.datacenter}
 	}
-	for _, dc := range datacenters {
-		key := watchKey{
-			endpoint: conn.endpoint, service: cu.Service, datacenter: dc, filter: filter,
-			health: cu.Health, near: cu.Near, consistency: cu.Consistency, wait: time.Duration(cu.Wait),
-		}
-		if err := cu.take(key, conn); err != nil {
-			return err
-		}
+	if hasPlaceholders(cu.Service) {
+		cu.serviceName = reqkey.Compile(cu.Service)
+		cu.lazy = newLazyServices(ctx, cu)
+		return nil
 	}
-	cu.noAnswer = fmt.Errorf("consul has not answered yet for service %q", cu.Service)
-	cu.awaitFirstAnswers(ctx)
-	return nil
-}
-
-// take gets the shared watcher for key, starting it if it is the first.
-func (cu *ConsulUpstreams) take(key watchKey, conn connection) error {
-	value, _, err := watchers.LoadOrNew(key, func() (caddy.Destructor, error) {
-		w, err := newWatcher(key, conn)
-		if err != nil {
-			return nil, err
-		}
-		w.tags, w.userFilter = cu.Tags, cu.Filter
-		w.start()
-		return w, nil
-	})
-	if err != nil {
+	if cu.static, err = cu.watch(cu.Service); err != nil {
 		return err
 	}
-	cu.keys = append(cu.keys, key)
-	cu.watchers = append(cu.watchers, value.(*watcher))
+	cu.static.awaitFirstAnswers(ctx, firstAnswerTimeout)
 	return nil
 }
 
-// awaitFirstAnswers waits until every watcher has had its first try at
-// Consul, for at most firstAnswerTimeout. A failed try does not hold
-// provisioning up: Consul is down, and GetUpstreams errors (so Caddy uses
-// any static upstreams) until it answers.
-func (cu *ConsulUpstreams) awaitFirstAnswers(ctx caddy.Context) {
-	deadline := time.NewTimer(firstAnswerTimeout)
-	defer deadline.Stop()
-	for _, w := range cu.watchers {
-		select {
-		case <-w.tried:
-		case <-deadline.C:
-			cu.logger.Warn("consul has not answered yet; starting without instances",
-				zap.String("service", cu.Service), zap.Duration("waited", firstAnswerTimeout))
-			return
-		case <-ctx.Done():
-			return
+// hasPlaceholders reports whether s holds a Caddy placeholder.
+func hasPlaceholders(s string) bool {
+	open := strings.IndexByte(s, '{')
+	return open >= 0 && strings.IndexByte(s[open:], '}') > 0
+}
+
+// watch takes the shared watcher of service in each of the source's
+// datacenters, starting those nobody runs yet.
+func (cu *ConsulUpstreams) watch(service string) (*serviceWatch, error) {
+	sw := &serviceWatch{service: service, panicThreshold: cu.PanicThreshold, logger: cu.logger}
+	for _, dc := range cu.datacenters {
+		key := watchKey{
+			endpoint: cu.conn.endpoint, service: service, datacenter: dc, filter: cu.filter,
+			health: cu.Health, near: cu.Near, consistency: cu.Consistency, wait: time.Duration(cu.Wait),
 		}
+		value, _, err := watchers.LoadOrNew(key, func() (caddy.Destructor, error) {
+			w, err := newWatcher(key, cu.conn)
+			if err != nil {
+				return nil, err
+			}
+			w.tags, w.userFilter = cu.Tags, cu.Filter
+			w.start()
+			return w, nil
+		})
+		if err != nil {
+			return nil, errors.Join(err, sw.release())
+		}
+		sw.keys = append(sw.keys, key)
+		sw.watchers = append(sw.watchers, value.(*watcher))
 	}
+	return sw, nil
 }
 
 // Cleanup lets go of the watchers; the last user of one stops it. A
 // stopped watcher keeps its last answer: Caddy cleans up an old config
 // while its server still finishes requests, and those keep being served.
 func (cu *ConsulUpstreams) Cleanup() error {
-	var errs []error
-	for _, key := range cu.keys {
-		if _, err := watchers.Delete(key); err != nil {
-			errs = append(errs, err)
-		}
+	if cu.lazy != nil {
+		return cu.lazy.releaseAll()
 	}
-	cu.keys = nil
-	return errors.Join(errs...)
+	if cu.static != nil {
+		return cu.static.release()
+	}
+	return nil
 }
 
 // GetUpstreams returns the instances to use for this attempt of r, as fresh
 // Upstream values. It does no I/O and takes no lock: the watchers keep the
-// answers current. It records the snapshot behind the upstreams in r for
-// weight-aware policies.
+// answers current (but the first request for a service named by
+// placeholders waits for its first answer). It records the snapshot behind
+// the upstreams in r for weight-aware policies.
 func (cu *ConsulUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
-	snap := cu.choose()
+	sw := cu.static
+	if cu.lazy != nil {
+		if sw = cu.lazy.get(r, cu.serviceName(r)); sw == nil {
+			pool.Attach(r, nil)
+			return nil, nil // not a service this source may watch: no upstreams
+		}
+	}
+	snap := sw.choose()
 	if snap == nil {
 		pool.Attach(r, nil)
-		return nil, cu.noAnswer
+		return nil, sw.noAnswer()
 	}
 	pool.Attach(r, snap)
 	return newUpstreams(snap.Instances), nil
-}
-
-// choose picks the snapshot to serve: that of the first datacenter with a
-// healthy instance, or, when none has one, of the first where panic mode
-// finds instances; nil when no datacenter has answered yet.
-func (cu *ConsulUpstreams) choose() *pool.Snapshot {
-	var first *answer
-	for _, w := range cu.watchers {
-		a := w.current.Load()
-		if a == nil {
-			continue
-		}
-		if first == nil {
-			first = a
-		}
-		if len(a.healthy.Instances) > 0 {
-			return cu.servable(a)
-		}
-	}
-	for _, w := range cu.watchers {
-		if a := w.current.Load(); a != nil && cu.panics(a) {
-			return cu.servable(a)
-		}
-	}
-	if first == nil {
-		return nil
-	}
-	return first.healthy
-}
-
-// servable returns a's healthy instances, or all of them in panic mode.
-func (cu *ConsulUpstreams) servable(a *answer) *pool.Snapshot {
-	panicking := cu.panics(a)
-	if cu.panicking.Load() != panicking && cu.panicking.CompareAndSwap(!panicking, panicking) {
-		cu.logPanic(a, panicking)
-	}
-	if panicking {
-		return a.all
-	}
-	return a.healthy
-}
-
-// panics reports whether fewer than PanicThreshold percent of a's
-// instances are healthy.
-func (cu *ConsulUpstreams) panics(a *answer) bool {
-	return len(a.healthy.Instances)*100 < cu.PanicThreshold*len(a.all.Instances)
-}
-
-func (cu *ConsulUpstreams) logPanic(a *answer, panicking bool) {
-	fields := []zap.Field{
-		zap.String("service", cu.Service),
-		zap.Int("healthy", len(a.healthy.Instances)),
-		zap.Int("total", len(a.all.Instances)),
-		zap.Int("panic_threshold", cu.PanicThreshold),
-	}
-	if panicking {
-		cu.logger.Warn("too few healthy instances: panic mode, sending traffic to all instances", fields...)
-		return
-	}
-	cu.logger.Info("enough healthy instances again: panic mode over", fields...)
 }
 
 // newUpstreams returns fresh Upstream values for instances, in two
@@ -304,6 +266,14 @@ func (cu *ConsulUpstreams) validate() error {
 		return fmt.Errorf("consul upstreams: wait %s: must be at most %s", time.Duration(cu.Wait), maxWait)
 	case cu.PanicThreshold < 0 || cu.PanicThreshold > 100:
 		return fmt.Errorf("consul upstreams: panic_threshold %d: must be between 0 and 100", cu.PanicThreshold)
+	case cu.MaxServices < 0:
+		return fmt.Errorf("consul upstreams: max_services %d: must not be negative", cu.MaxServices)
+	case cu.IdleTimeout < 0:
+		return fmt.Errorf("consul upstreams: idle_timeout %s: must not be negative", time.Duration(cu.IdleTimeout))
+	case cu.ResolveTimeout < 0:
+		return fmt.Errorf("consul upstreams: resolve_timeout %s: must not be negative", time.Duration(cu.ResolveTimeout))
+	case !hasPlaceholders(cu.Service) && (cu.MaxServices != 0 || cu.IdleTimeout != 0 || cu.ResolveTimeout != 0):
+		return fmt.Errorf("consul upstreams: max_services, idle_timeout and resolve_timeout are for a service name with placeholders, not %q", cu.Service)
 	}
 	for _, tag := range cu.Tags {
 		if tag == "" || strings.Contains(tag, "`") {
@@ -328,6 +298,9 @@ func (cu *ConsulUpstreams) setDefaults() {
 	if cu.Wait == 0 {
 		cu.Wait = caddy.Duration(defaultWait)
 	}
+	cu.MaxServices = cmp.Or(cu.MaxServices, defaultMaxServices)
+	cu.IdleTimeout = cmp.Or(cu.IdleTimeout, caddy.Duration(defaultIdleTimeout))
+	cu.ResolveTimeout = cmp.Or(cu.ResolveTimeout, caddy.Duration(firstAnswerTimeout))
 }
 
 // fullFilter is the Consul filter for Tags and Filter together. Tags are

@@ -131,12 +131,17 @@ func TestChoose(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cu := &ConsulUpstreams{Service: "web", PanicThreshold: tt.threshold, watchers: tt.watchers, logger: zap.NewNop()}
-			if got := ids(cu.choose()); got != tt.want {
+			sw := &serviceWatch{service: "web", panicThreshold: tt.threshold, watchers: tt.watchers, logger: zap.NewNop()}
+			if got := ids(sw.choose()); got != tt.want {
 				t.Errorf("chose %q, want %q", got, tt.want)
 			}
 		})
 	}
+}
+
+// staticSource is a source of the service web, as its watchers say.
+func staticSource(watchers ...*watcher) *ConsulUpstreams {
+	return &ConsulUpstreams{Service: "web", static: &serviceWatch{service: "web", watchers: watchers, logger: zap.NewNop()}}
 }
 
 // newRequest returns a request carrying Caddy's variable table, as a
@@ -147,7 +152,7 @@ func newRequest() *http.Request {
 }
 
 func TestGetUpstreams(t *testing.T) {
-	cu := &ConsulUpstreams{Service: "web", watchers: []*watcher{answered([]string{"a", "b"})}, logger: zap.NewNop()}
+	cu := staticSource(answered([]string{"a", "b"}))
 	r := newRequest()
 	first, err := cu.GetUpstreams(r)
 	if err != nil {
@@ -170,7 +175,7 @@ func TestGetUpstreams(t *testing.T) {
 }
 
 func TestGetUpstreamsBeforeFirstAnswer(t *testing.T) {
-	cu := &ConsulUpstreams{Service: "web", watchers: []*watcher{{}}, noAnswer: fmt.Errorf("no answer")}
+	cu := staticSource(&watcher{})
 	r := newRequest()
 	pool.Attach(r, pool.NewSnapshot(nil)) // left by an earlier attempt
 	if _, err := cu.GetUpstreams(r); err == nil {
@@ -192,7 +197,7 @@ func BenchmarkGetUpstreams(b *testing.B) {
 			for i := range names {
 				names[i] = fmt.Sprintf("10.0.%d.%d", i/256, i%256)
 			}
-			cu := &ConsulUpstreams{Service: "web", watchers: []*watcher{answered(names)}, logger: zap.NewNop()}
+			cu := staticSource(answered(names))
 			benchmarkSource(b, cu, newRequest())
 		})
 		b.Run(fmt.Sprintf("instances=%d/source=caddy-srv", n), func(b *testing.B) {

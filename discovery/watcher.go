@@ -142,6 +142,7 @@ func (w *watcher) apply(entries []*api.ServiceEntry) {
 		return
 	}
 	w.current.Store(next)
+	w.notify()
 	metrics.countUpdate(w.key.service)
 	healthy, total := len(next.healthy.Instances), len(next.all.Instances)
 	w.log().Debug("instances changed", zap.Int("healthy", healthy), zap.Int("total", total))

@@ -7,17 +7,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/caddymesh/caddymesh/internal/boxed"
 )
 
 func init() {
@@ -63,7 +62,7 @@ type Identity struct {
 	IntentionsRaw json.RawMessage `json:"intentions,omitempty" caddy:"namespace=mesh.intentions inline_key=source"`
 
 	intentions IntentionSource
-	names      boxedNames
+	names      boxed.Strings
 	logger     *zap.Logger
 }
 
@@ -168,9 +167,9 @@ func (id *Identity) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	if status != 0 {
 		return id.refuse(w, r, status, reason, who)
 	}
-	caddyhttp.SetVar(r.Context(), CallerVar, id.names.box(who.service))
+	caddyhttp.SetVar(r.Context(), CallerVar, id.names.Box(who.service))
 	if who.spiffeID != "" {
-		caddyhttp.SetVar(r.Context(), CallerIDVar, id.names.box(who.spiffeID))
+		caddyhttp.SetVar(r.Context(), CallerIDVar, id.names.Box(who.spiffeID))
 	}
 	return next.ServeHTTP(w, r)
 }
@@ -298,41 +297,6 @@ type refusal struct {
 func hasErrorRoutes(r *http.Request) bool {
 	srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	return ok && srv != nil && srv.Errors != nil && len(srv.Errors.Routes) > 0
-}
-
-// boxedNames keeps caller names as interface values, so that storing one
-// in a request's variables does not allocate: reads are lock-free, from a
-// map replaced whole when a new name comes (rarely: callers are services).
-// It holds at most maxBoxedNames; beyond, names are boxed on each request.
-type boxedNames struct {
-	names atomic.Pointer[map[string]any]
-	mu    sync.Mutex // serializes additions
-}
-
-const maxBoxedNames = 4096
-
-func (b *boxedNames) box(name string) any {
-	if names := b.names.Load(); names != nil {
-		if boxed, ok := (*names)[name]; ok {
-			return boxed
-		}
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	old := b.names.Load()
-	if old != nil && len(*old) >= maxBoxedNames {
-		return name
-	}
-	next := make(map[string]any, 1)
-	if old != nil {
-		next = maps.Clone(*old)
-	}
-	if boxed, ok := next[name]; ok {
-		return boxed
-	}
-	next[name] = name
-	b.names.Store(&next)
-	return next[name]
 }
 
 // Interface guards

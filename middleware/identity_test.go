@@ -194,17 +194,3 @@ func TestIdentityRejectsBadSettings(t *testing.T) {
 		}
 	}
 }
-
-func TestBoxedNamesAreCappedAndShared(t *testing.T) {
-	var names boxedNames
-	first := names.box("web")
-	if again := names.box("web"); again != first {
-		t.Error("a name was boxed twice")
-	}
-	for i := range maxBoxedNames + 10 {
-		names.box(strings.Repeat("x", i%50) + string(rune('a'+i%26)) + string(rune(i)))
-	}
-	if n := len(*names.names.Load()); n != maxBoxedNames {
-		t.Errorf("%d names kept, want the cap of %d", n, maxBoxedNames)
-	}
-}

@@ -29,6 +29,15 @@ func Optional(d *caddyfile.Dispenser, dst *string) error {
 	return nil
 }
 
+// Flag sets dst for an option that takes no argument.
+func Flag(d *caddyfile.Dispenser, dst *bool) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = true
+	return nil
+}
+
 // Append appends the option's arguments, at least one, to dst.
 func Append(d *caddyfile.Dispenser, dst *[]string) error {
 	args := d.RemainingArgs()

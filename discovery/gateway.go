@@ -1,0 +1,180 @@
+package discovery
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/http"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddymesh/caddymesh/internal/boxed"
+	"github.com/caddymesh/caddymesh/internal/reqkey"
+)
+
+func init() {
+	caddy.RegisterModule(new(ServiceFromRequest))
+}
+
+// ServiceVar holds the service mesh_service found for a request:
+// {http.vars.mesh_service}.
+const ServiceVar = "mesh_service"
+
+// ServiceFromRequest names, from each request, the Consul service it is
+// for, as an API gateway routing /<service>/... does, and answers 404 to a
+// request for a service that may not be reached: one whose name is not a
+// valid Consul service name, matches no allow_services pattern and lacks
+// require_tag, or that Consul does not know. It asks Consul nothing per
+// request: it reads a watch of the catalog (names and tags), shared by
+// every handler on the same Consul. A request let through carries the
+// service in {http.vars.mesh_service}, for `dynamic consul
+// {http.vars.mesh_service}`.
+type ServiceFromRequest struct {
+	// Where the name is in the request: a placeholder expression, such as
+	// {http.request.uri.path.0} or {http.request.host.labels.2}. Required.
+	Service string `json:"service,omitempty"`
+
+	// Services that may be reached, as patterns (path.Match syntax, such
+	// as "shop-*").
+	AllowServices []string `json:"allow_services,omitempty"`
+
+	// Services carrying this tag in Consul may be reached too.
+	RequireTag string `json:"require_tag,omitempty"`
+
+	// Remove /<service> from the front of the path: /greeter/hello goes
+	// to greeter as /hello.
+	StripPath bool `json:"strip_path,omitempty"`
+
+	// Connection settings overriding the mesh app's, field by field.
+	Consul *ConsulConfig `json:"consul,omitempty"`
+
+	name       reqkey.Func
+	catalogKey catalogKey
+	catalog    *catalogWatch
+	names      boxed.Strings
+}
+
+var (
+	errNoSuchService  = errors.New("no such service")
+	errCatalogPending = errors.New("consul's catalog has not been read yet")
+)
+
+// CaddyModule returns the Caddy module information.
+func (*ServiceFromRequest) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.mesh_service",
+		New: func() caddy.Module { return new(ServiceFromRequest) },
+	}
+}
+
+// Provision takes the shared catalog watch.
+func (s *ServiceFromRequest) Provision(ctx caddy.Context) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	s.name = reqkey.Compile(s.Service)
+	appConsul, err := appConsulConfig(ctx)
+	if err != nil {
+		return err
+	}
+	conn, err := resolveConnection(s.Consul, appConsul)
+	if err != nil {
+		return err
+	}
+	if err := metrics.register(ctx); err != nil {
+		return err
+	}
+	s.catalogKey = catalogKey{endpoint: conn.endpoint, datacenter: conn.datacenter}
+	s.catalog, err = takeCatalog(s.catalogKey, conn)
+	return err
+}
+
+// Validate rejects bad values, naming the field and the value.
+func (s *ServiceFromRequest) Validate() error {
+	switch {
+	case !hasPlaceholders(s.Service):
+		return fmt.Errorf("mesh_service: service %q: must take the name from the request with a placeholder, such as {http.request.uri.path.0}", s.Service)
+	case len(s.AllowServices) == 0 && s.RequireTag == "":
+		return errors.New("mesh_service: allow_services or require_tag is required: which services may be reached?")
+	}
+	for _, pattern := range s.AllowServices {
+		if _, err := path.Match(pattern, ""); err != nil {
+			return fmt.Errorf("mesh_service: allow_services %q: %v", pattern, err)
+		}
+	}
+	return nil
+}
+
+// Cleanup lets go of the catalog watch.
+func (s *ServiceFromRequest) Cleanup() error {
+	if s.catalog == nil {
+		return nil
+	}
+	return releaseCatalog(s.catalogKey)
+}
+
+// ServeHTTP lets through requests for services that may be reached.
+func (s *ServiceFromRequest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	services := s.catalog.services.Load()
+	if services == nil {
+		w.Header().Set("Retry-After", "1")
+		return caddyhttp.Error(http.StatusServiceUnavailable, errCatalogPending)
+	}
+	name := s.name(r)
+	tags, known := (*services)[name]
+	if !known || !validServiceName(name) || !s.allows(name, tags) {
+		return caddyhttp.Error(http.StatusNotFound, errNoSuchService)
+	}
+	caddyhttp.SetVar(r.Context(), ServiceVar, s.names.Box(name))
+	if s.StripPath {
+		stripService(r, name)
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// allows reports whether the service, carrying tags, may be reached.
+func (s *ServiceFromRequest) allows(name string, tags []string) bool {
+	if s.RequireTag != "" && slices.Contains(tags, s.RequireTag) {
+		return true
+	}
+	return slices.ContainsFunc(s.AllowServices, func(pattern string) bool {
+		matched, _ := path.Match(pattern, name)
+		return matched
+	})
+}
+
+// stripService removes /<name> from the front of r's path, when it is
+// there as a whole segment. A valid service name needs no escaping, so
+// the escaped path, when there is one, begins the same way.
+func stripService(r *http.Request, name string) {
+	rest, ok := cutSegment(r.URL.Path, name)
+	if !ok {
+		return
+	}
+	r.URL.Path = rest
+	if r.URL.RawPath != "" {
+		r.URL.RawPath, _ = cutSegment(r.URL.RawPath, name)
+	}
+}
+
+// cutSegment returns path without its first segment, when that is name,
+// starting with a slash.
+func cutSegment(path, name string) (string, bool) {
+	rest, ok := strings.CutPrefix(strings.TrimPrefix(path, "/"), name)
+	if !ok || len(path) == 0 || path[0] != '/' || (rest != "" && rest[0] != '/') {
+		return path, false
+	}
+	return cmp.Or(rest, "/"), true
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*ServiceFromRequest)(nil)
+	_ caddy.Validator             = (*ServiceFromRequest)(nil)
+	_ caddy.CleanerUpper          = (*ServiceFromRequest)(nil)
+	_ caddyhttp.MiddlewareHandler = (*ServiceFromRequest)(nil)
+)

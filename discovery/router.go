@@ -1,0 +1,486 @@
+package discovery
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+
+	"github.com/caddymesh/caddymesh/internal/boxed"
+	"github.com/caddymesh/caddymesh/internal/pool"
+)
+
+func init() {
+	caddy.RegisterModule(new(Router))
+}
+
+// routeVar holds the route mesh_router chose for a request, for the
+// upstream source of its reverse proxies.
+const routeVar = "mesh_route"
+
+// maxMetaRoutes is how many routes a service may declare in its meta:
+// under <meta_prefix> and <meta_prefix>-1 to -9.
+const maxMetaRoutes = 10
+
+// Router serves the routes that services declare in Consul, as Fabio and
+// Traefik's Consul provider do: each instance may declare host/path
+// routes in its tags (Fabio's `urlprefix-shop.example.com/api strip=/api`)
+// or its meta, and a request goes to the healthy instances that declare
+// the route it matches: exact host, then wildcard host (*.example.com),
+// then routes for any host; the longest path prefix first. Routes change
+// with Consul, within milliseconds and without a reload: one blocking
+// query watches the catalog's names and tags, and only services that
+// declare routes get a health watch.
+//
+// It proxies with Caddy's reverse_proxy, configured by proxy (selection
+// policy, retries, transport, headers...). With on-demand TLS and the
+// tls.permission.mesh module, Caddy obtains a certificate for each host a
+// service declares, and for no other.
+type Router struct {
+	// Tags declaring routes start with this prefix. Default: urlprefix-.
+	TagPrefix string `json:"tag_prefix,omitempty"`
+
+	// Service meta declaring routes: the values of the keys <meta_prefix>
+	// and <meta_prefix>-1 to -9, such as caddy-route-1 =
+	// "shop.example.com/api". Default: none.
+	MetaPrefix string `json:"meta_prefix,omitempty"`
+
+	// Only services carrying this tag are routed.
+	RequireTag string `json:"require_tag,omitempty"`
+
+	// What a request no route matches gets: "404", or "next" for the
+	// handlers after this one. Default: 404.
+	Fallback string `json:"fallback,omitempty"`
+
+	// The reverse_proxy handler's settings, without upstreams: load
+	// balancing, retries, transport, headers. proto=https routes add TLS
+	// to its transport.
+	Proxy json.RawMessage `json:"proxy,omitempty"`
+
+	// Connection settings overriding the mesh app's, field by field.
+	Consul *ConsulConfig `json:"consul,omitempty"`
+
+	ctx      caddy.Context
+	logger   *zap.Logger
+	source   *ConsulUpstreams // how routed services are watched
+	catalogs []*catalogWatch  // names and tags; and services with meta routes
+	table    atomic.Pointer[routeTable]
+	proxies  map[proxyKind]*reverseproxy.Handler
+	names    boxed.Strings
+	wake     chan struct{}
+	done     chan struct{}
+	watches  map[string]*serviceWatch // owned by the refreshing goroutine
+}
+
+// proxyKind is how a route's upstreams are dialled.
+type proxyKind struct{ tls, skipVerify bool }
+
+var errNoRoute = errors.New("no route")
+
+// CaddyModule returns the Caddy module information.
+func (*Router) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.mesh_router",
+		New: func() caddy.Module { return new(Router) },
+	}
+}
+
+// Provision sets up the proxies and the catalog watches, and starts
+// keeping the route table current.
+func (rt *Router) Provision(ctx caddy.Context) error {
+	rt.ctx, rt.logger = ctx, ctx.Logger()
+	rt.TagPrefix = cmp.Or(rt.TagPrefix, "urlprefix-")
+	rt.Fallback = cmp.Or(rt.Fallback, "404")
+	if err := rt.Validate(); err != nil {
+		return err
+	}
+	if err := rt.provisionProxies(ctx); err != nil {
+		return err
+	}
+	appConsul, err := appConsulConfig(ctx)
+	if err != nil {
+		return err
+	}
+	conn, err := resolveConnection(rt.Consul, appConsul)
+	if err != nil {
+		return err
+	}
+	if err := metrics.register(ctx); err != nil {
+		return err
+	}
+	if err := useEvents(ctx); err != nil {
+		return err
+	}
+	rt.source = &ConsulUpstreams{logger: rt.logger, conn: conn, datacenters: []string{conn.datacenter}}
+	rt.source.setDefaults()
+	rt.wake, rt.done = make(chan struct{}, 1), make(chan struct{})
+	rt.watches = make(map[string]*serviceWatch)
+	rt.table.Store(newRouteTable(nil, nil, nil))
+	if err := rt.watchCatalogs(conn); err != nil {
+		return err
+	}
+	routers.add(rt)
+	go rt.run()
+	return nil
+}
+
+// Validate rejects bad values, naming the field and the value.
+func (rt *Router) Validate() error {
+	if rt.Fallback != "" && rt.Fallback != "404" && rt.Fallback != "next" {
+		return fmt.Errorf("mesh_router: fallback %q: must be 404 or next", rt.Fallback)
+	}
+	if rt.TagPrefix == "" && rt.MetaPrefix == "" {
+		return errors.New("mesh_router: tag_prefix or meta_prefix is required")
+	}
+	var proxy reverseproxy.Handler
+	if len(rt.Proxy) > 0 {
+		if err := json.Unmarshal(rt.Proxy, &proxy); err != nil {
+			return fmt.Errorf("mesh_router: proxy: %v", err)
+		}
+	}
+	if len(proxy.Upstreams) > 0 || proxy.DynamicUpstreamsRaw != nil {
+		return errors.New("mesh_router: proxy: takes no upstreams: the routes' services are the upstreams")
+	}
+	return nil
+}
+
+// provisionProxies makes the reverse proxies of every kind of route.
+func (rt *Router) provisionProxies(ctx caddy.Context) error {
+	rt.proxies = make(map[proxyKind]*reverseproxy.Handler)
+	for _, kind := range []proxyKind{{}, {tls: true}, {tls: true, skipVerify: true}} {
+		h := new(reverseproxy.Handler)
+		if len(rt.Proxy) > 0 {
+			if err := json.Unmarshal(rt.Proxy, h); err != nil {
+				return fmt.Errorf("mesh_router: proxy: %v", err)
+			}
+		}
+		if kind.tls {
+			if err := withTLS(h, kind.skipVerify); err != nil {
+				return err
+			}
+		}
+		h.DynamicUpstreams = routeUpstreams{}
+		if err := h.Provision(ctx); err != nil {
+			return fmt.Errorf("mesh_router: proxy: %v", err)
+		}
+		rt.proxies[kind] = h
+	}
+	return nil
+}
+
+// withTLS makes h's HTTP transport dial over TLS.
+func withTLS(h *reverseproxy.Handler, skipVerify bool) error {
+	transport := new(reverseproxy.HTTPTransport)
+	if h.TransportRaw != nil {
+		if err := json.Unmarshal(h.TransportRaw, transport); err != nil {
+			return fmt.Errorf("mesh_router: proxy transport (proto=https routes need the http transport): %v", err)
+		}
+	}
+	if transport.TLS == nil {
+		transport.TLS = new(reverseproxy.TLSConfig)
+	}
+	transport.TLS.InsecureSkipVerify = transport.TLS.InsecureSkipVerify || skipVerify
+	h.TransportRaw = caddyconfig.JSONModuleObject(transport, "protocol", "http", nil)
+	return nil
+}
+
+// watchCatalogs takes the catalog watches: names and tags, and, with
+// meta_prefix, the services whose meta declares routes.
+func (rt *Router) watchCatalogs(conn connection) error {
+	keys := []catalogKey{{endpoint: conn.endpoint, datacenter: conn.datacenter}}
+	if rt.MetaPrefix != "" {
+		keys = append(keys, catalogKey{endpoint: conn.endpoint, datacenter: conn.datacenter, filter: rt.metaFilter()})
+	}
+	for _, key := range keys {
+		c, err := takeCatalog(key, conn)
+		if err != nil {
+			return err
+		}
+		c.subscribe(rt.wake)
+		rt.catalogs = append(rt.catalogs, c)
+	}
+	return nil
+}
+
+// metaFilter selects the services with a route in their meta.
+func (rt *Router) metaFilter() string {
+	clauses := []string{fmt.Sprintf("%q in ServiceMeta", rt.MetaPrefix)}
+	for i := 1; i < maxMetaRoutes; i++ {
+		clauses = append(clauses, fmt.Sprintf("%q in ServiceMeta", fmt.Sprintf("%s-%d", rt.MetaPrefix, i)))
+	}
+	return strings.Join(clauses, " or ")
+}
+
+// Cleanup stops keeping the table current and lets go of the watches.
+func (rt *Router) Cleanup() error {
+	if rt.done == nil {
+		return nil
+	}
+	<-rt.done // the config's context is cancelled before its cleanup
+	routers.remove(rt)
+	var errs []error
+	for _, c := range rt.catalogs {
+		c.unsubscribe(rt.wake)
+		errs = append(errs, releaseCatalog(c.key))
+	}
+	for _, sw := range rt.watches {
+		rt.unsubscribe(sw)
+		errs = append(errs, sw.release())
+	}
+	for _, h := range rt.proxies {
+		errs = append(errs, h.Cleanup())
+	}
+	return errors.Join(errs...)
+}
+
+// run refreshes the route table whenever the catalog or a routed service
+// changes, until the config stops.
+func (rt *Router) run() {
+	defer close(rt.done)
+	for {
+		rt.refresh()
+		select {
+		case <-rt.wake:
+		case <-rt.ctx.Done():
+			return
+		}
+	}
+}
+
+// refresh watches the services that declare routes, and rebuilds the
+// table from what their instances declare.
+func (rt *Router) refresh() {
+	rt.syncWatches(rt.routedServices())
+	var found []declared
+	var rejected []rejectedRoute
+	for _, name := range slices.Sorted(maps.Keys(rt.watches)) {
+		if a := rt.watches[name].watchers[0].current.Load(); a != nil {
+			found, rejected = rt.declarations(name, a, found, rejected)
+		}
+	}
+	table := newRouteTable(found, rejected, rt.table.Load())
+	for _, e := range table.entries {
+		e.proxy = rt.proxies[proxyKind{tls: e.TLS, skipVerify: e.TLSSkipVerify}]
+	}
+	rt.table.Store(table)
+}
+
+// routedServices are the services of the catalog that declare routes.
+func (rt *Router) routedServices() map[string]bool {
+	routed := make(map[string]bool)
+	for i, c := range rt.catalogs {
+		services := c.services.Load()
+		if services == nil {
+			continue
+		}
+		for name, tags := range *services {
+			byMeta := i > 0 // the second catalog holds the services with meta routes
+			byTag := rt.TagPrefix != "" && slices.ContainsFunc(tags, rt.isRouteTag)
+			if (byMeta || byTag) && (rt.RequireTag == "" || slices.Contains(tags, rt.RequireTag)) {
+				routed[name] = true
+			}
+		}
+	}
+	return routed
+}
+
+func (rt *Router) isRouteTag(tag string) bool {
+	return strings.HasPrefix(strings.TrimSpace(tag), rt.TagPrefix)
+}
+
+// syncWatches watches the routed services, and only those.
+func (rt *Router) syncWatches(routed map[string]bool) {
+	for name, sw := range rt.watches {
+		if !routed[name] {
+			rt.unsubscribe(sw)
+			if err := sw.release(); err != nil {
+				rt.logger.Error("letting go of a service", zap.String("service", name), zap.Error(err))
+			}
+			delete(rt.watches, name)
+		}
+	}
+	for name := range routed {
+		if rt.watches[name] != nil {
+			continue
+		}
+		sw, err := rt.source.watch(name)
+		if err != nil {
+			rt.logger.Error("cannot watch a routed service", zap.String("service", name), zap.Error(err))
+			continue
+		}
+		for _, w := range sw.watchers {
+			w.subscribe(rt.wake)
+		}
+		rt.watches[name] = sw
+	}
+}
+
+func (rt *Router) unsubscribe(sw *serviceWatch) {
+	for _, w := range sw.watchers {
+		w.unsubscribe(rt.wake)
+	}
+}
+
+// declarations adds the routes the instances of service declare to found:
+// every instance not in maintenance declares, and the healthy ones serve.
+// Declarations that cannot be read go to rejected.
+func (rt *Router) declarations(service string, a *answer, found []declared, rejected []rejectedRoute) ([]declared, []rejectedRoute) {
+	byDeclaration := make(map[string]int) // index in found; -1 when rejected
+	for _, inst := range a.all.Instances {
+		for _, d := range rt.declaredBy(inst) {
+			if _, seen := byDeclaration[d]; seen {
+				continue
+			}
+			r, err := parseRoute(d)
+			if err != nil {
+				byDeclaration[d] = -1
+				rejected = append(rejected, rejectedRoute{Service: service, Declaration: d, Reason: err.Error()})
+				continue
+			}
+			byDeclaration[d] = len(found)
+			found = append(found, declared{route: r, service: service})
+		}
+	}
+	for _, inst := range a.healthy.Instances {
+		for _, d := range rt.declaredBy(inst) {
+			if i := byDeclaration[d]; i >= 0 {
+				found[i].instances = append(found[i].instances, inst)
+			}
+		}
+	}
+	return found, rejected
+}
+
+// declaredBy returns the route declarations of an instance: its route
+// tags, without the prefix, and its route meta values.
+func (rt *Router) declaredBy(inst pool.Instance) []string {
+	var out []string
+	if rt.TagPrefix != "" {
+		for _, tag := range inst.Tags {
+			if d, ok := strings.CutPrefix(strings.TrimSpace(tag), rt.TagPrefix); ok {
+				out = append(out, strings.TrimSpace(d))
+			}
+		}
+	}
+	if rt.MetaPrefix != "" {
+		for key, value := range inst.Meta {
+			if suffix, ok := strings.CutPrefix(key, rt.MetaPrefix); ok && isMetaRouteSuffix(suffix) {
+				out = append(out, strings.TrimSpace(value))
+			}
+		}
+	}
+	return out
+}
+
+// isMetaRouteSuffix reports whether a meta key is <prefix> plus suffix:
+// nothing, or -1 to -9.
+func isMetaRouteSuffix(suffix string) bool {
+	return suffix == "" || (len(suffix) == 2 && suffix[0] == '-' && suffix[1] >= '1' && suffix[1] <= '9')
+}
+
+// ServeHTTP proxies a request to the healthy instances of the route it
+// matches.
+func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	e := rt.table.Load().match(hostWithoutPort(r.Host), r.URL.Path)
+	if e == nil {
+		if rt.Fallback == "next" {
+			return next.ServeHTTP(w, r)
+		}
+		return caddyhttp.Error(http.StatusNotFound, errNoRoute)
+	}
+	caddyhttp.SetVar(r.Context(), routeVar, e)
+	caddyhttp.SetVar(r.Context(), ServiceVar, rt.names.Box(e.Service))
+	if e.Strip != "" {
+		stripPrefix(r, e.Strip)
+	}
+	if e.HostHeader != "" {
+		r.Host = e.HostHeader
+	}
+	return e.proxy.ServeHTTP(w, r, next)
+}
+
+// hostWithoutPort returns host, lower-cased, without its port.
+func hostWithoutPort(host string) string {
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.Contains(host[i:], "]") {
+		host = host[:i]
+	}
+	return strings.ToLower(strings.Trim(host, "[]"))
+}
+
+// stripPrefix removes prefix from the front of r's path, as Fabio's strip
+// option does.
+func stripPrefix(r *http.Request, prefix string) {
+	rest, ok := strings.CutPrefix(r.URL.Path, prefix)
+	if !ok {
+		return
+	}
+	r.URL.Path = cmp.Or(rest, "/")
+	r.URL.RawPath = ""
+}
+
+// routeUpstreams gives the reverse proxies of mesh_router the healthy
+// instances of the route chosen for a request.
+type routeUpstreams struct{}
+
+// GetUpstreams returns the instances of the request's route.
+func (routeUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
+	e, _ := caddyhttp.GetVar(r.Context(), routeVar).(*routeEntry)
+	if e == nil {
+		return nil, errNoRoute
+	}
+	pool.Attach(r, e.instances)
+	return newUpstreams(e.instances.Instances), nil
+}
+
+// routers are the routers of the configs running, for the admin API and
+// the certificate permission.
+var routers = routerSet{set: make(map[*Router]struct{})}
+
+type routerSet struct {
+	mu  sync.Mutex
+	set map[*Router]struct{}
+}
+
+func (s *routerSet) add(rt *Router) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.set[rt] = struct{}{}
+}
+
+func (s *routerSet) remove(rt *Router) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.set, rt)
+}
+
+// tables returns the current table of every router.
+func (s *routerSet) tables() []*routeTable {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tables := make([]*routeTable, 0, len(s.set))
+	for rt := range s.set {
+		tables = append(tables, rt.table.Load())
+	}
+	return tables
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Router)(nil)
+	_ caddy.Validator             = (*Router)(nil)
+	_ caddy.CleanerUpper          = (*Router)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Router)(nil)
+	_ reverseproxy.UpstreamSource = routeUpstreams{}
+)

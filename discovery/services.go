@@ -1,0 +1,314 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddymesh/caddymesh/internal/pool"
+)
+
+// Defaults of a source whose service name has placeholders.
+const (
+	defaultMaxServices = 256
+	defaultIdleTimeout = 10 * time.Minute
+)
+
+// serviceWatch is what a source watches of one service: a shared watcher
+// per datacenter, in failover order.
+type serviceWatch struct {
+	service        string
+	watchers       []*watcher
+	keys           []watchKey // what to give back to the pool
+	panicThreshold int
+	panicking      atomic.Bool
+	logger         *zap.Logger
+}
+
+// release lets go of the watchers; the last user of one stops it.
+func (sw *serviceWatch) release() error {
+	var errs []error
+	for _, key := range sw.keys {
+		if _, err := watchers.Delete(key); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	sw.keys = nil
+	return errors.Join(errs...)
+}
+
+// awaitFirstAnswers waits until every watcher has had its first try at
+// Consul, for at most timeout. A failed try does not hold the caller up:
+// Consul is down, and GetUpstreams errors (so Caddy uses any static
+// upstreams) until it answers.
+func (sw *serviceWatch) awaitFirstAnswers(ctx context.Context, timeout time.Duration) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for _, w := range sw.watchers {
+		select {
+		case <-w.tried:
+		case <-deadline.C:
+			sw.logger.Warn("consul has not answered yet; starting without instances",
+				zap.String("service", sw.service), zap.Duration("waited", timeout))
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// noAnswer is GetUpstreams' error while no datacenter has answered.
+func (sw *serviceWatch) noAnswer() error {
+	return fmt.Errorf("consul has not answered yet for service %q", sw.service)
+}
+
+// choose picks the snapshot to serve: that of the first datacenter with a
+// healthy instance, or, when none has one, of the first where panic mode
+// finds instances; nil when no datacenter has answered yet.
+func (sw *serviceWatch) choose() *pool.Snapshot {
+	var first *answer
+	for _, w := range sw.watchers {
+		a := w.current.Load()
+		if a == nil {
+			continue
+		}
+		if first == nil {
+			first = a
+		}
+		if len(a.healthy.Instances) > 0 {
+			return sw.servable(a)
+		}
+	}
+	for _, w := range sw.watchers {
+		if a := w.current.Load(); a != nil && sw.panics(a) {
+			return sw.servable(a)
+		}
+	}
+	if first == nil {
+		return nil
+	}
+	return first.healthy
+}
+
+// servable returns a's healthy instances, or all of them in panic mode.
+func (sw *serviceWatch) servable(a *answer) *pool.Snapshot {
+	panicking := sw.panics(a)
+	if sw.panicking.Load() != panicking && sw.panicking.CompareAndSwap(!panicking, panicking) {
+		sw.logPanic(a, panicking)
+	}
+	if panicking {
+		return a.all
+	}
+	return a.healthy
+}
+
+// panics reports whether fewer than the panic threshold's percent of a's
+// instances are healthy.
+func (sw *serviceWatch) panics(a *answer) bool {
+	return len(a.healthy.Instances)*100 < sw.panicThreshold*len(a.all.Instances)
+}
+
+func (sw *serviceWatch) logPanic(a *answer, panicking bool) {
+	fields := []zap.Field{
+		zap.String("service", sw.service),
+		zap.Int("healthy", len(a.healthy.Instances)),
+		zap.Int("total", len(a.all.Instances)),
+		zap.Int("panic_threshold", sw.panicThreshold),
+	}
+	if panicking {
+		sw.logger.Warn("too few healthy instances: panic mode, sending traffic to all instances", fields...)
+		return
+	}
+	sw.logger.Info("enough healthy instances again: panic mode over", fields...)
+}
+
+// lazyServices are the services of a source whose service name has
+// placeholders: each is watched from the first request for it, at most
+// max_services at once, and let go once unused for idle_timeout.
+type lazyServices struct {
+	source *ConsulUpstreams
+	ctx    context.Context
+	mu     sync.RWMutex
+	byName map[string]*lazyService
+	closed bool        // the source is cleaned up: no new watches
+	full   atomic.Bool // at max_services, logged once each time
+}
+
+// lazyService is one service of lazyServices.
+type lazyService struct {
+	watch    *serviceWatch
+	ready    chan struct{} // closed once watched and first answered, or timed out
+	lastUsed atomic.Int64  // unix nanoseconds, to within a second
+}
+
+// newLazyServices returns the lazy services of source, whose idle ones a
+// goroutine lets go until ctx's config stops.
+func newLazyServices(ctx caddy.Context, source *ConsulUpstreams) *lazyServices {
+	ls := &lazyServices{source: source, ctx: ctx, byName: make(map[string]*lazyService)}
+	idle := time.Duration(source.IdleTimeout)
+	go ls.sweepEvery(ctx, min(idle/4, time.Minute))
+	return ls
+}
+
+// get returns the watch of the service named name, starting it for the
+// first request, and waiting for its first answer; nil when name is not a
+// valid service name, when max_services are watched already, or when the
+// client left while waiting.
+func (ls *lazyServices) get(r *http.Request, name string) *serviceWatch {
+	if !validServiceName(name) {
+		return nil
+	}
+	ls.mu.RLock()
+	s := ls.byName[name]
+	ls.mu.RUnlock()
+	if s == nil {
+		if s = ls.start(name); s == nil {
+			return nil
+		}
+	}
+	s.touch(time.Now())
+	select {
+	case <-s.ready:
+		return s.watch
+	case <-r.Context().Done():
+		return nil
+	}
+}
+
+// isReady reports whether the service's watch has started (and so whether
+// its watch may be read).
+func (s *lazyService) isReady() bool {
+	select {
+	case <-s.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// touch records a use, to within a second, so that a service in heavy use
+// is not written to from every core on every request.
+func (s *lazyService) touch(now time.Time) {
+	if ns := now.UnixNano(); ns-s.lastUsed.Load() >= int64(time.Second) {
+		s.lastUsed.Store(ns)
+	}
+}
+
+// start watches the service named name, unless max_services are watched
+// already; it waits for Consul's first answer, for resolve_timeout.
+func (ls *lazyServices) start(name string) *lazyService {
+	ls.mu.Lock()
+	if s := ls.byName[name]; s != nil { // started meanwhile
+		ls.mu.Unlock()
+		return s
+	}
+	if ls.closed || len(ls.byName) >= ls.source.MaxServices {
+		ls.mu.Unlock()
+		ls.noteFull(name)
+		return nil
+	}
+	s := &lazyService{ready: make(chan struct{})}
+	s.lastUsed.Store(time.Now().UnixNano())
+	ls.byName[name] = s
+	ls.mu.Unlock()
+	defer close(s.ready)
+
+	watch, err := ls.source.watch(name)
+	if err != nil {
+		ls.source.logger.Error("cannot watch service", zap.String("service", name), zap.Error(err))
+		ls.mu.Lock()
+		delete(ls.byName, name)
+		ls.mu.Unlock()
+		return nil
+	}
+	s.watch = watch
+	watch.awaitFirstAnswers(ls.ctx, time.Duration(ls.source.ResolveTimeout))
+	return s
+}
+
+// noteFull warns, once until services are let go again, that a request
+// named a service beyond max_services.
+func (ls *lazyServices) noteFull(name string) {
+	if !ls.full.Swap(true) {
+		ls.source.logger.Warn("max_services are watched already: requests for other services get no upstreams until some are idle",
+			zap.Int("max_services", ls.source.MaxServices), zap.String("refused", name))
+	}
+}
+
+func (ls *lazyServices) sweepEvery(ctx context.Context, interval time.Duration) {
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case now := <-ticker.C:
+			ls.sweep(now)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// sweep lets go of the services unused for idle_timeout.
+func (ls *lazyServices) sweep(now time.Time) {
+	cutoff := now.Add(-time.Duration(ls.source.IdleTimeout)).UnixNano()
+	var idle []*lazyService
+	ls.mu.Lock()
+	for name, s := range ls.byName {
+		if s.isReady() && s.lastUsed.Load() < cutoff {
+			idle = append(idle, s)
+			delete(ls.byName, name)
+		}
+	}
+	if len(idle) > 0 {
+		ls.full.Store(false)
+	}
+	ls.mu.Unlock()
+	for _, s := range idle {
+		if err := s.watch.release(); err != nil {
+			ls.source.logger.Error("letting go of an idle service", zap.String("service", s.watch.service), zap.Error(err))
+		}
+	}
+}
+
+// releaseAll lets go of every service, for good.
+func (ls *lazyServices) releaseAll() error {
+	ls.mu.Lock()
+	ls.closed = true
+	all := ls.byName
+	ls.byName = nil
+	ls.mu.Unlock()
+	var errs []error
+	for _, s := range all {
+		<-s.ready
+		if s.watch != nil {
+			errs = append(errs, s.watch.release())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// validServiceName reports whether name is a Consul service name that is
+// safe to take from a request: 1 to 63 letters, digits, - and _, starting
+// and ending with a letter or digit, as DNS and Consul's service
+// identities require.
+func validServiceName(name string) bool {
+	if len(name) == 0 || len(name) > 63 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		alnum := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+		inner := c == '-' || c == '_'
+		if !alnum && (!inner || i == 0 || i == len(name)-1) {
+			return false
+		}
+	}
+	return true
+}
