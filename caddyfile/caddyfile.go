@@ -23,9 +23,11 @@ func init() {
 	for _, directive := range []string{"mesh_identity", "mesh_service", "mesh_limit", "mesh_breaker"} {
 		registerHandler(directive, httpcaddyfile.Before, "request_header")
 	}
-	// mesh_router answers, as reverse_proxy does; with `fallback next`,
-	// reverse_proxy may answer what it does not route.
-	registerHandler("mesh_router", httpcaddyfile.Before, "reverse_proxy")
+	// mesh_router answers, as reverse_proxy does: after handle and route
+	// blocks, and before the handlers that answer (abort, error, respond,
+	// reverse_proxy, file_server...), which, with `fallback next`, answer
+	// what it does not route.
+	registerHandler("mesh_router", httpcaddyfile.Before, "abort")
 }
 
 // handlers make the handler of each caddymesh directive.

@@ -400,14 +400,15 @@ func (rt *Router) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // parseProxy reads the proxy block with reverse_proxy's own parser.
 func (rt *Router) parseProxy(d *caddyfile.Dispenser) error {
-	segment := d.NewFromNextSegment()
-	for check := segment.NewFromNextSegment(); check.Next(); {
+	segment := d.NextSegment()
+	check := caddyfile.NewDispenser(segment)
+	for check.Next(); check.NextBlock(0); {
 		if check.Val() == "handle_response" && check.Nesting() == 1 {
 			return check.Err("mesh_router proxy: handle_response is not supported here")
 		}
 	}
 	proxy := new(reverseproxy.Handler)
-	if err := proxy.UnmarshalCaddyfile(segment); err != nil {
+	if err := proxy.UnmarshalCaddyfile(caddyfile.NewDispenser(segment)); err != nil {
 		return err
 	}
 	rt.Proxy = caddyconfig.JSON(proxy, nil)

@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/boxed"
@@ -140,9 +141,6 @@ func (rt *Router) Provision(ctx caddy.Context) error {
 func (rt *Router) Validate() error {
 	if rt.Fallback != "" && rt.Fallback != "404" && rt.Fallback != "next" {
 		return fmt.Errorf("mesh_router: fallback %q: must be 404 or next", rt.Fallback)
-	}
-	if rt.TagPrefix == "" && rt.MetaPrefix == "" {
-		return errors.New("mesh_router: tag_prefix or meta_prefix is required")
 	}
 	var proxy reverseproxy.Handler
 	if len(rt.Proxy) > 0 {
@@ -287,7 +285,7 @@ func (rt *Router) routedServices() map[string]bool {
 		}
 		for name, tags := range *services {
 			byMeta := i > 0 // the second catalog holds the services with meta routes
-			byTag := rt.TagPrefix != "" && slices.ContainsFunc(tags, rt.isRouteTag)
+			byTag := slices.ContainsFunc(tags, rt.isRouteTag)
 			if (byMeta || byTag) && (rt.RequireTag == "" || slices.Contains(tags, rt.RequireTag)) {
 				routed[name] = true
 			}
@@ -367,11 +365,9 @@ func (rt *Router) declarations(service string, a *answer, found []declared, reje
 // tags, without the prefix, and its route meta values.
 func (rt *Router) declaredBy(inst pool.Instance) []string {
 	var out []string
-	if rt.TagPrefix != "" {
-		for _, tag := range inst.Tags {
-			if d, ok := strings.CutPrefix(strings.TrimSpace(tag), rt.TagPrefix); ok {
-				out = append(out, strings.TrimSpace(d))
-			}
+	for _, tag := range inst.Tags {
+		if d, ok := strings.CutPrefix(strings.TrimSpace(tag), rt.TagPrefix); ok {
+			out = append(out, strings.TrimSpace(d))
 		}
 	}
 	if rt.MetaPrefix != "" {
@@ -403,7 +399,8 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	caddyhttp.SetVar(r.Context(), routeVar, e)
 	caddyhttp.SetVar(r.Context(), ServiceVar, rt.names.Box(e.Service))
 	if e.Strip != "" {
-		stripPrefix(r, e.Strip)
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		rewrite.Rewrite{StripPathPrefix: e.Strip}.Rewrite(r, repl)
 	}
 	if e.HostHeader != "" {
 		r.Host = e.HostHeader
@@ -417,17 +414,6 @@ func hostWithoutPort(host string) string {
 		host = host[:i]
 	}
 	return strings.ToLower(strings.Trim(host, "[]"))
-}
-
-// stripPrefix removes prefix from the front of r's path, as Fabio's strip
-// option does.
-func stripPrefix(r *http.Request, prefix string) {
-	rest, ok := strings.CutPrefix(r.URL.Path, prefix)
-	if !ok {
-		return
-	}
-	r.URL.Path = cmp.Or(rest, "/")
-	r.URL.RawPath = ""
 }
 
 // routeUpstreams gives the reverse proxies of mesh_router the healthy

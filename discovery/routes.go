@@ -68,7 +68,7 @@ func parseRoute(declaration string) (route, error) {
 func (r *route) setOption(option string) error {
 	name, value, _ := strings.Cut(option, "=")
 	switch {
-	case name == "strip" && strings.HasPrefix(value, "/"):
+	case name == "strip" && strings.HasPrefix(value, "/") && !strings.ContainsAny(value, "{}"):
 		r.Strip = value
 	case option == "proto=http":
 		r.TLS = false

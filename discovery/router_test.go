@@ -1,0 +1,295 @@
+package discovery_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddymesh/caddymesh/internal/consultest"
+	"github.com/caddymesh/caddymesh/internal/meshtest"
+)
+
+// routerSite is a site served by mesh_router over the test agent.
+func routerSite(port int, options string) string {
+	return fmt.Sprintf(`:%d {
+	mesh_router {
+		%s
+		consul {
+			address %s
+		}
+	}
+	respond "next"
+}
+`, port, options, agent.Addr)
+}
+
+// routeTables returns what /mesh/routes says.
+func routeTables(t *testing.T) []struct {
+	Routes []struct {
+		Host, Path, Service, Declaration string
+		Instances                        []string
+	}
+	Conflicts []struct {
+		Host, Path, Chosen string
+		Ignored            []string
+	}
+	Rejected []struct{ Service, Declaration, Reason string }
+} {
+	_, body := adminGet(t, http.MethodGet, "/mesh/routes", nil)
+	var tables []struct {
+		Routes []struct {
+			Host, Path, Service, Declaration string
+			Instances                        []string
+		}
+		Conflicts []struct {
+			Host, Path, Chosen string
+			Ignored            []string
+		}
+		Rejected []struct{ Service, Declaration, Reason string }
+	}
+	if err := json.Unmarshal([]byte(body), &tables); err != nil {
+		t.Fatalf("%v: %s", err, body)
+	}
+	return tables
+}
+
+// expectRoutes waits until each request, host and path, gets its answer:
+// "404", or the body the application answers.
+func expectRoutes(t *testing.T, base string, want map[[2]string]string) {
+	t.Helper()
+	var wrong []string
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(strings.Join(wrong, "\n"))
+		}
+	})
+	meshtest.Eventually(t, propagation, "the routes to serve", func() bool {
+		wrong = wrong[:0]
+		for request, answer := range want {
+			status, body := get(base+request[1], request[0])
+			if got := fmt.Sprint(status); (answer == "404" && got != "404") || (answer != "404" && body != answer) {
+				wrong = append(wrong, fmt.Sprintf("%s%s: %d %q, want %s", request[0], request[1], status, body, answer))
+			}
+		}
+		return len(wrong) == 0
+	})
+}
+
+func TestRouterServesRoutesDeclaredInConsul(t *testing.T) {
+	routed, fallthrough_ := meshtest.FreePort(), meshtest.FreePort()
+	meshtest.Load(t, fmt.Sprintf("{\n\t%s\n}\n", meshtest.Globals())+
+		routerSite(routed, "meta_prefix caddy-route")+
+		routerSite(fallthrough_, "require_tag edge\n\t\tfallback next"), "caddyfile")
+	base := fmt.Sprintf("http://127.0.0.1:%d", routed)
+
+	registerEcho(t, "rt-shop", "shop-1", []string{"urlprefix-shop.test/"}, nil)
+	registerEcho(t, "rt-assets", "assets-1", []string{"urlprefix-shop.test/static"}, nil)
+	registerEcho(t, "rt-api", "api-1", []string{"urlprefix-/api strip=/api", "edge"}, nil)
+	registerEcho(t, "rt-meta", "meta-1", nil, map[string]string{"caddy-route-1": "meta.test/ strip=/", "caddy-route": "meta.test/v0"})
+	expectRoutes(t, base, map[[2]string]string{
+		{"shop.test", "/cart"}:         "shop-1 /cart",
+		{"shop.test:8443", "/cart"}:    "shop-1 /cart",
+		{"SHOP.test", "/static/a.png"}: "assets-1 /static/a.png",
+		{"other.test", "/api/v1/x"}:    "api-1 /v1/x",
+		{"meta.test", "/x"}:            "meta-1 /x",
+		{"meta.test", "/v0/y"}:         "meta-1 /v0/y",
+		{"other.test", "/cart"}:        "404",
+	})
+	// require_tag edge: only rt-api; fallback next: the rest goes on.
+	expectRoutes(t, fmt.Sprintf("http://127.0.0.1:%d", fallthrough_), map[[2]string]string{
+		{"other.test", "/api/v1"}: "api-1 /v1",
+		{"shop.test", "/cart"}:    "next",
+	})
+
+	// No reload: a new instance declaring a route is served, a
+	// deregistered one is not.
+	registerEcho(t, "rt-blog", "blog-1", []string{"urlprefix-blog.test/"}, nil)
+	agent.Deregister(t, "rt-shop-shop-1")
+	expectRoutes(t, base, map[[2]string]string{
+		{"blog.test", "/post"}: "blog-1 /post",
+		{"shop.test", "/cart"}: "404",
+	})
+
+	// Unloaded, the routers stop, and so do their watches.
+	if n := meshtest.Goroutines("discovery.(*Router).run"); n != 2 {
+		t.Errorf("%d routers running, want 2", n)
+	}
+	meshtest.Load(t, fmt.Sprintf("{\n\t%s\n}\n:%d {\n\trespond ok\n}\n", meshtest.Globals(), routed), "caddyfile")
+	meshtest.Eventually(t, propagation, "the routers and their watches to stop", func() bool {
+		return meshtest.Goroutines("discovery.(*Router).run") == 0 && meshtest.Goroutines(watchLoop) == 0
+	})
+	if tables := routeTables(t); len(tables) != 0 {
+		t.Errorf("/mesh/routes lists %d tables with no router running", len(tables))
+	}
+}
+
+func TestRouterReportsConflictsAndRejectedDeclarations(t *testing.T) {
+	p := meshtest.FreePort()
+	meshtest.Load(t, fmt.Sprintf("{\n\t%s\n}\n", meshtest.Globals())+routerSite(p, ""), "caddyfile")
+	registerEcho(t, "rc-beta", "beta-1", []string{"urlprefix-dup.test/"}, nil)
+	registerEcho(t, "rc-alpha", "alpha-1", []string{"urlprefix-dup.test/", "urlprefix-/old redirect=301,https://new.test/"}, nil)
+	expectRoutes(t, fmt.Sprintf("http://127.0.0.1:%d", p), map[[2]string]string{{"dup.test", "/"}: "alpha-1 /"})
+
+	tables := routeTables(t)
+	if len(tables) != 1 {
+		t.Fatalf("%d route tables, want 1", len(tables))
+	}
+	tb := tables[0]
+	if len(tb.Conflicts) != 1 || tb.Conflicts[0].Chosen != "rc-alpha dup.test/" || strings.Join(tb.Conflicts[0].Ignored, ",") != "rc-beta dup.test/" {
+		t.Errorf("conflicts %+v, want rc-alpha chosen over rc-beta", tb.Conflicts)
+	}
+	if len(tb.Rejected) != 1 || tb.Rejected[0].Service != "rc-alpha" || !strings.Contains(tb.Rejected[0].Reason, "redirect") {
+		t.Errorf("rejected %+v, want rc-alpha's redirect", tb.Rejected)
+	}
+	if len(tb.Routes) != 1 || tb.Routes[0].Service != "rc-alpha" || len(tb.Routes[0].Instances) != 1 {
+		t.Errorf("routes %+v, want rc-alpha's, with its instance", tb.Routes)
+	}
+}
+
+func TestRouterDialsHTTPSUpstreams(t *testing.T) {
+	ca := meshtest.NewCA(t, "upstream-ca")
+	secure := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "secure %s tls=%v", r.URL.Path, r.TLS != nil)
+	}))
+	secure.TLS = &tls.Config{Certificates: []tls.Certificate{ca.Server(t).Certificate}}
+	secure.StartTLS()
+	t.Cleanup(secure.Close)
+	port := secure.Listener.Addr().(*net.TCPAddr).Port
+	agent.Register(t, consultest.Instance{Service: "rt-secure", ID: "rt-secure-1", Port: port,
+		Tags: []string{"urlprefix-secure.test/ proto=https", "urlprefix-insecure.test/ proto=https tlsskipverify=true"}})
+	t.Cleanup(func() { agent.Client.Agent().ServiceDeregister("rt-secure-1") })
+
+	p := meshtest.FreePort()
+	meshtest.Load(t, fmt.Sprintf("{\n\t%s\n}\n", meshtest.Globals())+routerSite(p, fmt.Sprintf(`proxy {
+			transport http {
+				tls_trust_pool file %s
+			}
+		}`, ca.File)), "caddyfile")
+	expectRoutes(t, fmt.Sprintf("http://127.0.0.1:%d", p), map[[2]string]string{
+		{"secure.test", "/a"}:   "secure /a tls=true",
+		{"insecure.test", "/b"}: "secure /b tls=true",
+	})
+}
+
+// TestRouterHostsGetCertificatesOnDemand serves mesh_router over on-demand
+// TLS with Caddy's internal issuer, as production does with ACME: a host a
+// service declares gets a certificate at its first handshake, and an
+// undeclared one gets none.
+func TestRouterHostsGetCertificatesOnDemand(t *testing.T) {
+	storage := t.TempDir()
+	httpsPort := meshtest.FreePort()
+	meshtest.Load(t, fmt.Sprintf(`{
+	%s
+	storage file_system %s
+	http_port %d
+	local_certs
+	skip_install_trust
+	on_demand_tls {
+		permission mesh
+	}
+}
+https://:%d {
+	tls {
+		on_demand
+	}
+	mesh_router {
+		consul {
+			address %s
+		}
+	}
+}
+`, meshtest.Globals(), storage, meshtest.FreePort(), httpsPort, agent.Addr), "caddyfile")
+	registerEcho(t, "rt-ondemand", "ondemand-1", []string{"urlprefix-ondemand.test/"}, nil)
+	meshtest.Eventually(t, propagation, "the route to be declared", func() bool {
+		return len(routeTables(t)[0].Routes) == 1
+	})
+
+	client := internalTLSClient(t, storage, httpsPort)
+	if status, body := fetch(client, "https://ondemand.test/hello"); body != "ondemand-1 /hello" {
+		t.Errorf("declared host answered %d %q", status, body)
+	}
+	if status, body := fetch(client, "https://later.test/"); status != 0 || !strings.Contains(body, "tls") {
+		t.Fatalf("undeclared host answered %d %q, want no certificate", status, body)
+	}
+	// Declared later, with no reload, the host gets its certificate.
+	registerEcho(t, "rt-later", "later-1", []string{"urlprefix-later.test/"}, nil)
+	meshtest.Eventually(t, propagation, "a certificate for the host declared later", func() bool {
+		_, body := fetch(client, "https://later.test/")
+		return body == "later-1 /"
+	})
+}
+
+// internalTLSClient is a client that trusts the root of Caddy's internal
+// CA, kept in storage, and sends every request to the HTTPS port, on
+// loopback, whatever the host.
+func internalTLSClient(t *testing.T, storage string, port int) *http.Client {
+	roots := x509.NewCertPool()
+	root, err := os.ReadFile(filepath.Join(storage, "pki", "authorities", "local", "root.crt"))
+	if err != nil || !roots.AppendCertsFromPEM(root) {
+		t.Fatalf("Caddy's internal root: %v", err)
+	}
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return new(net.Dialer).DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		},
+	}}
+	t.Cleanup(client.CloseIdleConnections)
+	return client
+}
+
+// fetch GETs url with client, and returns the status and body, or the
+// error.
+func fetch(client *http.Client, url string) (int, string) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// TestGatewayCaddyfileExample runs examples/gateway.Caddyfile with Caddy's
+// internal issuer instead of Let's Encrypt, on free ports.
+func TestGatewayCaddyfileExample(t *testing.T) {
+	t.Setenv("CONSUL_HTTP_ADDR", agent.Addr)
+	storage, httpsPort := t.TempDir(), meshtest.FreePort()
+	example := string(mustReadFile(t, "../examples/gateway.Caddyfile"))
+	example = strings.Replace(example, "\n{\n", fmt.Sprintf(`
+{
+	%s
+	storage file_system %s
+	http_port %d
+	https_port %d
+	local_certs
+	skip_install_trust
+`, meshtest.Globals(), storage, meshtest.FreePort(), httpsPort), 1)
+	registerEcho(t, "greeter", "greeter-1", nil, nil)
+	registerEcho(t, "billing", "billing-1", nil, nil)
+	registerEcho(t, "shop", "shop-1", nil, map[string]string{"caddy-route": "shop.example.com/"})
+	meshtest.Load(t, example, "caddyfile")
+	client := internalTLSClient(t, storage, httpsPort)
+
+	meshtest.Eventually(t, propagation, "the services and the route to be served", func() bool {
+		_, greeter := fetch(client, "https://api.example.com/greeter/hello")
+		_, shop := fetch(client, "https://shop.example.com/cart")
+		return greeter == "greeter-1 /hello" && shop == "shop-1 /cart"
+	})
+	if status, body := fetch(client, "https://api.example.com/billing/invoices"); status != http.StatusNotFound {
+		t.Errorf("a service not allowed answered %d %q", status, body)
+	}
+	if status, body := fetch(client, "https://evil.example.com/"); status != 0 || !strings.Contains(body, "tls") {
+		t.Errorf("a host no service declares answered %d %q, want no certificate", status, body)
+	}
+}
