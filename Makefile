@@ -48,6 +48,9 @@ bench: consul
 	$(BENCHSTAT) -col /policy -filter '/policy:(consistent_hash OR consistent_hash_bounded_load OR ip_hash OR uri_hash OR header)' .work/select.txt
 	$(GO) test -run '^$$' -bench Build -benchmem ./lbpolicy/ | grep -E '^Benchmark'
 	$(GO) test -count 1 -run 'TestRingBalance|TestBoundedLoadsWithZipf' -v ./lbpolicy/ | grep -E 'peak|moved'
+	$(GO) test -run '^$$' -bench 'RouteMatch|ServiceGate' -benchmem -count 6 ./discovery/ > .work/gateway.txt
+	$(BENCHSTAT) -col /handler -filter '.name:ServiceGate' .work/gateway.txt
+	$(BENCHSTAT) -col /router -filter '.name:RouteMatch' .work/gateway.txt
 	$(GO) test -run '^$$' -bench Handler -benchmem -count 6 ./middleware/ > .work/handlers.txt
 	$(BENCHSTAT) -col /handler .work/handlers.txt
 

@@ -193,12 +193,16 @@ func TestGetUpstreamsBeforeFirstAnswer(t *testing.T) {
 func BenchmarkGetUpstreams(b *testing.B) {
 	for _, n := range []int{3, 64, 256} {
 		b.Run(fmt.Sprintf("instances=%d/source=consul", n), func(b *testing.B) {
-			names := make([]string, n)
-			for i := range names {
-				names[i] = fmt.Sprintf("10.0.%d.%d", i/256, i%256)
-			}
-			cu := staticSource(answered(names))
+			cu := staticSource(answered(instanceNames(n)))
 			benchmarkSource(b, cu, newRequest())
+		})
+		b.Run(fmt.Sprintf("instances=%d/source=consul-by-name", n), func(b *testing.B) {
+			r := newRequest()
+			caddyhttp.SetVar(r.Context(), ServiceVar, "web")
+			benchmarkSource(b, lazySource(instanceNames(n)), r)
+		})
+		b.Run(fmt.Sprintf("instances=%d/source=mesh_router", n), func(b *testing.B) {
+			benchmarkSource(b, routeUpstreams{}, routerRequest(instanceNames(n)))
 		})
 		b.Run(fmt.Sprintf("instances=%d/source=caddy-srv", n), func(b *testing.B) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
@@ -219,6 +223,15 @@ func BenchmarkGetUpstreams(b *testing.B) {
 			benchmarkSource(b, source, r)
 		})
 	}
+}
+
+// instanceNames names n instances by their addresses.
+func instanceNames(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("10.0.%d.%d", i/256, i%256)
+	}
+	return names
 }
 
 func benchmarkSource(b *testing.B, source reverseproxy.UpstreamSource, r *http.Request) {
