@@ -59,6 +59,7 @@ func adminConfig(t *testing.T) {
 func adminGet(t *testing.T, method, path string, out any) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, meshtest.AdminURL()+path, nil)
+	req.Close = true // Caddy restarts its admin server on each config change: no keep-alive
 	resp, err := meshtest.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -23,35 +23,59 @@ const trialSpacing = 150 * time.Millisecond
 // shows, for the four kinds of change: an instance registered, its check
 // turning critical, turning passing again, and the instance deregistered.
 // via=caddy is until the next request through Caddy reflects the change;
-// via=blocking-query, its floor, is until a bare Consul blocking query on
-// the service wakes up. One iteration runs all four changes; run it with
-// -benchtime=25x or more for 100+ trials. It reports the percentiles of
-// all trials, and the p99 of each kind of change.
+// via=mesh_router, the same for a service declaring a route (urlprefix-/),
+// which mesh_router learns of through the catalog; via=blocking-query,
+// their floor, is until a bare Consul blocking query on the service wakes
+// up. One iteration runs all four changes; run it with -benchtime=25x or
+// more for 100+ trials. It reports the percentiles of all trials, and the
+// p99 of each kind of change.
 func BenchmarkPropagation(b *testing.B) {
 	backend := meshtest.StartBackend(b, "a")
 	inst := consultest.Instance{Service: "propagation", ID: "propagation-a", Port: backend.Port()}
-	changes := []struct {
-		name   string
-		change func()
-		status int // what a request through Caddy answers after the change
-	}{
-		{"register", func() { agent.Register(b, inst) }, http.StatusOK},
-		{"critical", func() { agent.SetStatus(b, inst.ID, api.HealthCritical) }, http.StatusServiceUnavailable},
-		{"passing", func() { agent.SetStatus(b, inst.ID, api.HealthPassing) }, http.StatusOK},
-		{"deregister", func() { agent.Deregister(b, inst.ID) }, http.StatusServiceUnavailable},
-	}
+	routed := consultest.Instance{Service: "propagation-routed", ID: "propagation-routed-a", Port: backend.Port(), Tags: []string{"urlprefix-/"}}
 
 	b.Run("via=caddy", func(b *testing.B) {
+		changes := changesOf(b, inst, http.StatusServiceUnavailable)
 		url := serveService(b, inst.Service)
 		measure(b, len(changes), func(i int) time.Duration {
 			return timeUntilStatus(b, changes[i].change, url, changes[i].status)
 		}, func(i int) string { return changes[i].name })
 	})
+	b.Run("via=mesh_router", func(b *testing.B) {
+		changes := changesOf(b, routed, http.StatusNotFound)
+		port := meshtest.FreePort()
+		meshtest.Load(b, fmt.Sprintf("{\n\t%s\n}\n", meshtest.Globals())+routerSite(port, ""), "caddyfile")
+		url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+		measure(b, len(changes), func(i int) time.Duration {
+			return timeUntilStatus(b, changes[i].change, url, changes[i].status)
+		}, func(i int) string { return changes[i].name })
+	})
 	b.Run("via=blocking-query", func(b *testing.B) {
+		changes := changesOf(b, inst, 0) // statuses unused
 		measure(b, len(changes), func(i int) time.Duration {
 			return timeUntilWake(b, changes[i].change, inst.Service)
 		}, func(i int) string { return changes[i].name })
 	})
+}
+
+// change is a change to an instance in Consul, and what a request answers
+// once it shows.
+type change struct {
+	name   string
+	change func()
+	status int
+}
+
+// changesOf are the four changes of inst, after which a request answers
+// 200 while it is healthy, 503 while it is critical, and gone once
+// deregistered.
+func changesOf(b *testing.B, inst consultest.Instance, gone int) []change {
+	return []change{
+		{"register", func() { agent.Register(b, inst) }, http.StatusOK},
+		{"critical", func() { agent.SetStatus(b, inst.ID, api.HealthCritical) }, http.StatusServiceUnavailable},
+		{"passing", func() { agent.SetStatus(b, inst.ID, api.HealthPassing) }, http.StatusOK},
+		{"deregister", func() { agent.Deregister(b, inst.ID) }, gone},
+	}
 }
 
 // serveService loads a Caddy config proxying to service, and returns its URL.

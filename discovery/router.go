@@ -353,7 +353,7 @@ func (rt *Router) declarations(service string, a *answer, found []declared, reje
 	}
 	for _, inst := range a.healthy.Instances {
 		for _, d := range rt.declaredBy(inst) {
-			if i := byDeclaration[d]; i >= 0 {
+			if i, ok := byDeclaration[d]; ok && i >= 0 {
 				found[i].instances = append(found[i].instances, inst)
 			}
 		}
