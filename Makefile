@@ -10,7 +10,7 @@ CADDY_VERSION = v2.11.9
 # module proxy for caddymesh, which is not published.
 LOCAL_MODULE  = github.com/caddymesh/caddymesh@v0.0.0-00010101000000-000000000000=.
 
-.PHONY: build consul demo sidecars test bench clean
+.PHONY: build consul demo sidecars test bench bench-proxies clean
 
 ## build: ./caddy, a stock Caddy with caddymesh built in by xcaddy
 build: caddy
@@ -53,6 +53,18 @@ bench: consul
 	$(BENCHSTAT) -col /router -filter '.name:RouteMatch' .work/gateway.txt
 	$(GO) test -run '^$$' -bench Handler -benchmem -count 6 ./middleware/ > .work/handlers.txt
 	$(BENCHSTAT) -col /handler .work/handlers.txt
+	$(MAKE) bench-proxies
+
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
+
+## bench-proxies: stock Caddy, caddymesh, nginx and HAProxy side by side, the proxy alone on core 0
+## (installs nginx, HAProxy and wrk from Debian when missing)
+bench-proxies: build consul
+	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx haproxy wrk; }
+	mkdir -p .work/bin
+	$(GO) build -o .work/bin/proxybench ./internal/proxybench
+	taskset -c 1 .work/bin/proxybench -reps 5 -duration 4s
 
 
 clean:

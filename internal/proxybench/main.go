@@ -1,0 +1,631 @@
+// Command proxybench measures reverse proxies side by side, in one run, on
+// the same backends: stock Caddy, Caddy with caddymesh, nginx and HAProxy,
+// at several numbers of upstreams, and prints a Markdown table.
+//
+// Method: the proxy runs alone on core 0 (taskset; GOMAXPROCS=1, one nginx
+// worker, one HAProxy thread); this program, its backends, the Consul agent
+// and the load generator (wrk) share core 1. Keep-alive is on to clients and
+// to upstreams everywhere. Each setup gets a warm-up, then -reps runs, and
+// the median is reported. The figure that matters is the proxy's CPU time
+// per request, read from /proc: it stays right when the generator's core
+// saturates, where requests per second and latency measure the machine as a
+// whole. A run during which the hypervisor stole more than 5% of core 0
+// (the noisy neighbours of a shared virtual machine) is run again, up to
+// five times.
+//
+// Run it with `make bench-proxies`, which builds ./caddy and installs nginx,
+// HAProxy and wrk from Debian.
+package main
+
+import (
+	"bytes"
+	"cmp"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/caddymesh/caddymesh/internal/consultest"
+)
+
+// setup is a proxy configuration under test.
+type setup struct {
+	name   string
+	proxy  string // caddy, nginx or haproxy
+	config func(port int, b bench) string
+}
+
+// bench is what a setup proxies to: backends, also registered in Consul as
+// the instances of service.
+type bench struct {
+	upstreams []string // host:port
+	service   string
+	consul    string
+}
+
+var setups = []setup{
+	{"Caddy `round_robin`", "caddy", func(port int, b bench) string { return caddyStatic(port, b, "round_robin") }},
+	{"Caddy `uri_hash`", "caddy", func(port int, b bench) string { return caddyStatic(port, b, "uri_hash") }},
+	{"caddymesh `dynamic consul` + `smooth_weighted`", "caddy", func(port int, b bench) string { return caddyConsul(port, b, "smooth_weighted") }},
+	{"caddymesh `dynamic consul` + `consistent_hash`", "caddy", func(port int, b bench) string {
+		return caddyConsul(port, b, "consistent_hash {http.request.uri}")
+	}},
+	{"nginx weighted round robin", "nginx", func(port int, b bench) string { return nginx(port, b, "") }},
+	{"nginx `hash $request_uri consistent`", "nginx", func(port int, b bench) string { return nginx(port, b, "hash $request_uri consistent;") }},
+	{"HAProxy `balance roundrobin`", "haproxy", func(port int, b bench) string { return haproxy(port, b, "balance roundrobin") }},
+	{"HAProxy `balance uri` + `hash-type consistent`", "haproxy", func(port int, b bench) string {
+		return haproxy(port, b, "balance uri\n\thash-type consistent")
+	}},
+}
+
+var (
+	caddyBinary = flag.String("caddy", "./caddy", "the Caddy binary with caddymesh")
+	sizes       = flag.String("upstreams", "4,64,256", "numbers of upstreams, comma-separated")
+	reps        = flag.Int("reps", 3, "measured runs per setup")
+	duration    = flag.Duration("duration", 5*time.Second, "length of a run")
+	connections = flag.Int("connections", 32, "client connections")
+	only        = flag.String("only", "", "run only the setups whose name contains this")
+	workDir     = flag.String("work", ".work/proxybench", "where configs and logs go")
+)
+
+func main() {
+	flag.Parse()
+	log.SetFlags(0)
+	if err := os.MkdirAll(*workDir, 0o755); err != nil {
+		log.Fatal(err)
+	}
+	agent, err := consultest.Start(consultest.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer agent.Stop()
+
+	var rows []row
+	for _, field := range strings.Split(*sizes, ",") {
+		n, err := strconv.Atoi(field)
+		if err != nil {
+			log.Fatalf("-upstreams: %q is not a number", field)
+		}
+		b, stop := startBackends(agent, n)
+		measured, err := measureSize(b)
+		stop()
+		if err != nil {
+			log.Fatalf("%d upstreams: %v", n, err)
+		}
+		rows = append(rows, measured...)
+	}
+	printTable(os.Stdout, rows)
+}
+
+// startBackends starts n backends on loopback, answering "ok", and
+// registers them in Consul as the instances of bench-<n>.
+func startBackends(agent *consultest.Agent, n int) (bench, func()) {
+	b := bench{service: fmt.Sprintf("bench-%d", n), consul: agent.Addr}
+	var servers []*http.Server
+	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })
+	for i := range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			log.Fatal(err)
+		}
+		srv := &http.Server{Handler: ok}
+		go srv.Serve(ln)
+		servers = append(servers, srv)
+		port := ln.Addr().(*net.TCPAddr).Port
+		b.upstreams = append(b.upstreams, ln.Addr().String())
+		err = agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+			ID: fmt.Sprintf("%s-%d", b.service, i), Name: b.service, Address: "127.0.0.1", Port: port,
+		})
+		if err != nil {
+			log.Fatal(err)
+		}
+	}
+	return b, func() {
+		for i, srv := range servers {
+			srv.Close()
+			agent.Client.Agent().ServiceDeregister(fmt.Sprintf("%s-%d", b.service, i))
+		}
+	}
+}
+
+// row is a setup's result: medians of its runs.
+type row struct {
+	setup         string
+	upstreams     int
+	cpuPerRequest float64 // µs of the proxy's CPU time
+	ratio         float64 // median, over the rounds, of cpuPerRequest / Caddy round_robin's in the same round
+	rps           float64
+	p50, p99      time.Duration
+	runs          int // measured, noisy ones included
+	loadAverage   string
+}
+
+// target is a setup's proxy, running.
+type target struct {
+	setup
+	proxy *proxyProcess
+	url   string
+	runs  []run
+	tries int
+}
+
+// measureSize starts the proxy of every setup selected, warms each up, and
+// measures them in rounds, each setup once per round, so that the drift
+// of a shared machine affects all alike: each setup's ratio to the first
+// (Caddy round_robin) is the median of its ratios within a round.
+func measureSize(b bench) ([]row, error) {
+	var targets []*target
+	defer func() {
+		for _, t := range targets {
+			t.proxy.stop()
+		}
+	}()
+	for _, s := range setups {
+		if !strings.Contains(s.name, *only) {
+			continue
+		}
+		t, err := startTarget(s, b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", s.name, err)
+		}
+		targets = append(targets, t)
+	}
+	loadAvg := loadAverage()
+	for round := range *reps {
+		for _, t := range targets {
+			if err := t.measure(); err != nil {
+				return nil, fmt.Errorf("%s: %v", t.name, err)
+			}
+			log.Printf("%d upstreams, round %d, %s: %.1f µs/request, %.0f req/s",
+				len(b.upstreams), round+1, t.name, t.runs[round].cpuPerRequest, t.runs[round].load.rps)
+		}
+	}
+	rows := make([]row, len(targets))
+	for i, t := range targets {
+		rows[i] = row{
+			setup: t.name, upstreams: len(b.upstreams), runs: t.tries, loadAverage: loadAvg,
+			cpuPerRequest: median(t.runs, func(x run) float64 { return x.cpuPerRequest }),
+			rps:           median(t.runs, func(x run) float64 { return x.load.rps }),
+			p50:           time.Duration(median(t.runs, func(x run) float64 { return float64(x.load.p50) })),
+			p99:           time.Duration(median(t.runs, func(x run) float64 { return float64(x.load.p99) })),
+		}
+		ratios := make([]float64, *reps)
+		for round := range ratios {
+			ratios[round] = t.runs[round].cpuPerRequest / targets[0].runs[round].cpuPerRequest
+		}
+		slices.Sort(ratios)
+		rows[i].ratio = ratios[len(ratios)/2]
+	}
+	return rows, nil
+}
+
+// startTarget starts the proxy of s and warms it up.
+func startTarget(s setup, b bench) (*target, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	proxy, err := startProxy(s, port, b)
+	if err != nil {
+		return nil, err
+	}
+	t := &target{setup: s, proxy: proxy, url: fmt.Sprintf("http://127.0.0.1:%d/", port)}
+	if err := awaitOK(t.url, 15*time.Second); err != nil {
+		proxy.stop()
+		return nil, fmt.Errorf("%v; log: %s", err, proxy.logTail())
+	}
+	if _, err := runLoad(t.url, 2*time.Second); err != nil { // warm-up
+		proxy.stop()
+		return nil, err
+	}
+	return t, nil
+}
+
+// measure adds a run, retrying those during which the hypervisor stole
+// more than 5% of core 0, up to five tries; after that, it keeps the least
+// disturbed one.
+func (t *target) measure() error {
+	var best run
+	for try := range 5 {
+		t.tries++
+		result, err := measureRun(t.proxy.pid(), t.url)
+		if err != nil {
+			return err
+		}
+		if try == 0 || result.stolenShare < best.stolenShare {
+			best = result
+		}
+		if result.stolenShare <= 0.05 {
+			break
+		}
+		log.Printf("  discarded a run: the hypervisor stole %.0f%% of core 0", 100*result.stolenShare)
+		time.Sleep(time.Second)
+	}
+	t.runs = append(t.runs, best)
+	return nil
+}
+
+// run is one measured run.
+type run struct {
+	load          loadResult
+	cpuPerRequest float64 // µs
+	stolenShare   float64 // of core 0's time, by the hypervisor
+}
+
+// measureRun runs the load once, reading the proxy's CPU time and core 0's
+// stolen time before and after.
+func measureRun(pid int, url string) (run, error) {
+	procBefore, err := processCPU(pid)
+	if err != nil {
+		return run{}, err
+	}
+	coreBefore, err := coreCPU(0)
+	if err != nil {
+		return run{}, err
+	}
+	load, err := runLoad(url, *duration)
+	if err != nil {
+		return run{}, err
+	}
+	procAfter, _ := processCPU(pid)
+	coreAfter, _ := coreCPU(0)
+	return run{
+		load:          load,
+		cpuPerRequest: float64(procAfter-procBefore) / clockTicks * 1e6 / float64(load.requests),
+		stolenShare:   float64(coreAfter.steal-coreBefore.steal) / float64(max(coreAfter.total-coreBefore.total, 1)),
+	}, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc's CPU times: 100 on Linux.
+const clockTicks = 100
+
+// processCPU returns the user and system time of pid, in clock ticks.
+func processCPU(pid int) (int64, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parseProcessCPU(string(stat))
+}
+
+// parseProcessCPU reads utime and stime from a /proc/<pid>/stat line; the
+// command name, in parentheses, may hold spaces.
+func parseProcessCPU(stat string) (int64, error) {
+	fields := strings.Fields(stat[strings.LastIndexByte(stat, ')')+1:])
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("unexpected /proc stat line %q", stat)
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("unexpected /proc stat line %q", stat)
+	}
+	return utime + stime, nil
+}
+
+// coreTimes is a core's line of /proc/stat, in clock ticks: the time
+// stolen by the hypervisor, and in all.
+type coreTimes struct{ steal, total int64 }
+
+// coreCPU returns the times of core n.
+func coreCPU(n int) (coreTimes, error) {
+	stat, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return coreTimes{}, err
+	}
+	return parseCoreTimes(string(stat), n)
+}
+
+// parseCoreTimes reads core n's line of /proc/stat: user nice system idle
+// iowait irq softirq steal ...
+func parseCoreTimes(stat string, n int) (coreTimes, error) {
+	prefix := fmt.Sprintf("cpu%d ", n)
+	for line := range strings.Lines(stat) {
+		rest, found := strings.CutPrefix(line, prefix)
+		if !found {
+			continue
+		}
+		var t coreTimes
+		for i, field := range strings.Fields(rest) {
+			v, err := strconv.ParseInt(field, 10, 64)
+			if err != nil || i >= 8 { // guest times are counted in user already
+				break
+			}
+			t.total += v
+			if i == 7 {
+				t.steal = v
+			}
+		}
+		return t, nil
+	}
+	return coreTimes{}, fmt.Errorf("no %s line in /proc/stat", strings.TrimSpace(prefix))
+}
+
+// loadResult is what wrk reports of a run.
+type loadResult struct {
+	requests int64
+	rps      float64
+	p50, p99 time.Duration
+}
+
+// requestScript varies the URI over 10,007 values, so that the hash
+// policies spread requests over every upstream.
+const requestScript = `counter = 0
+request = function()
+	counter = counter + 1
+	return wrk.format(nil, "/item/" .. (counter % 10007))
+end
+`
+
+// runLoad runs wrk on core 1 against url.
+func runLoad(url string, d time.Duration) (loadResult, error) {
+	script := filepath.Join(*workDir, "requests.lua")
+	if err := os.WriteFile(script, []byte(requestScript), 0o644); err != nil {
+		return loadResult{}, err
+	}
+	out, err := exec.Command("taskset", "-c", "1", "wrk", "-t1", fmt.Sprintf("-c%d", *connections),
+		fmt.Sprintf("-d%ds", int(d.Seconds())), "--latency", "-s", script, url).CombinedOutput()
+	if err != nil {
+		return loadResult{}, fmt.Errorf("wrk: %v\n%s", err, out)
+	}
+	return parseWrk(string(out))
+}
+
+// parseWrk reads wrk's report; any failed request fails the run.
+func parseWrk(report string) (loadResult, error) {
+	var r loadResult
+	for line := range strings.Lines(report) {
+		fields := strings.Fields(line)
+		switch {
+		case len(fields) >= 2 && fields[0] == "50%":
+			r.p50, _ = parseWrkDuration(fields[1])
+		case len(fields) >= 2 && fields[0] == "99%":
+			r.p99, _ = parseWrkDuration(fields[1])
+		case len(fields) >= 3 && fields[1] == "requests" && fields[2] == "in":
+			r.requests, _ = strconv.ParseInt(fields[0], 10, 64)
+		case len(fields) >= 2 && fields[0] == "Requests/sec:":
+			r.rps, _ = strconv.ParseFloat(fields[1], 64)
+		case strings.Contains(line, "Non-2xx") || strings.Contains(line, "Socket errors"):
+			return r, fmt.Errorf("requests failed: %s", strings.TrimSpace(line))
+		}
+	}
+	if r.requests == 0 || r.p99 == 0 {
+		return r, fmt.Errorf("unexpected wrk report:\n%s", report)
+	}
+	return r, nil
+}
+
+// parseWrkDuration reads wrk's durations: 812.00us, 1.23ms, 2.00s.
+func parseWrkDuration(s string) (time.Duration, error) {
+	return time.ParseDuration(strings.Replace(s, "us", "µs", 1))
+}
+
+// proxyProcess is a proxy running on core 0.
+type proxyProcess struct {
+	cmd *exec.Cmd
+	log *bytes.Buffer
+}
+
+func (p *proxyProcess) pid() int { return p.cmd.Process.Pid }
+
+func (p *proxyProcess) stop() {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func (p *proxyProcess) logTail() string {
+	s := p.log.String()
+	return s[max(0, len(s)-2000):]
+}
+
+// startProxy writes the setup's config and starts its proxy on core 0.
+func startProxy(s setup, port int, b bench) (*proxyProcess, error) {
+	dir, err := filepath.Abs(filepath.Join(*workDir, strings.Map(fileSafe, s.name)))
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	config := filepath.Join(dir, s.proxy+".conf")
+	if err := os.WriteFile(config, []byte(s.config(port, b)), 0o644); err != nil {
+		return nil, err
+	}
+	var args []string
+	switch s.proxy {
+	case "caddy":
+		args = []string{*caddyBinary, "run", "--adapter", "caddyfile", "--config", config}
+	case "nginx":
+		args = []string{"nginx", "-p", dir, "-e", "stderr", "-c", config}
+	case "haproxy":
+		args = []string{"haproxy", "-db", "-f", config}
+	}
+	p := &proxyProcess{cmd: exec.Command("taskset", append([]string{"-c", "0"}, args...)...), log: new(bytes.Buffer)}
+	p.cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return p, p.cmd.Start() // taskset execs the proxy: the pid is the proxy's
+}
+
+func fileSafe(r rune) rune {
+	if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+		return r
+	}
+	return '_'
+}
+
+func caddyStatic(port int, b bench, policy string) string {
+	return fmt.Sprintf(`{
+	admin off
+	persist_config off
+}
+:%d {
+	reverse_proxy %s {
+		lb_policy %s
+	}
+}
+`, port, strings.Join(b.upstreams, " "), policy)
+}
+
+func caddyConsul(port int, b bench, policy string) string {
+	return fmt.Sprintf(`{
+	admin off
+	persist_config off
+	mesh {
+		consul {
+			address %s
+		}
+	}
+}
+:%d {
+	reverse_proxy {
+		dynamic consul %s
+		lb_policy %s
+	}
+}
+`, b.consul, port, b.service, policy)
+}
+
+func nginx(port int, b bench, balance string) string {
+	var servers strings.Builder
+	for _, u := range b.upstreams {
+		fmt.Fprintf(&servers, "\t\tserver %s;\n", u)
+	}
+	return fmt.Sprintf(`worker_processes 1;
+daemon off;
+master_process off;
+pid nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+	access_log off;
+	client_body_temp_path tmp;
+	proxy_temp_path tmp;
+	upstream backends {
+		%s
+%s		keepalive 64;
+	}
+	server {
+		listen 127.0.0.1:%d;
+		location / {
+			proxy_pass http://backends;
+			proxy_http_version 1.1;
+			proxy_set_header Connection "";
+		}
+	}
+}
+`, balance, servers.String(), port)
+}
+
+func haproxy(port int, b bench, balance string) string {
+	var servers strings.Builder
+	for i, u := range b.upstreams {
+		fmt.Fprintf(&servers, "\tserver s%d %s\n", i, u)
+	}
+	return fmt.Sprintf(`global
+	nbthread 1
+	maxconn 4096
+defaults
+	mode http
+	option http-keep-alive
+	http-reuse always
+	timeout connect 5s
+	timeout client 30s
+	timeout server 30s
+frontend proxy
+	bind 127.0.0.1:%d
+	default_backend backends
+backend backends
+	%s
+%s`, port, balance, servers.String())
+}
+
+// awaitOK waits until url answers 200.
+func awaitOK(url string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready: %v", url, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func loadAverage() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	fields := strings.Fields(string(data))
+	if len(fields) < 3 {
+		return "?"
+	}
+	return strings.Join(fields[:3], " ")
+}
+
+func median(runs []run, value func(run) float64) float64 {
+	values := make([]float64, len(runs))
+	for i, r := range runs {
+		values[i] = value(r)
+	}
+	slices.Sort(values)
+	return values[len(values)/2]
+}
+
+// printTable writes the results as Markdown: per number of upstreams, each
+// setup's CPU per request and its ratio to stock Caddy's round_robin.
+func printTable(w io.Writer, rows []row) {
+	fmt.Fprintf(w, "%s, %d cores; wrk -t1 -c%d; %d rounds of %s runs, medians.\n\n", runtime.Version(), onlineCores(), *connections, *reps, *duration)
+	fmt.Fprintln(w, "| upstreams | setup | proxy CPU per request | vs Caddy `round_robin` (same round) | requests/s | p50 | p99 | runs kept/all | load average |")
+	fmt.Fprintln(w, "|----------:|-------|----------------------:|------------------------------------:|-----------:|----:|----:|--------------:|--------------|")
+	for _, r := range rows {
+		fmt.Fprintf(w, "| %d | %s | %.1f µs | %.3f× | %.0f | %s | %s | %d/%d | %s |\n", r.upstreams, r.setup, r.cpuPerRequest, r.ratio,
+			r.rps, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), *reps, r.runs, cmp.Or(r.loadAverage, "?"))
+	}
+}
+
+// onlineCores counts the machine's cores, whatever this process's affinity.
+func onlineCores() int {
+	stat, _ := os.ReadFile("/proc/stat")
+	n := 0
+	for line := range strings.Lines(string(stat)) {
+		if len(line) > 3 && strings.HasPrefix(line, "cpu") && line[3] >= '0' && line[3] <= '9' {
+			n++
+		}
+	}
+	return n
+}
