@@ -151,7 +151,7 @@ type routeView struct {
 
 func routeTableViews() []routeTableView {
 	views := []routeTableView{}
-	for _, t := range routers.tables() {
+	for _, t := range routeTables() {
 		v := routeTableView{Routes: []routeView{}, Conflicts: t.conflicts, Rejected: t.rejected}
 		for _, e := range t.inMatchOrder() {
 			dials := []string{}

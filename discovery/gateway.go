@@ -8,11 +8,11 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/caddymesh/caddymesh/internal/boxed"
 	"github.com/caddymesh/caddymesh/internal/reqkey"
 )
 
@@ -55,7 +55,14 @@ type ServiceFromRequest struct {
 	name       reqkey.Func
 	catalogKey catalogKey
 	catalog    *catalogWatch
-	names      boxed.Strings
+	reachable  atomic.Pointer[reachableServices]
+}
+
+// reachableServices are the services of a catalog answer that the handler
+// lets requests reach, each name boxed once for the request's variables.
+type reachableServices struct {
+	catalog *map[string][]string // the answer they were found in
+	names   map[string]any
 }
 
 var (
@@ -119,21 +126,41 @@ func (s *ServiceFromRequest) Cleanup() error {
 
 // ServeHTTP lets through requests for services that may be reached.
 func (s *ServiceFromRequest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	services := s.catalog.services.Load()
-	if services == nil {
+	reachable := s.reachableServices()
+	if reachable == nil {
 		w.Header().Set("Retry-After", "1")
 		return caddyhttp.Error(http.StatusServiceUnavailable, errCatalogPending)
 	}
 	name := s.name(r)
-	tags, known := (*services)[name]
-	if !known || !validServiceName(name) || !s.allows(name, tags) {
+	boxedName, ok := reachable[name]
+	if !ok {
 		return caddyhttp.Error(http.StatusNotFound, errNoSuchService)
 	}
-	caddyhttp.SetVar(r.Context(), ServiceVar, s.names.Box(name))
+	caddyhttp.SetVar(r.Context(), ServiceVar, boxedName)
 	if s.StripPath {
 		stripService(r, name)
 	}
 	return next.ServeHTTP(w, r)
+}
+
+// reachableServices returns the services requests may reach, worked out
+// once per catalog answer; nil until Consul first answers.
+func (s *ServiceFromRequest) reachableServices() map[string]any {
+	services := s.catalog.services.Load()
+	if services == nil {
+		return nil
+	}
+	if r := s.reachable.Load(); r != nil && r.catalog == services {
+		return r.names
+	}
+	names := make(map[string]any)
+	for name, tags := range *services {
+		if validServiceName(name) && s.allows(name, tags) {
+			names[name] = name
+		}
+	}
+	s.reachable.Store(&reachableServices{catalog: services, names: names})
+	return names
 }
 
 // allows reports whether the service, carrying tags, may be reached.

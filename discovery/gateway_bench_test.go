@@ -58,7 +58,8 @@ func lazySource(names []string) *ConsulUpstreams {
 	close(ready)
 	watch := &serviceWatch{service: "web", watchers: []*watcher{answered(names)}}
 	cu := &ConsulUpstreams{Service: "{http.vars." + ServiceVar + "}", serviceName: reqkey.Compile("{http.vars." + ServiceVar + "}")}
-	cu.lazy = &lazyServices{source: cu, byName: map[string]*lazyService{"web": {watch: watch, ready: ready}}}
+	cu.lazy = &lazyServices{source: cu}
+	cu.lazy.byName.Store(&map[string]*lazyService{"web": {watch: watch, ready: ready}})
 	return cu
 }
 

@@ -30,7 +30,7 @@ func (CertificatePermission) CaddyModule() caddy.ModuleInfo {
 
 // CertificateAllowed reports whether a route declares name.
 func (CertificatePermission) CertificateAllowed(_ context.Context, name string) error {
-	if slices.ContainsFunc(routers.tables(), func(t *routeTable) bool { return t.allowsCertificate(name) }) {
+	if slices.ContainsFunc(routeTables(), func(t *routeTable) bool { return t.allowsCertificate(name) }) {
 		return nil
 	}
 	return fmt.Errorf("%s: no service declares a route for this host: %w", name, caddytls.ErrPermissionDenied)

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
@@ -19,8 +18,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 	"go.uber.org/zap"
 
-	"github.com/caddymesh/caddymesh/internal/boxed"
 	"github.com/caddymesh/caddymesh/internal/pool"
+	"github.com/caddymesh/caddymesh/internal/running"
 )
 
 func init() {
@@ -39,8 +38,8 @@ const maxMetaRoutes = 10
 // Traefik's Consul provider do: each instance may declare host/path
 // routes in its tags (Fabio's `urlprefix-shop.example.com/api strip=/api`)
 // or its meta, and a request goes to the healthy instances that declare
-// the route it matches: exact host, then wildcard host (*.example.com),
-// then routes for any host; the longest path prefix first. Routes change
+// the route it matches: exact host, then the wildcard host one label above
+// (*.example.com), then routes for any host; the longest path prefix first. Routes change
 // with Consul, within milliseconds and without a reload: one blocking
 // query watches the catalog's names and tags, and only services that
 // declare routes get a health watch.
@@ -79,7 +78,6 @@ type Router struct {
 	catalogs []*catalogWatch  // names and tags; and services with meta routes
 	table    atomic.Pointer[routeTable]
 	proxies  map[proxyKind]*reverseproxy.Handler
-	names    boxed.Strings
 	wake     chan struct{}
 	done     chan struct{}
 	watches  map[string]*serviceWatch // owned by the refreshing goroutine
@@ -132,7 +130,7 @@ func (rt *Router) Provision(ctx caddy.Context) error {
 	if err := rt.watchCatalogs(conn); err != nil {
 		return err
 	}
-	routers.add(rt)
+	routers.Add(rt)
 	go rt.run()
 	return nil
 }
@@ -227,7 +225,7 @@ func (rt *Router) Cleanup() error {
 		return nil
 	}
 	<-rt.done // the config's context is cancelled before its cleanup
-	routers.remove(rt)
+	routers.Remove(rt)
 	var errs []error
 	for _, c := range rt.catalogs {
 		c.unsubscribe(rt.wake)
@@ -397,7 +395,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return caddyhttp.Error(http.StatusNotFound, errNoRoute)
 	}
 	caddyhttp.SetVar(r.Context(), routeVar, e)
-	caddyhttp.SetVar(r.Context(), ServiceVar, rt.names.Box(e.Service))
+	caddyhttp.SetVar(r.Context(), ServiceVar, e.serviceVar)
 	if e.Strip != "" {
 		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		rewrite.Rewrite{StripPathPrefix: e.Strip}.Rewrite(r, repl)
@@ -432,31 +430,12 @@ func (routeUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, e
 
 // routers are the routers of the configs running, for the admin API and
 // the certificate permission.
-var routers = routerSet{set: make(map[*Router]struct{})}
+var routers running.Set[*Router]
 
-type routerSet struct {
-	mu  sync.Mutex
-	set map[*Router]struct{}
-}
-
-func (s *routerSet) add(rt *Router) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.set[rt] = struct{}{}
-}
-
-func (s *routerSet) remove(rt *Router) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.set, rt)
-}
-
-// tables returns the current table of every router.
-func (s *routerSet) tables() []*routeTable {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	tables := make([]*routeTable, 0, len(s.set))
-	for rt := range s.set {
+// routeTables returns the current table of every router running.
+func routeTables() []*routeTable {
+	var tables []*routeTable
+	for _, rt := range routers.All() {
 		tables = append(tables, rt.table.Load())
 	}
 	return tables

@@ -102,9 +102,10 @@ func checkHost(host string) error {
 // instances declaring it.
 type routeEntry struct {
 	route
-	Service   string         `json:"service"`
-	instances *pool.Snapshot // healthy instances declaring the route
-	proxy     *reverseproxy.Handler
+	Service    string         `json:"service"`
+	serviceVar any            // Service boxed once, for {http.vars.mesh_service}
+	instances  *pool.Snapshot // healthy instances declaring the route
+	proxy      *reverseproxy.Handler
 }
 
 // String names the entry, for logs and placeholders.
@@ -117,21 +118,17 @@ type declared struct {
 	instances []pool.Instance // the healthy ones
 }
 
-// routeTable is the routes of every routed service, ready to match: exact
-// hosts, then wildcard hosts from the longest domain, then routes for any
-// host; within each, the longest path prefix first.
+// routeTable is the routes of every routed service, ready to match: the
+// exact host, then the wildcard one label above it (*.example.com covers
+// shop.example.com, as a certificate does), then routes for any host;
+// within each, the longest path prefix first.
 type routeTable struct {
-	exact     map[string][]*routeEntry
-	wildcard  []hostRoutes // by decreasing domain length
+	exact     map[string][]*routeEntry // by host
+	wildcard  map[string][]*routeEntry // by the domain of *.<domain>, with its dot: .example.com
 	anyHost   []*routeEntry
 	entries   []*routeEntry
 	conflicts []routeConflict
 	rejected  []rejectedRoute
-}
-
-type hostRoutes struct {
-	suffix string // .<domain>
-	routes []*routeEntry
 }
 
 // routeConflict is a host and path several declarations claim: the first
@@ -158,7 +155,7 @@ func newRouteTable(found []declared, rejected []rejectedRoute, previous *routeTa
 		return cmp.Or(strings.Compare(a.Host, b.Host), cmp.Compare(len(b.Path), len(a.Path)), strings.Compare(a.Path, b.Path),
 			strings.Compare(a.service, b.service), strings.Compare(a.Declaration, b.Declaration))
 	})
-	t := &routeTable{exact: make(map[string][]*routeEntry), rejected: rejected}
+	t := &routeTable{exact: make(map[string][]*routeEntry), wildcard: make(map[string][]*routeEntry), rejected: rejected}
 	var kept map[string]*pool.Snapshot
 	if previous != nil {
 		kept = make(map[string]*pool.Snapshot, len(previous.entries))
@@ -171,10 +168,10 @@ func newRouteTable(found []declared, rejected []rejectedRoute, previous *routeTa
 			t.noteConflict(d, found[i-1])
 			continue
 		}
-		e := &routeEntry{route: d.route, Service: d.service, instances: reuse(kept[d.service+" "+d.Declaration], d.instances)}
+		e := &routeEntry{route: d.route, Service: d.service, serviceVar: d.service,
+			instances: reuse(kept[d.service+" "+d.Declaration], d.instances)}
 		t.add(e)
 	}
-	slices.SortFunc(t.wildcard, func(a, b hostRoutes) int { return cmp.Compare(len(b.suffix), len(a.suffix)) })
 	return t
 }
 
@@ -184,12 +181,7 @@ func (t *routeTable) add(e *routeEntry) {
 	case e.Host == "":
 		t.anyHost = append(t.anyHost, e)
 	case strings.HasPrefix(e.Host, "*."):
-		suffix := e.Host[1:]
-		if n := len(t.wildcard); n > 0 && t.wildcard[n-1].suffix == suffix {
-			t.wildcard[n-1].routes = append(t.wildcard[n-1].routes, e)
-		} else {
-			t.wildcard = append(t.wildcard, hostRoutes{suffix: suffix, routes: []*routeEntry{e}})
-		}
+		t.wildcard[e.Host[1:]] = append(t.wildcard[e.Host[1:]], e)
 	default:
 		t.exact[e.Host] = append(t.exact[e.Host], e)
 	}
@@ -214,12 +206,8 @@ func (t *routeTable) match(host, path string) *routeEntry {
 	if e := longestPrefix(t.exact[host], path); e != nil {
 		return e
 	}
-	for _, w := range t.wildcard {
-		if w.covers(host) {
-			if e := longestPrefix(w.routes, path); e != nil {
-				return e
-			}
-		}
+	if e := longestPrefix(t.wildcard[parentDomain(host)], path); e != nil {
+		return e
 	}
 	return longestPrefix(t.anyHost, path)
 }
@@ -236,14 +224,13 @@ func longestPrefix(routes []*routeEntry, path string) *routeEntry {
 }
 
 // inMatchOrder returns the entries in the order requests try them: exact
-// hosts (by name), wildcard hosts, then any host.
+// hosts, wildcard hosts (each by name), then any host.
 func (t *routeTable) inMatchOrder() []*routeEntry {
 	var out []*routeEntry
-	for _, host := range slices.Sorted(maps.Keys(t.exact)) {
-		out = append(out, t.exact[host]...)
-	}
-	for _, w := range t.wildcard {
-		out = append(out, w.routes...)
+	for _, byHost := range []map[string][]*routeEntry{t.exact, t.wildcard} {
+		for _, host := range slices.Sorted(maps.Keys(byHost)) {
+			out = append(out, byHost[host]...)
+		}
 	}
 	return append(out, t.anyHost...)
 }
@@ -251,15 +238,14 @@ func (t *routeTable) inMatchOrder() []*routeEntry {
 // allowsCertificate reports whether a route declares host by name, or by
 // wildcard: routes for any host allow no certificate.
 func (t *routeTable) allowsCertificate(host string) bool {
-	if len(t.exact[host]) > 0 {
-		return true
-	}
-	return slices.ContainsFunc(t.wildcard, func(w hostRoutes) bool { return w.covers(host) })
+	return len(t.exact[host]) > 0 || len(t.wildcard[parentDomain(host)]) > 0
 }
 
-// covers reports whether host is one label under the wildcard's domain, as
-// a TLS wildcard certificate would cover it.
-func (w hostRoutes) covers(host string) bool {
-	label, ok := strings.CutSuffix(host, w.suffix)
-	return ok && label != "" && !strings.Contains(label, ".")
+// parentDomain returns host without its first label, with the dot:
+// .example.com for shop.example.com; empty for a single label.
+func parentDomain(host string) string {
+	if i := strings.IndexByte(host, '.'); i > 0 {
+		return host[i:]
+	}
+	return ""
 }

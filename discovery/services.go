@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -131,29 +132,36 @@ func (sw *serviceWatch) logPanic(a *answer, panicking bool) {
 
 // lazyServices are the services of a source whose service name has
 // placeholders: each is watched from the first request for it, at most
-// max_services at once, and let go once unused for idle_timeout.
+// max_services at once, and let go once unused for idle_timeout. Requests
+// read the services without a lock or a clock: the map is replaced whole
+// on a change, and idleness is counted in sweeps.
 type lazyServices struct {
-	source *ConsulUpstreams
-	ctx    context.Context
-	mu     sync.RWMutex
-	byName map[string]*lazyService
-	closed bool        // the source is cleaned up: no new watches
-	full   atomic.Bool // at max_services, logged once each time
+	source     *ConsulUpstreams
+	ctx        context.Context
+	byName     atomic.Pointer[map[string]*lazyService]
+	mu         sync.Mutex  // serializes changes to byName
+	closed     bool        // the source is cleaned up: no new watches
+	full       atomic.Bool // at max_services, logged once each time
+	sweeps     atomic.Int64
+	idleSweeps int64 // how many sweeps without a use make a service idle
 }
 
 // lazyService is one service of lazyServices.
 type lazyService struct {
 	watch    *serviceWatch
 	ready    chan struct{} // closed once watched and first answered, or timed out
-	lastUsed atomic.Int64  // unix nanoseconds, to within a second
+	lastUsed atomic.Int64  // the sweep count at its last use
 }
 
 // newLazyServices returns the lazy services of source, whose idle ones a
 // goroutine lets go until ctx's config stops.
 func newLazyServices(ctx caddy.Context, source *ConsulUpstreams) *lazyServices {
-	ls := &lazyServices{source: source, ctx: ctx, byName: make(map[string]*lazyService)}
+	ls := &lazyServices{source: source, ctx: ctx}
+	ls.byName.Store(&map[string]*lazyService{})
 	idle := time.Duration(source.IdleTimeout)
-	go ls.sweepEvery(ctx, min(idle/4, time.Minute))
+	interval := min(idle/4, time.Minute)
+	ls.idleSweeps = int64((idle + interval - 1) / interval)
+	go ls.sweepEvery(ctx, interval)
 	return ls
 }
 
@@ -165,15 +173,13 @@ func (ls *lazyServices) get(r *http.Request, name string) *serviceWatch {
 	if !validServiceName(name) {
 		return nil
 	}
-	ls.mu.RLock()
-	s := ls.byName[name]
-	ls.mu.RUnlock()
+	s := (*ls.byName.Load())[name]
 	if s == nil {
 		if s = ls.start(name); s == nil {
 			return nil
 		}
 	}
-	s.touch(time.Now())
+	s.touch(ls.sweeps.Load())
 	select {
 	case <-s.ready:
 		return s.watch
@@ -193,30 +199,38 @@ func (s *lazyService) isReady() bool {
 	}
 }
 
-// touch records a use, to within a second, so that a service in heavy use
-// is not written to from every core on every request.
-func (s *lazyService) touch(now time.Time) {
-	if ns := now.UnixNano(); ns-s.lastUsed.Load() >= int64(time.Second) {
-		s.lastUsed.Store(ns)
+// touch records a use during the current sweep, writing only the first
+// time, so that a service in heavy use is not written to from every core
+// on every request.
+func (s *lazyService) touch(sweep int64) {
+	if s.lastUsed.Load() != sweep {
+		s.lastUsed.Store(sweep)
 	}
+}
+
+// change replaces byName with a copy that edit changed; under ls.mu.
+func (ls *lazyServices) change(edit func(map[string]*lazyService)) {
+	next := maps.Clone(*ls.byName.Load())
+	edit(next)
+	ls.byName.Store(&next)
 }
 
 // start watches the service named name, unless max_services are watched
 // already; it waits for Consul's first answer, for resolve_timeout.
 func (ls *lazyServices) start(name string) *lazyService {
 	ls.mu.Lock()
-	if s := ls.byName[name]; s != nil { // started meanwhile
+	if s := (*ls.byName.Load())[name]; s != nil { // started meanwhile
 		ls.mu.Unlock()
 		return s
 	}
-	if ls.closed || len(ls.byName) >= ls.source.MaxServices {
+	if ls.closed || len(*ls.byName.Load()) >= ls.source.MaxServices {
 		ls.mu.Unlock()
 		ls.noteFull(name)
 		return nil
 	}
 	s := &lazyService{ready: make(chan struct{})}
-	s.lastUsed.Store(time.Now().UnixNano())
-	ls.byName[name] = s
+	s.lastUsed.Store(ls.sweeps.Load())
+	ls.change(func(m map[string]*lazyService) { m[name] = s })
 	ls.mu.Unlock()
 	defer close(s.ready)
 
@@ -224,7 +238,7 @@ func (ls *lazyServices) start(name string) *lazyService {
 	if err != nil {
 		ls.source.logger.Error("cannot watch service", zap.String("service", name), zap.Error(err))
 		ls.mu.Lock()
-		delete(ls.byName, name)
+		ls.change(func(m map[string]*lazyService) { delete(m, name) })
 		ls.mu.Unlock()
 		return nil
 	}
@@ -247,26 +261,29 @@ func (ls *lazyServices) sweepEvery(ctx context.Context, interval time.Duration) 
 	defer ticker.Stop()
 	for {
 		select {
-		case now := <-ticker.C:
-			ls.sweep(now)
+		case <-ticker.C:
+			ls.sweep()
 		case <-ctx.Done():
 			return
 		}
 	}
 }
 
-// sweep lets go of the services unused for idle_timeout.
-func (ls *lazyServices) sweep(now time.Time) {
-	cutoff := now.Add(-time.Duration(ls.source.IdleTimeout)).UnixNano()
-	var idle []*lazyService
+// sweep lets go of the services unused for idle_timeout: for idleSweeps
+// sweeps.
+func (ls *lazyServices) sweep() {
+	sweep := ls.sweeps.Add(1)
+	idle := make(map[string]*lazyService)
 	ls.mu.Lock()
-	for name, s := range ls.byName {
-		if s.isReady() && s.lastUsed.Load() < cutoff {
-			idle = append(idle, s)
-			delete(ls.byName, name)
+	for name, s := range *ls.byName.Load() {
+		if s.isReady() && sweep-s.lastUsed.Load() > ls.idleSweeps {
+			idle[name] = s
 		}
 	}
 	if len(idle) > 0 {
+		ls.change(func(m map[string]*lazyService) {
+			maps.DeleteFunc(m, func(name string, _ *lazyService) bool { return idle[name] != nil })
+		})
 		ls.full.Store(false)
 	}
 	ls.mu.Unlock()
@@ -281,8 +298,8 @@ func (ls *lazyServices) sweep(now time.Time) {
 func (ls *lazyServices) releaseAll() error {
 	ls.mu.Lock()
 	ls.closed = true
-	all := ls.byName
-	ls.byName = nil
+	all := *ls.byName.Load()
+	ls.byName.Store(&map[string]*lazyService{})
 	ls.mu.Unlock()
 	var errs []error
 	for _, s := range all {

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -17,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/keyed"
+	"github.com/caddymesh/caddymesh/internal/running"
 )
 
 func init() {
@@ -123,7 +123,7 @@ func (b *Breaker) Provision(ctx caddy.Context) error {
 	if app, err := ctx.AppIfConfigured("events"); err == nil {
 		b.events = app.(*caddyevents.App)
 	}
-	breakers.add(b)
+	breakers.Add(b)
 	return registerMetrics(ctx)
 }
 
@@ -173,7 +173,7 @@ func (b *Breaker) Validate() error {
 
 // Cleanup forgets the breaker for metrics.
 func (b *Breaker) Cleanup() error {
-	breakers.remove(b)
+	breakers.Remove(b)
 	return nil
 }
 
@@ -273,32 +273,13 @@ func (set statusSet) has(status int) bool {
 }
 
 // breakers are the breakers of the configs running, for metrics.
-var breakers = breakerSet{set: make(map[*Breaker]struct{})}
+var breakers running.Set[*Breaker]
 
-type breakerSet struct {
-	mu  sync.Mutex
-	set map[*Breaker]struct{}
-}
-
-func (s *breakerSet) add(b *Breaker) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.set[b] = struct{}{}
-}
-
-func (s *breakerSet) remove(b *Breaker) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.set, b)
-}
-
-// states returns the state of every circuit, by key; a key several
+// circuitStates returns the state of every circuit, by key; a key several
 // breakers share reports its worst.
-func (s *breakerSet) states() map[string]int32 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+func circuitStates() map[string]int32 {
 	out := make(map[string]int32)
-	for b := range s.set {
+	for _, b := range breakers.All() {
 		b.circuits.store.Range(func(e *keyed.Entry[*circuit]) {
 			if state, seen := out[e.Key()]; !seen || severity(e.Value.state.Load()) > severity(state) {
 				out[e.Key()] = e.Value.state.Load()

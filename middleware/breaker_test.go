@@ -136,7 +136,7 @@ func TestBreakerKeysHaveCircuitsOfTheirOwn(t *testing.T) {
 	if a := serve(b, request("GET", "http://good.example/"), dep); a.status != http.StatusOK {
 		t.Errorf("good.example's circuit: %d, want closed", a.status)
 	}
-	states := breakers.states()
+	states := circuitStates()
 	if states["bad.example"] != open || states["good.example"] != closed {
 		t.Errorf("states %v, want bad.example open (1) and good.example closed (0)", states)
 	}

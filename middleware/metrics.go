@@ -21,7 +21,7 @@ func (breakerStates) Describe(ch chan<- *prometheus.Desc) { ch <- breakerStateDe
 
 // Collect implements prometheus.Collector.
 func (breakerStates) Collect(ch chan<- prometheus.Metric) {
-	for key, state := range breakers.states() {
+	for key, state := range circuitStates() {
 		ch <- prometheus.MustNewConstMetric(breakerStateDesc, prometheus.GaugeValue, float64(state), key)
 	}
 }
