@@ -2,7 +2,6 @@ package discovery_test
 
 import (
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -53,13 +52,7 @@ func get(url, host string) (int, string) {
 		return 0, err.Error()
 	}
 	req.Host = host
-	resp, err := meshtest.Client.Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
+	return meshtest.Do(meshtest.Client, req)
 }
 
 // countingConsul is a reverse proxy in front of the real agent that counts
@@ -81,7 +74,10 @@ func startCountingConsul(t *testing.T) *countingConsul {
 		proxy.ServeHTTP(w, r)
 	}))
 	t.Cleanup(func() {
-		srv.CloseClientConnections() // Caddy's blocking queries would hold Close up
+		// Caddy's blocking queries, still running, would hold Close up:
+		// refuse new ones first, then cut those in flight.
+		srv.Listener.Close()
+		srv.CloseClientConnections()
 		srv.Close()
 	})
 	c.addr = srv.Listener.Addr().String()

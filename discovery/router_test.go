@@ -4,14 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -33,8 +32,8 @@ func routerSite(port int, options string) string {
 `, port, options, agent.Addr)
 }
 
-// routeTables returns what /mesh/routes says.
-func routeTables(t *testing.T) []struct {
+// routeTableView is a table as /mesh/routes shows it.
+type routeTableView struct {
 	Routes []struct {
 		Host, Path, Service, Declaration string
 		Instances                        []string
@@ -44,22 +43,12 @@ func routeTables(t *testing.T) []struct {
 		Ignored            []string
 	}
 	Rejected []struct{ Service, Declaration, Reason string }
-} {
-	_, body := adminGet(t, http.MethodGet, "/mesh/routes", nil)
-	var tables []struct {
-		Routes []struct {
-			Host, Path, Service, Declaration string
-			Instances                        []string
-		}
-		Conflicts []struct {
-			Host, Path, Chosen string
-			Ignored            []string
-		}
-		Rejected []struct{ Service, Declaration, Reason string }
-	}
-	if err := json.Unmarshal([]byte(body), &tables); err != nil {
-		t.Fatalf("%v: %s", err, body)
-	}
+}
+
+// routeTables returns what /mesh/routes says.
+func routeTables(t *testing.T) []routeTableView {
+	var tables []routeTableView
+	adminGet(t, http.MethodGet, "/mesh/routes", &tables)
 	return tables
 }
 
@@ -198,20 +187,28 @@ func TestRouterHostsGetCertificatesOnDemand(t *testing.T) {
 		permission mesh
 	}
 }
-https://:%d {
+https://:%[4]d {
 	tls {
 		on_demand
 	}
 	mesh_router {
 		consul {
-			address %s
+			address %[5]s
+		}
+	}
+}
+*.wild.test:%[4]d {
+	mesh_router {
+		consul {
+			address %[5]s
 		}
 	}
 }
 `, meshtest.Globals(), storage, meshtest.FreePort(), httpsPort, agent.Addr), "caddyfile")
 	registerEcho(t, "rt-ondemand", "ondemand-1", []string{"urlprefix-ondemand.test/"}, nil)
 	meshtest.Eventually(t, propagation, "the route to be declared", func() bool {
-		return len(routeTables(t)[0].Routes) == 1
+		tables := routeTables(t)
+		return len(tables) == 2 && len(tables[0].Routes) == 1 && len(tables[1].Routes) == 1
 	})
 
 	client := internalTLSClient(t, storage, httpsPort)
@@ -227,6 +224,22 @@ https://:%d {
 		_, body := fetch(client, "https://later.test/")
 		return body == "later-1 /"
 	})
+
+	// A wildcard route under a site that has a wildcard certificate is
+	// served with it: nothing is obtained per host.
+	registerEcho(t, "rt-wild", "wild-1", []string{"urlprefix-*.wild.test/"}, nil)
+	meshtest.Eventually(t, propagation, "the wildcard route", func() bool {
+		_, body := fetch(client, "https://a.wild.test/x")
+		return body == "wild-1 /x"
+	})
+	resp, err := client.Get("https://b.wild.test/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if names := resp.TLS.PeerCertificates[0].DNSNames; !slices.Equal(names, []string{"*.wild.test"}) {
+		t.Errorf("b.wild.test was served a certificate for %v, want the site's *.wild.test", names)
+	}
 }
 
 // internalTLSClient is a client that trusts the root of Caddy's internal
@@ -251,13 +264,11 @@ func internalTLSClient(t *testing.T, storage string, port int) *http.Client {
 // fetch GETs url with client, and returns the status and body, or the
 // error.
 func fetch(client *http.Client, url string) (int, string) {
-	resp, err := client.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
 		return 0, err.Error()
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
+	return meshtest.Do(client, req)
 }
 
 // TestGatewayCaddyfileExample runs examples/gateway.Caddyfile with Caddy's

@@ -2,7 +2,6 @@ package middleware_test
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -44,13 +43,7 @@ func traced(url, traceparent string) (int, string) {
 	if traceparent != "" {
 		req.Header.Set("Traceparent", traceparent)
 	}
-	resp, err := meshtest.Client.Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
+	return meshtest.Do(meshtest.Client, req)
 }
 
 // traceID returns the trace ID of what the application saw.

@@ -131,10 +131,20 @@ var Client = &http.Client{
 	Transport: &http.Transport{MaxIdleConnsPerHost: 64},
 }
 
-// Get sends one GET and returns the status and body; on a transport error,
-// status 0 and the error.
+// Get sends one GET with Client and returns the status and body; on an
+// error, status 0 and the error.
 func Get(url string) (int, string) {
-	resp, err := Client.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err.Error()
+	}
+	return Do(Client, req)
+}
+
+// Do sends req with client and returns the status and body; on a
+// transport error, status 0 and the error.
+func Do(client *http.Client, req *http.Request) (int, string) {
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, err.Error()
 	}
