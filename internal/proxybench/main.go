@@ -523,7 +523,7 @@ http {
 	proxy_temp_path tmp;
 	upstream backends {
 		%s
-%s		keepalive 64;
+%s		keepalive %d;
 	}
 	server {
 		listen 127.0.0.1:%d;
@@ -534,7 +534,15 @@ http {
 		}
 	}
 }
-`, balance, servers.String(), port)
+`, balance, servers.String(), idleConnections(b), port)
+}
+
+// idleConnections is how many idle upstream connections nginx keeps: its
+// cache is shared by all upstreams, so it needs one or more per upstream,
+// as Caddy and HAProxy keep per upstream, for requests spread over every
+// upstream to find one.
+func idleConnections(b bench) int {
+	return 2*len(b.upstreams) + *connections
 }
 
 func haproxy(port int, b bench, balance string) string {
