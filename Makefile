@@ -10,7 +10,7 @@ CADDY_VERSION = v2.11.9
 # module proxy for caddymesh, which is not published.
 LOCAL_MODULE  = github.com/caddymesh/caddymesh@v0.0.0-00010101000000-000000000000=.
 
-.PHONY: build consul demo sidecars test bench bench-proxies clean
+.PHONY: build consul demo sidecars test bench bench-proxies chaos clean
 
 ## build: ./caddy, a stock Caddy with caddymesh built in by xcaddy
 build: caddy
@@ -54,6 +54,13 @@ bench: consul
 	$(GO) test -run '^$$' -bench Handler -benchmem -count 6 ./middleware/ > .work/handlers.txt
 	$(BENCHSTAT) -col /handler .work/handlers.txt
 	$(MAKE) bench-proxies
+
+## chaos: the resilience suite's long form (RESILIENCE.md); `make test` runs its short form
+chaos: consul
+	mkdir -p .work
+	$(GO) test -count 1 -v -timeout 30m ./internal/chaos/ -args -chaos.full > .work/chaos.txt; \
+	status=$$?; grep -E '^(\||--- |long form)' .work/chaos.txt; \
+	[ $$status = 0 ] || { tail -n 60 .work/chaos.txt; exit $$status; }
 
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 

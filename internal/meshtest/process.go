@@ -100,6 +100,14 @@ func (p *CaddyProcess) Stop(t testing.TB) time.Duration {
 	return time.Since(start)
 }
 
+// Kill kills Caddy hard, as a crash or the OOM killer would: no cleanup,
+// no deregistration, no drain.
+func (p *CaddyProcess) Kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	err := <-p.exited
+	p.exited <- err
+}
+
 // Log returns what Caddy wrote so far.
 func (p *CaddyProcess) Log() string {
 	data, err := os.ReadFile(p.log)

@@ -1,0 +1,381 @@
+package chaos_test
+
+import (
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/hashicorp/consul/api"
+
+	_ "github.com/caddymesh/caddymesh"
+	"github.com/caddymesh/caddymesh/internal/consultest"
+	"github.com/caddymesh/caddymesh/internal/loadgen"
+	"github.com/caddymesh/caddymesh/internal/meshtest"
+)
+
+func TestMain(m *testing.M) {
+	meshtest.RunCaddyIfAsked()
+	flag.Parse()
+	code := m.Run()
+	printSummary(os.Stdout)
+	os.Exit(code)
+}
+
+// expectNoFailure fails the test if any request of load failed.
+func expectNoFailure(t *testing.T, load loadgen.Result, during string) {
+	t.Helper()
+	if load.Failed > 0 {
+		t.Errorf("%d of %d requests failed %s; first: %v", load.Failed, load.Sent, during, load.Failures)
+	}
+}
+
+// startSidecars starts instances b-1..b-n of service b and waits until
+// Consul lists them all as passing.
+func startSidecars(t *testing.T, agent *consultest.Agent, n int, drain time.Duration) ([]*sidecar, []string) {
+	t.Helper()
+	var sidecars []*sidecar
+	var ids []string
+	for i := range n {
+		id := fmt.Sprintf("b-%d", i+1)
+		sidecars = append(sidecars, startSidecar(t, agent.Addr, id, drain))
+		ids = append(ids, id)
+	}
+	awaitPassing(t, agent, ids...)
+	return sidecars, ids
+}
+
+// startRegisteredBackends starts backends b-1..b-n and registers them
+// in Consul as instances of service b with passing TTL checks; it returns
+// their IDs and addresses.
+func startRegisteredBackends(t *testing.T, agent *consultest.Agent, n int) (ids, addrs []string) {
+	t.Helper()
+	for i := range n {
+		id := fmt.Sprintf("b-%d", i+1)
+		backend := meshtest.StartBackend(t, id)
+		agent.Register(t, consultest.Instance{Service: service, ID: id, Port: backend.Port()})
+		ids, addrs = append(ids, id), append(addrs, backend.Addr())
+	}
+	return ids, addrs
+}
+
+// awaitRouted waits until the front spreads requests over exactly ids.
+func awaitRouted(t *testing.T, f *front, ids []string) {
+	t.Helper()
+	want := strings.Join(ids, ",")
+	meshtest.Eventually(t, 20*time.Second, "the front routes to "+want, func() bool {
+		return f.reached(10*len(ids)) == want
+	})
+}
+
+// Scenario 1: a rolling restart of the backends, each taking itself out of
+// Consul and draining before it stops. The front has no retries: the drain
+// alone must keep every request whole.
+func TestRollingRestart(t *testing.T) {
+	agent := startAgent(t)
+	drain := sized(2*time.Second, 5*time.Second)
+	sidecars, ids := startSidecars(t, agent, 3, drain)
+	f := startFront(t, proxyConfig{Consul: agent.Addr}.caddyfile, "/")
+	awaitRouted(t, f, ids)
+
+	load := loadgen.Start(newClient(t), rate, f.url+"/")
+	var stops []string
+	for _, s := range sidecars {
+		stops = append(stops, s.proc.Stop(t).Round(100*time.Millisecond).String())
+		s.start(t)
+		awaitPassing(t, agent, ids...)
+		awaitRouted(t, f, ids)
+	}
+	result := load.Stop()
+	record(t, "1. rolling restart of 3 backends, drain "+drain.String()+", `lb_retries 0`", result,
+		"each stopped in "+strings.Join(stops, ", ")+" (its drain), then was back in Consul and routed before the next")
+	expectNoFailure(t, result, "during the rolling restart")
+}
+
+// Scenario 2: a backend killed hard, with no deregistration. Without
+// retries, requests fail until Consul's check marks it critical; with the
+// README's lb_retries 2 and fail_duration 10s, none does.
+func TestBackendKilled(t *testing.T) {
+	agent := startAgent(t)
+	sidecars, ids := startSidecars(t, agent, 3, 0)
+	for _, c := range []struct {
+		name   string
+		config proxyConfig
+	}{
+		{"`lb_retries 0`, no `fail_duration`", proxyConfig{Consul: agent.Addr}},
+		{"`lb_retries 2`, `fail_duration 10s` (README)", readme(agent.Addr)},
+	} {
+		f := startFront(t, c.config.caddyfile, "/")
+		awaitRouted(t, f, ids)
+		load := loadgen.Start(newClient(t), rate, f.url+"/")
+		time.Sleep(500 * time.Millisecond)
+		killed := time.Now()
+		sidecars[0].proc.Kill()
+		awaitPassing(t, agent, ids[1:]...)
+		critical := time.Since(killed)
+		time.Sleep(sized(time.Second, 3*time.Second))
+		result := load.Stop()
+		record(t, "2. backend killed hard, "+c.name, result, fmt.Sprintf(
+			"Consul's check (every 1s) marked it critical %s after the kill", critical.Round(10*time.Millisecond)))
+		if c.config.Retries > 0 {
+			expectNoFailure(t, result, "with retries, after a backend was killed")
+		}
+		f.proc.Stop(t)
+		sidecars[0].start(t)
+		awaitPassing(t, agent, ids...)
+	}
+}
+
+// Scenario 3: the Consul agent killed, down for a while, then back empty
+// and filled again by the sidecars' registrars. The last good instances
+// keep serving throughout; once Consul is back, routing follows new
+// registrations within the propagation goal.
+func TestConsulRestartedEmpty(t *testing.T) {
+	agent := startAgent(t)
+	_, ids := startSidecars(t, agent, 3, 0)
+	f := startFront(t, readme(agent.Addr).caddyfile, "/")
+	awaitRouted(t, f, ids)
+
+	outage := sized(5*time.Second, 30*time.Second)
+	load := loadgen.Start(newClient(t), rate, f.url+"/")
+	time.Sleep(500 * time.Millisecond)
+	agent.Kill()
+	time.Sleep(outage)
+	back := time.Now()
+	if err := agent.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	awaitPassing(t, agent, ids...)
+	refilled := time.Since(back)
+
+	newcomer := meshtest.StartBackend(t, "b-new")
+	registered := time.Now()
+	agent.Register(t, consultest.Instance{Service: service, ID: "b-new", Port: newcomer.Port()})
+	meshtest.Eventually(t, 10*time.Second, "b-new is routed", func() bool { return newcomer.Hits.Load() > 0 })
+	propagation := time.Since(registered)
+	time.Sleep(500 * time.Millisecond)
+	result := load.Stop()
+
+	record(t, fmt.Sprintf("3. Consul killed for %s, restarted empty", outage), result, fmt.Sprintf(
+		"sidecars re-registered %s after Consul's restart; a new instance was routed %s after its registration",
+		refilled.Round(10*time.Millisecond), propagation.Round(100*time.Microsecond)))
+	expectNoFailure(t, result, "while Consul was down and restarted")
+	if limit := sized(time.Second, propagationGoal); propagation > limit {
+		t.Errorf("a new instance was routed %s after its registration, want within %s", propagation, limit)
+	}
+}
+
+// Scenario 4: Consul answering 500s, then hanging, behind a fault proxy.
+// Requests neither fail nor wait on Consul, and the watcher's retries stay
+// few; once Consul answers again, routing follows its changes.
+func TestConsulFaults(t *testing.T) {
+	agent := startAgent(t)
+	ids, _ := startRegisteredBackends(t, agent, 3)
+	proxy := startFaultProxy(t, agent.Addr)
+	f := startFront(t, readme(proxy.addr()).caddyfile, "/")
+	awaitRouted(t, f, ids)
+
+	phase := sized(3*time.Second, 10*time.Second)
+	client := newClient(t)
+	for _, p := range []struct {
+		mode faultMode
+		name string
+	}{
+		{pass, "answering (baseline)"},
+		{fail, "answering 500"},
+		{stall, "hanging"},
+	} {
+		proxy.set(p.mode)
+		before := proxy.requests.Load()
+		load := loadgen.Start(client, rate, f.url+"/")
+		time.Sleep(phase)
+		result := load.Stop()
+		queries := proxy.requests.Load() - before
+		perSecond := float64(queries) / phase.Seconds()
+		record(t, fmt.Sprintf("4. Consul %s for %s", p.name, phase), result,
+			fmt.Sprintf("%d Consul requests (%.1f/s)", queries, perSecond))
+		expectNoFailure(t, result, "with Consul "+p.name)
+		if perSecond > 10 { // each watcher makes at most 10 queries a second
+			t.Errorf("Consul %s: %.1f requests a second, want at most 10", p.name, perSecond)
+		}
+		if tail := result.Percentile(0.999); tail > time.Second {
+			t.Errorf("Consul %s: p99.9 %s: requests waited on Consul", p.name, tail)
+		}
+	}
+
+	proxy.set(pass)
+	changed := time.Now()
+	agent.SetStatus(t, "b-3", api.HealthCritical)
+	awaitRouted(t, f, ids[:2])
+	t.Logf("after the faults, b-3's critical check took %s to reach routing", time.Since(changed))
+}
+
+// Scenario 5: configs reloaded through the admin API under load, by
+// caddymesh and, for comparison, by stock Caddy with static upstreams. No
+// request fails, and goroutines, watches and memory come back to where
+// they were.
+func TestReloadsUnderLoad(t *testing.T) {
+	agent := startAgent(t)
+	ids, addrs := startRegisteredBackends(t, agent, 3)
+	const reloads = 200
+	caddymesh := readme(agent.Addr)
+	stock := readme("")
+	stock.Static = addrs
+	stockResult := reloadUnderLoad(t, "stock Caddy, static upstreams", stock, ids, reloads)
+	result := reloadUnderLoad(t, "caddymesh `dynamic consul`", caddymesh, ids, reloads)
+	if answered := result.Failed - result.Unanswered; answered > 0 {
+		t.Errorf("%d requests answered with an error across reloads; first: %v", answered, result.Failures)
+	}
+	// Stock Caddy loses a connection now and then while it hands its
+	// listener over to the next config (see RESILIENCE.md).
+	if allowed := max(3, 2*stockResult.Unanswered); result.Unanswered > allowed {
+		t.Errorf("%d connections dropped across reloads (stock Caddy: %d); first: %v",
+			result.Unanswered, stockResult.Unanswered, result.Failures)
+	}
+}
+
+// reloadUnderLoad reloads a front with config, changed each time, reloads
+// times through the admin API under load, checks that its goroutines,
+// watches and live heap come back, and returns what the load saw.
+func reloadUnderLoad(t *testing.T, name string, config proxyConfig, ids []string, reloads int) loadgen.Result {
+	t.Helper()
+	// Caddy keeps the idle upstream connections of a replaced config until
+	// their keep-alive ends (2 minutes by default); shortened here so that
+	// they are gone when the goroutines are counted.
+	const keepalive = 3 * time.Second
+	config.Keepalive = keepalive.String()
+	var port int
+	f := startFront(t, func(p int, admin string) string { port = p; return config.caddyfile(p, admin) }, "/")
+	reload := func() {
+		config.Generation++
+		f.reload(t, config.caddyfile(port, f.admin))
+	}
+	// settled reloads once more and, after the keep-alive, measures.
+	settled := func() (goroutines int, heap int64, watches []string) {
+		reload()
+		time.Sleep(keepalive + time.Second)
+		return f.goroutines(t), f.heapAfterGC(t), f.watches(t)
+	}
+	for range 10 { // warm up: the first reloads start what lives across configs
+		reload()
+	}
+	awaitRouted(t, f, ids)
+	goroutinesBefore, heapBefore, watchesBefore := settled()
+
+	client := newClient(t)
+	load := loadgen.Start(client, rate, f.url+"/")
+	for range reloads {
+		reload()
+		time.Sleep(50 * time.Millisecond)
+	}
+	result := load.Stop()
+	client.CloseIdleConnections()
+	goroutinesAfter, heapAfter, watchesAfter := settled()
+
+	record(t, fmt.Sprintf("5. %d config reloads through the admin API, %s", reloads, name), result, fmt.Sprintf(
+		"%d connections dropped; goroutines %d → %d, watches %d → %d, live heap %.1f → %.1f MB",
+		result.Unanswered, goroutinesBefore, goroutinesAfter, len(watchesBefore), len(watchesAfter),
+		float64(heapBefore)/1e6, float64(heapAfter)/1e6))
+	if !slices.Equal(watchesBefore, watchesAfter) {
+		t.Errorf("%s: watches %v before the reloads, %v after", name, watchesBefore, watchesAfter)
+	}
+	if goroutinesAfter > goroutinesBefore+2 {
+		t.Errorf("%s: %d goroutines before the reloads, %d after:\n%s", name, goroutinesBefore, goroutinesAfter,
+			f.adminRequest(t, http.MethodGet, "/debug/pprof/goroutine?debug=1", "", ""))
+	}
+	if heapAfter > heapBefore*3/2+1<<20 {
+		t.Errorf("%s: live heap %d bytes before the reloads, %d after", name, heapBefore, heapAfter)
+	}
+	return result
+}
+
+// Scenario 6: a large catalog (10,000 instances of 1,000 services in the
+// long form) of which a few services are routed by mesh_router. Only the
+// routed services are watched; memory and Consul's request rate are
+// reported.
+func TestLargeCatalog(t *testing.T) {
+	agent := startAgent(t)
+	services, perService, routedServices := sized(100, 1000), 10, sized(10, 100)
+	var backends []*meshtest.Backend
+	for i := range perService {
+		backends = append(backends, meshtest.StartBackend(t, fmt.Sprintf("backend-%d", i)))
+	}
+	var instances []api.AgentService
+	var routed, paths []string
+	for s := range services {
+		name := fmt.Sprintf("svc-%04d", s)
+		var tags []string
+		if s%(services/routedServices) == 0 {
+			tags = []string{"urlprefix-/" + name}
+			routed = append(routed, name)
+			paths = append(paths, "/"+name)
+		}
+		for i := range perService {
+			instances = append(instances, api.AgentService{
+				ID: fmt.Sprintf("%s-%d", name, i), Service: name, Address: "127.0.0.1",
+				Port: backends[i].Port(), Tags: tags,
+			})
+		}
+	}
+	registered := time.Now()
+	registerCatalog(t, agent.Client, instances)
+	t.Logf("registered %d instances of %d services in %s", len(instances), services, time.Since(registered))
+
+	counter := startFaultProxy(t, agent.Addr)
+	started := time.Now()
+	f := startFront(t, func(port int, admin string) string {
+		return fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	mesh {
+		consul {
+			address %s
+		}
+	}
+}
+
+:%d {
+	mesh_router {
+		proxy {
+			lb_policy smooth_weighted
+			lb_retries 2
+			fail_duration 10s
+		}
+	}
+}
+`, admin, counter.addr(), port)
+	}, paths[0])
+	for _, path := range paths {
+		meshtest.Eventually(t, 20*time.Second, path+" is routed", func() bool {
+			status, _ := meshtest.Get(f.url + path)
+			return status == http.StatusOK
+		})
+	}
+	startup, startupQueries := time.Since(started), counter.requests.Load()
+
+	steady := sized(5*time.Second, 20*time.Second)
+	before := counter.requests.Load()
+	var urls []string
+	for _, path := range paths {
+		urls = append(urls, f.url+path)
+	}
+	load := loadgen.Start(newClient(t), rate, urls...)
+	time.Sleep(steady)
+	result := load.Stop()
+	steadyQueries := counter.requests.Load() - before
+	watched := f.watches(t)
+	heap := f.heapAfterGC(t)
+
+	record(t, fmt.Sprintf("6. %d instances of %d services, %d routed", len(instances), services, routedServices), result,
+		fmt.Sprintf("%d services watched; all routed %s after start with %d Consul requests; then %d in %s; live heap %.1f MB",
+			len(watched), startup.Round(10*time.Millisecond), startupQueries, steadyQueries, steady, float64(heap)/1e6))
+	expectNoFailure(t, result, "across the routed services")
+	if !slices.Equal(watched, routed) {
+		t.Errorf("watched %d services %v, want the %d routed", len(watched), watched, len(routed))
+	}
+}
