@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/hashicorp/consul/api"
 
 	"github.com/caddymesh/caddymesh/discovery"
@@ -150,6 +151,39 @@ func provision(t *testing.T, source *discovery.ConsulUpstreams) (*pool.Snapshot,
 		dials = append(dials, u.Dial)
 	}
 	return pool.FromRequest(r), dials
+}
+
+// The consul source finds the selection policy of its reverse_proxy, and
+// hands Caddy a few candidates from a large pool when that policy can
+// preselect them, every instance when it cannot.
+func TestSourceAsksItsProxysPolicy(t *testing.T) {
+	const instances = pool.PreselectAbove + 4
+	for i := range instances {
+		agent.Register(t, consultest.Instance{Service: "lineage", ID: fmt.Sprintf("lineage-%d", i), Port: 9000 + i})
+	}
+	policies := []string{"smooth_weighted", "consistent_hash", "round_robin"}
+	want := []int{pool.MaxCandidates, pool.MaxCandidates, instances}
+	var routes []string
+	for _, policy := range policies {
+		routes = append(routes, fmt.Sprintf(`{"handle": [{"handler": "reverse_proxy",
+			"dynamic_upstreams": {"source": "consul", "service": "lineage", "consul": {"address": %q}},
+			"load_balancing": {"selection_policy": {"policy": %q}}}]}`, agent.Addr, policy))
+	}
+	meshtest.Load(t, fmt.Sprintf(`{%s, "apps": {"http": {"servers": {"srv": {"listen": [":%d"], "routes": [%s]}}}}}`,
+		meshtest.AdminJSON(), meshtest.FreePort(), strings.Join(routes, ",")), "json")
+	app, err := caddy.ActiveContext().App("http")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, route := range app.(*caddyhttp.App).Servers["srv"].Routes {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "192.0.2.1"}))
+		caddyhttp.NewTestReplacer(r)
+		upstreams, err := route.Handlers[0].(*reverseproxy.Handler).DynamicUpstreams.GetUpstreams(r)
+		if err != nil || len(upstreams) != want[i] {
+			t.Errorf("with lb_policy %s: %d upstreams (%v), want %d", policies[i], len(upstreams), err, want[i])
+		}
+	}
 }
 
 func TestWeightsTravelWithTheRequest(t *testing.T) {

@@ -171,6 +171,7 @@ func (rt *Router) provisionProxies(ctx caddy.Context) error {
 		if err := h.Provision(ctx); err != nil {
 			return fmt.Errorf("mesh_router: proxy: %v", err)
 		}
+		h.DynamicUpstreams = routeUpstreams{preselector: preselectorOf(h)}
 		rt.proxies[kind] = h
 	}
 	return nil
@@ -416,16 +417,18 @@ func hostWithoutPort(host string) string {
 
 // routeUpstreams gives the reverse proxies of mesh_router the healthy
 // instances of the route chosen for a request.
-type routeUpstreams struct{}
+type routeUpstreams struct {
+	preselector pool.Preselector // the proxy's policy, if it can preselect
+}
 
-// GetUpstreams returns the instances of the request's route.
-func (routeUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
+// GetUpstreams returns the instances of the request's route, or the
+// candidates the policy names among them (see ConsulUpstreams.GetUpstreams).
+func (ru routeUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	e, _ := caddyhttp.GetVar(r.Context(), routeVar).(*routeEntry)
 	if e == nil {
 		return nil, errNoRoute
 	}
-	pool.Attach(r, e.instances)
-	return newUpstreams(e.instances.Instances), nil
+	return handOut(r, e.instances, ru.preselector), nil
 }
 
 // routers are the routers of the configs running, for the admin API and

@@ -119,6 +119,7 @@ type ConsulUpstreams struct {
 	static      *serviceWatch // the service, when its name is fixed
 	lazy        *lazyServices // the services, when the name has placeholders
 	serviceName reqkey.Func   // evaluates a name with placeholders
+	preselector pool.Preselector
 	logger      *zap.Logger
 }
 
@@ -153,6 +154,7 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 		return err
 	}
 	cu.filter = cu.fullFilter()
+	cu.preselector = preselectorOf(enclosingProxy(ctx))
 	cu.datacenters = cu.Datacenters
 	if len(cu.datacenters) == 0 {
 		cu.datacenters = []string{cu.conn.datacenter}
@@ -219,7 +221,10 @@ func (cu *ConsulUpstreams) Cleanup() error {
 // Upstream values. It does no I/O and takes no lock: the watchers keep the
 // answers current (but the first request for a service named by
 // placeholders waits for its first answer). It records the snapshot behind
-// the upstreams in r for weight-aware policies.
+// the upstreams in r for weight-aware policies. With a policy that can
+// preselect, such as smooth_weighted or consistent_hash, and a large pool,
+// the upstreams are the few candidates the policy names for r (see
+// pool.Preselector).
 func (cu *ConsulUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	sw := cu.static
 	if cu.lazy != nil {
@@ -233,8 +238,7 @@ func (cu *ConsulUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstre
 		pool.Attach(r, nil)
 		return nil, sw.noAnswer()
 	}
-	pool.Attach(r, snap)
-	return newUpstreams(snap.Instances), nil
+	return handOut(r, snap, cu.preselector), nil
 }
 
 // newUpstreams returns fresh Upstream values for instances, in two

@@ -196,6 +196,16 @@ func BenchmarkGetUpstreams(b *testing.B) {
 			cu := staticSource(answered(instanceNames(n)))
 			benchmarkSource(b, cu, newRequest())
 		})
+		b.Run(fmt.Sprintf("instances=%d/source=consul-with-candidates", n), func(b *testing.B) {
+			cu := staticSource(answered(instanceNames(n)))
+			cu.preselector = naming{0, 1, 2, 3, 4, 5, 6, 7} // the policy's own cost is in lbpolicy's benchmarks
+			r := newRequest()
+			b.ReportAllocs()
+			for b.Loop() {
+				pool.Attach(r, nil) // each iteration is a new request, not a retry
+				cu.GetUpstreams(r)
+			}
+		})
 		b.Run(fmt.Sprintf("instances=%d/source=consul-by-name", n), func(b *testing.B) {
 			r := newRequest()
 			caddyhttp.SetVar(r.Context(), ServiceVar, "web")

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/reqkey"
 )
 
@@ -121,16 +122,24 @@ func (ch *ConsistentHash) Validate() error {
 // Select returns the upstream the request's key belongs to; see
 // ConsistentHash. A nil ResponseWriter is fine.
 func (ch *ConsistentHash) Select(upstreams reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
+	if p := pool.PreselectionOf(r); p != nil && len(p.Candidates) == len(upstreams) {
+		return ch.selectCandidate(upstreams, p)
+	}
 	key := ch.key(r)
 	if key == "" || len(upstreams) > maxMembers {
 		return ch.fallback.Select(upstreams, r, w)
 	}
 	hr := ch.rings.get(upstreams, r, ch.Weights, ch.build)
+	hash := xxhash.Sum64String(key)
 	var i int
 	if ch.BoundedLoad == 0 {
-		i = hr.pick(xxhash.Sum64String(key), func(i int) bool { return upstreams[i].Available() })
+		i = hr.pick(hash, func(i int) bool { return upstreams[i].Available() })
 	} else {
-		i = hr.pickBounded(xxhash.Sum64String(key), upstreams, ch.BoundedLoad)
+		load := func(i int) int64 { return int64(upstreams[i].NumRequests()) }
+		hr.loads.refreshNext(load)
+		i = hr.pick(hash, func(i int) bool {
+			return upstreams[i].Available() && hr.underBound(i, load(i), ch.BoundedLoad)
+		})
 	}
 	if i < 0 {
 		return nil
@@ -138,37 +147,68 @@ func (ch *ConsistentHash) Select(upstreams reverseproxy.UpstreamPool, r *http.Re
 	return upstreams[i]
 }
 
+// Preselect names the upstream the request's key belongs to and those
+// after it clockwise on the ring, as many as pool.MaxCandidates: the
+// upstreams Select would try, in order, if the first were unavailable or
+// full. A request with an empty key gets none: the fallback policy chooses
+// from the whole pool.
+func (ch *ConsistentHash) Preselect(s *pool.Snapshot, r *http.Request, candidates []int) []int {
+	key := ch.key(r)
+	if key == "" || len(s.Instances) > maxMembers {
+		return candidates
+	}
+	hr := ch.rings.forSnapshot(s, ch.Weights, ch.build)
+	return hr.nearest(xxhash.Sum64String(key), candidates, pool.MaxCandidates)
+}
+
+// selectCandidate returns the first available of the candidates that
+// Preselect named, and with bounded loads the first that is not full. When
+// every available candidate is full, it returns the first of them: the
+// bound is kept among the candidates, not the whole pool.
+func (ch *ConsistentHash) selectCandidate(candidates []*reverseproxy.Upstream, p *pool.Preselection) *reverseproxy.Upstream {
+	first := firstAvailable(candidates)
+	if first < 0 || ch.BoundedLoad == 0 {
+		return candidateAt(candidates, first)
+	}
+	hr := ch.rings.forSnapshot(p.Snapshot, ch.Weights, ch.build)
+	for i := first; i < len(candidates); i++ {
+		u := candidates[i]
+		if u.Available() && hr.underBound(p.Candidates[i], int64(u.NumRequests()), ch.BoundedLoad) {
+			return u
+		}
+	}
+	return candidates[first]
+}
+
+// candidateAt returns candidates[i], or nil for i < 0.
+func candidateAt(candidates []*reverseproxy.Upstream, i int) *reverseproxy.Upstream {
+	if i < 0 {
+		return nil
+	}
+	return candidates[i]
+}
+
 // build builds the ring of a pool.
-func (ch *ConsistentHash) build(upstreams []*reverseproxy.Upstream, weights []int) *hashRing {
-	members := make([]ringMember, len(upstreams))
-	loads := make([]int64, len(upstreams))
+func (ch *ConsistentHash) build(dials []string, weights []int) *hashRing {
+	members := make([]ringMember, len(dials))
 	total := 0
-	for i, u := range upstreams {
-		members[i] = ringMember{id: u.Dial, weight: weights[i]}
-		loads[i] = int64(u.NumRequests())
+	for i, dial := range dials {
+		members[i] = ringMember{id: dial, weight: weights[i]}
 		total += weights[i]
 	}
 	return &hashRing{
 		ring:        newRing(members, ch.Points),
-		loads:       newLoadEstimate(loads),
+		loads:       newLoadEstimate(make([]int64, len(dials))),
 		weights:     weights,
 		totalWeight: total,
 	}
 }
 
-// pickBounded picks like pick, also refusing upstreams that already have
-// their bound of requests in flight.
-func (hr *hashRing) pickBounded(hash uint64, upstreams []*reverseproxy.Upstream, factor float64) int {
-	load := func(i int) int64 { return int64(upstreams[i].NumRequests()) }
-	hr.loads.refreshNext(load)
-	return hr.pick(hash, func(i int) bool {
-		if !upstreams[i].Available() {
-			return false
-		}
-		inFlight := load(i)
-		hr.loads.observe(i, inFlight)
-		return inFlight < hr.loads.capacity(factor, hr.weights[i], hr.totalWeight)
-	})
+// underBound reports whether a member with load requests in flight may
+// take one more under bounded loads, and records its load.
+func (hr *hashRing) underBound(member int, load int64, factor float64) bool {
+	hr.loads.observe(member, load)
+	return load < hr.loads.capacity(factor, hr.weights[member], hr.totalWeight)
 }
 
 // Interface guards
@@ -176,4 +216,5 @@ var (
 	_ caddy.Provisioner     = (*ConsistentHash)(nil)
 	_ caddy.Validator       = (*ConsistentHash)(nil)
 	_ reverseproxy.Selector = (*ConsistentHash)(nil)
+	_ pool.Preselector      = (*ConsistentHash)(nil)
 )

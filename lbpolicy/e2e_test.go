@@ -241,3 +241,68 @@ func cmpOr(a, b string) string {
 	}
 	return b
 }
+
+// In a pool larger than pool.PreselectAbove, the consul source hands Caddy
+// only the candidates the policy names; the traffic is the same as from
+// the whole pool: Consul's weights exactly, a key on its instance, and a
+// dead instance skipped by retries.
+func TestLargePoolThroughCaddy(t *testing.T) {
+	const n = 24
+	backends := map[string]*meshtest.Backend{}
+	weights := map[string]int{}
+	cycle := 0
+	for i := range n {
+		name := fmt.Sprintf("large-%d", i)
+		backends[name], weights[name] = meshtest.StartBackend(t, name), i%4+1
+		cycle += weights[name]
+		agent.Register(t, consultest.Instance{Service: "large", ID: name, Port: backends[name].Port(),
+			Weights: &api.AgentWeights{Passing: weights[name], Warning: 1}})
+	}
+	url := serve(t, `handle /weighted/* {
+		reverse_proxy {
+			dynamic consul large
+			lb_policy smooth_weighted
+			lb_retries 2
+			fail_duration 10s
+		}
+	}
+	handle /hashed/* {
+		reverse_proxy {
+			dynamic consul large
+			lb_policy consistent_hash {http.request.uri}
+		}
+	}`)
+
+	counts := map[string]int{}
+	for _, name := range strings.Fields(sequence(url+"weighted/", 2*cycle)) {
+		counts[name]++
+	}
+	for name, weight := range weights {
+		if counts[name] != 2*weight {
+			t.Errorf("%s (weight %d) answered %d of two cycles' %d requests, want %d", name, weight, counts[name], 2*cycle, 2*weight)
+		}
+	}
+
+	owners := map[string]bool{}
+	for key := range 30 {
+		answers := strings.Fields(sequence(fmt.Sprintf("%shashed/%d", url, key), 3))
+		if answers[0] != answers[1] || answers[1] != answers[2] {
+			t.Errorf("key %d went to %v", key, answers)
+		}
+		owners[answers[0]] = true
+	}
+	if len(owners) < 10 {
+		t.Errorf("30 keys went to %d instances of %d", len(owners), n)
+	}
+
+	backends["large-5"].Close() // dead, but passing in Consul
+	answers := strings.Fields(sequence(url+"weighted/", cycle))
+	for _, name := range answers {
+		if !strings.HasPrefix(name, "large-") || name == "large-5" {
+			t.Fatalf("with large-5 dead, a request got %q", name)
+		}
+	}
+	if len(answers) != cycle {
+		t.Errorf("with large-5 dead, %d of %d requests were answered by an instance", len(answers), cycle)
+	}
+}

@@ -34,13 +34,13 @@ func (w Weights) validate() error {
 	return nil
 }
 
-// of returns the weight of each upstream: its configured weight if it has
-// one, else its weight in Consul when it came from the consul source,
-// else 1.
-func (w Weights) of(upstreams []*reverseproxy.Upstream, snapshot *pool.Snapshot) []int {
-	weights := make([]int, len(upstreams))
-	for i, u := range upstreams {
-		switch configured, ok := w[u.Dial]; {
+// of returns the weight of the upstream at each dial address: its
+// configured weight if it has one, else its weight in Consul when it came
+// from the consul source, else 1.
+func (w Weights) of(dials []string, snapshot *pool.Snapshot) []int {
+	weights := make([]int, len(dials))
+	for i, dial := range dials {
+		switch configured, ok := w[dial]; {
 		case ok:
 			weights[i] = configured
 		case snapshot != nil:
@@ -73,11 +73,13 @@ type built[T any] struct {
 	dials []string
 }
 
+// buildFunc builds a policy's structure for a pool: the upstreams' dial
+// addresses and weights.
+type buildFunc[T any] func(dials []string, weights []int) T
+
 // get returns the structure for the upstreams of r, building it with
 // build when the pool is new.
-func (b *builtFor[T]) get(upstreams []*reverseproxy.Upstream, r *http.Request, weights Weights,
-	build func(upstreams []*reverseproxy.Upstream, weights []int) T,
-) T {
+func (b *builtFor[T]) get(upstreams []*reverseproxy.Upstream, r *http.Request, weights Weights, build buildFunc[T]) T {
 	last := b.last.Load()
 	if last != nil && last.isStaticPool(upstreams) {
 		return last.value
@@ -86,10 +88,11 @@ func (b *builtFor[T]) get(upstreams []*reverseproxy.Upstream, r *http.Request, w
 	if last != nil && last.isFor(upstreams, snapshot) {
 		return last.value
 	}
-	next := &built[T]{value: build(upstreams, weights.of(upstreams, snapshot)), dials: make([]string, len(upstreams))}
+	dials := make([]string, len(upstreams))
 	for i, u := range upstreams {
-		next.dials[i] = u.Dial
+		dials[i] = u.Dial
 	}
+	next := &built[T]{value: build(dials, weights.of(dials, snapshot)), dials: dials}
 	if len(upstreams) > 0 {
 		next.first = upstreams[0]
 	}
@@ -98,6 +101,32 @@ func (b *builtFor[T]) get(upstreams []*reverseproxy.Upstream, r *http.Request, w
 	}
 	b.last.Store(next)
 	return next.value
+}
+
+// forSnapshot returns the structure for a consul snapshot, building it with
+// build when the snapshot is new: a preselection is made from the snapshot
+// alone.
+func (b *builtFor[T]) forSnapshot(snapshot *pool.Snapshot, weights Weights, build buildFunc[T]) T {
+	if last := b.last.Load(); last != nil && last.version == snapshot.Version {
+		return last.value
+	}
+	dials := make([]string, len(snapshot.Instances))
+	for i, instance := range snapshot.Instances {
+		dials[i] = instance.Dial
+	}
+	next := &built[T]{value: build(dials, weights.of(dials, snapshot)), version: snapshot.Version, dials: dials}
+	b.last.Store(next)
+	return next.value
+}
+
+// firstAvailable returns the index of the first available upstream, or -1.
+func firstAvailable(upstreams []*reverseproxy.Upstream) int {
+	for i, u := range upstreams {
+		if u.Available() {
+			return i
+		}
+	}
+	return -1
 }
 
 // isStaticPool reports whether upstreams are the very Upstream values b was

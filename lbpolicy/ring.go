@@ -185,6 +185,27 @@ func (r *ring) pick(hash uint64, usable func(member int) bool) int {
 	return r.walk(i, usable)
 }
 
+// nearest appends to members the member a key hash belongs to and the
+// next distinct members clockwise, n in all (fewer on a ring of fewer
+// members): those pick would try, in order.
+func (r *ring) nearest(hash uint64, members []int, n int) []int {
+	if len(r.points) == 0 || n == 0 {
+		return members
+	}
+	i := r.home(hash)
+	members = append(members, r.owner(i))
+	if n == 1 {
+		return members
+	}
+	named := 1
+	r.walk(i, func(member int) bool { // refusing each member it is shown but the n-th
+		members = append(members, member)
+		named++
+		return named == n
+	})
+	return members
+}
+
 // walk returns the first member clockwise of point i, whose owner usable
 // refused, that usable accepts; -1 when it accepts none.
 func (r *ring) walk(i int, usable func(member int) bool) int {

@@ -78,3 +78,26 @@ func (s *schedule) pick(usable func(member int) bool) int {
 	}
 	return -1
 }
+
+// upcoming takes the next slot of the cycle and appends its member, and
+// the members of the slots after it, n in all (fewer in a shorter cycle),
+// to members.
+func (s *schedule) upcoming(members []int, n int) []int {
+	size := uint64(len(s.slots))
+	if size == 0 {
+		return members
+	}
+	first := s.cursor.Add(1) - 1
+	for k := range min(uint64(n), size) {
+		members = append(members, int(s.slots[(first+k)%size]))
+	}
+	return members
+}
+
+// skip uses up the next n slots, those of members refused after upcoming
+// named them.
+func (s *schedule) skip(n int) {
+	if n > 0 {
+		s.cursor.Add(uint64(n))
+	}
+}

@@ -5,6 +5,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddymesh/caddymesh/internal/pool"
 )
 
 func init() {
@@ -51,9 +53,10 @@ func (sw *SmoothWeighted) Validate() error {
 // Select returns the next available upstream of the cycle, or nil when
 // none is available.
 func (sw *SmoothWeighted) Select(upstreams reverseproxy.UpstreamPool, r *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
-	s := sw.schedules.get(upstreams, r, sw.Weights, func(_ []*reverseproxy.Upstream, weights []int) *schedule {
-		return newSchedule(weights)
-	})
+	if p := pool.PreselectionOf(r); p != nil && len(p.Candidates) == len(upstreams) {
+		return sw.selectCandidate(upstreams, p.Snapshot)
+	}
+	s := sw.schedules.get(upstreams, r, sw.Weights, buildSchedule)
 	i := s.pick(func(i int) bool { return upstreams[i].Available() })
 	if i < 0 {
 		return nil
@@ -61,8 +64,32 @@ func (sw *SmoothWeighted) Select(upstreams reverseproxy.UpstreamPool, r *http.Re
 	return upstreams[i]
 }
 
+// Preselect takes the next turn of the cycle and names its upstream and
+// those of the turns after it, as many as pool.MaxCandidates: the
+// upstreams Select would try, in order, if the first were unavailable.
+func (sw *SmoothWeighted) Preselect(s *pool.Snapshot, _ *http.Request, candidates []int) []int {
+	return sw.schedules.forSnapshot(s, sw.Weights, buildSchedule).upcoming(candidates, pool.MaxCandidates)
+}
+
+// selectCandidate returns the first available of the candidates that
+// Preselect named, using up the turns of those before it, as Select does
+// with the turns of unavailable upstreams.
+func (sw *SmoothWeighted) selectCandidate(candidates []*reverseproxy.Upstream, s *pool.Snapshot) *reverseproxy.Upstream {
+	i := firstAvailable(candidates)
+	turns := sw.schedules.forSnapshot(s, sw.Weights, buildSchedule)
+	if i < 0 {
+		turns.skip(len(candidates) - 1)
+		return nil
+	}
+	turns.skip(i)
+	return candidates[i]
+}
+
+func buildSchedule(_ []string, weights []int) *schedule { return newSchedule(weights) }
+
 // Interface guards
 var (
 	_ caddy.Validator       = (*SmoothWeighted)(nil)
 	_ reverseproxy.Selector = (*SmoothWeighted)(nil)
+	_ pool.Preselector      = (*SmoothWeighted)(nil)
 )

@@ -69,3 +69,48 @@ func FromRequest(r *http.Request) *Snapshot {
 	s, _ := caddyhttp.GetVar(r.Context(), varName).(*Snapshot)
 	return s
 }
+
+// Preselector is a selection policy that can choose from a snapshot alone,
+// before Caddy sees any upstream. Caddy prepares every upstream a dynamic
+// source hands it, on every request (a locked map lookup and a clock
+// reading each), which in a large pool costs more than the rest of the
+// proxying. So, when the policy is a Preselector and the pool is larger
+// than PreselectAbove, the consul source hands Caddy only the instances the
+// policy names for the request, and the policy's Select chooses among
+// them.
+type Preselector interface {
+	// Preselect appends to candidates the indexes into s.Instances of at
+	// most MaxCandidates instances to try for r, best first, and returns
+	// the extended slice. None means: hand Caddy the whole pool.
+	Preselect(s *Snapshot, r *http.Request, candidates []int) []int
+}
+
+// MaxCandidates is the most instances a Preselector names for an attempt.
+const MaxCandidates = 8
+
+// PreselectAbove is the pool size above which the consul source asks a
+// Preselector; smaller pools cost Caddy little and are handed over whole.
+const PreselectAbove = 16
+
+// Preselection is what the consul source handed Caddy for one attempt when
+// a Preselector chose: the upstreams of the attempt are the instances
+// Snapshot.Instances[Candidates[0]], Snapshot.Instances[Candidates[1]]...
+type Preselection struct {
+	// Snapshot is the pool the candidates were chosen from.
+	Snapshot *Snapshot
+	// Candidates are indexes into Snapshot.Instances, best first.
+	Candidates []int
+}
+
+// AttachPreselection records p as the origin of the upstreams of r's
+// current proxy attempt.
+func AttachPreselection(r *http.Request, p *Preselection) {
+	caddyhttp.SetVar(r.Context(), varName, p)
+}
+
+// PreselectionOf returns the preselection attached to r, or nil when the
+// upstreams of r's current attempt are a whole pool (or none was attached).
+func PreselectionOf(r *http.Request) *Preselection {
+	p, _ := caddyhttp.GetVar(r.Context(), varName).(*Preselection)
+	return p
+}
