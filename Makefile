@@ -65,13 +65,14 @@ chaos: consul
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 
 ## bench-proxies: stock Caddy, caddymesh, nginx and HAProxy side by side, the proxy alone on core 0
-## (installs nginx, HAProxy and wrk from Debian when missing)
+## (installs nginx, HAProxy and wrk from Debian when missing); then tail latency with one slow backend
 bench-proxies: build consul
 	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null || \
 		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx haproxy wrk; }
 	mkdir -p .work/bin
 	$(GO) build -o .work/bin/proxybench ./internal/proxybench
 	taskset -c 1 .work/bin/proxybench -reps 5 -duration 4s
+	taskset -c 1 .work/bin/proxybench -tail -duration 20s
 
 
 clean:

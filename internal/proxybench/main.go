@@ -13,8 +13,10 @@
 // (the noisy neighbours of a shared virtual machine) is run again, up to
 // five times.
 //
+// With -tail, it runs the tail-latency experiment of tail.go instead.
+//
 // Run it with `make bench-proxies`, which builds ./caddy and installs nginx,
-// HAProxy and wrk from Debian.
+// HAProxy and wrk from Debian, and runs both.
 package main
 
 import (
@@ -92,6 +94,10 @@ func main() {
 		log.Fatal(err)
 	}
 	defer agent.Stop()
+	if *tail {
+		runTail(agent)
+		return
+	}
 
 	var rows []row
 	for _, field := range strings.Split(*sizes, ",") {
@@ -99,7 +105,7 @@ func main() {
 		if err != nil {
 			log.Fatalf("-upstreams: %q is not a number", field)
 		}
-		b, stop := startBackends(agent, n)
+		b, stop := startBackends(agent, fmt.Sprintf("bench-%d", n), n, func(int) http.Handler { return answerOK })
 		measured, err := measureSize(b)
 		stop()
 		if err != nil {
@@ -110,18 +116,18 @@ func main() {
 	printTable(os.Stdout, rows)
 }
 
-// startBackends starts n backends on loopback, answering "ok", and
-// registers them in Consul as the instances of bench-<n>.
-func startBackends(agent *consultest.Agent, n int) (bench, func()) {
-	b := bench{service: fmt.Sprintf("bench-%d", n), consul: agent.Addr}
+// startBackends starts n backends on loopback, the i-th with handler(i),
+// and registers them in Consul as the instances of service, with IDs
+// <service>-<i>.
+func startBackends(agent *consultest.Agent, service string, n int, handler func(i int) http.Handler) (bench, func()) {
+	b := bench{service: service, consul: agent.Addr}
 	var servers []*http.Server
-	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })
 	for i := range n {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			log.Fatal(err)
 		}
-		srv := &http.Server{Handler: ok}
+		srv := &http.Server{Handler: handler(i)}
 		go srv.Serve(ln)
 		servers = append(servers, srv)
 		port := ln.Addr().(*net.TCPAddr).Port
@@ -140,6 +146,9 @@ func startBackends(agent *consultest.Agent, n int) (bench, func()) {
 		}
 	}
 }
+
+// answerOK answers every request with "ok".
+var answerOK = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })
 
 // row is a setup's result: medians of its runs.
 type row struct {
