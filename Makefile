@@ -46,6 +46,7 @@ bench: consul
 	$(GO) test -run '^$$' -bench Select -benchmem -count 6 ./lbpolicy/ > .work/select.txt
 	$(BENCHSTAT) -col /policy -filter '/policy:(smooth_weighted OR round_robin OR weighted_round_robin)' .work/select.txt
 	$(BENCHSTAT) -col /policy -filter '/policy:(consistent_hash OR consistent_hash_bounded_load OR ip_hash OR uri_hash OR header)' .work/select.txt
+	$(GO) test -run '^$$' -bench Preselect -benchmem ./lbpolicy/ | grep -E '^Benchmark'
 	$(GO) test -run '^$$' -bench Build -benchmem ./lbpolicy/ | grep -E '^Benchmark'
 	$(GO) test -count 1 -run 'TestRingBalance|TestBoundedLoadsWithZipf' -v ./lbpolicy/ | grep -E 'peak|moved'
 	$(GO) test -run '^$$' -bench 'RouteMatch|ServiceGate' -benchmem -count 6 ./discovery/ > .work/gateway.txt

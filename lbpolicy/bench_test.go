@@ -7,6 +7,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddymesh/caddymesh/internal/pool"
 )
 
 // benchmarkPolicies returns caddymesh's policies and Caddy's built-in ones
@@ -83,6 +85,41 @@ func BenchmarkSelect(b *testing.B) {
 						policy.Select(upstreams, next(), nil)
 					}
 				})
+			})
+		}
+	}
+}
+
+// BenchmarkPreselect measures a preselected attempt, as a large pool of the
+// consul source gets one: Preselect names the candidates from the snapshot,
+// then Select takes one of them. Compare with BenchmarkSelect's serial mode
+// on the whole pool.
+func BenchmarkPreselect(b *testing.B) {
+	for _, n := range []int{64, 256} {
+		snapshot, upstreams := largePool(n)
+		for name, p := range map[string]interface {
+			reverseproxy.Selector
+			pool.Preselector
+		}{
+			"smooth_weighted":              &SmoothWeighted{},
+			"consistent_hash":              provisioned(b, &ConsistentHash{Key: "{http.request.header.X-User}"}),
+			"consistent_hash_bounded_load": provisioned(b, &ConsistentHash{Key: "{http.request.header.X-User}", BoundedLoad: 1.25}),
+		} {
+			b.Run(fmt.Sprintf("upstreams=%d/policy=%s", n, name), func(b *testing.B) {
+				next := newBenchmarkRequest()
+				indexes := make([]int, 0, pool.MaxCandidates)
+				candidates := make(reverseproxy.UpstreamPool, pool.MaxCandidates)
+				preselection := &pool.Preselection{Snapshot: snapshot}
+				b.ReportAllocs()
+				for b.Loop() {
+					r := next()
+					preselection.Candidates = p.Preselect(snapshot, r, indexes)
+					for i, c := range preselection.Candidates {
+						candidates[i] = upstreams[c]
+					}
+					pool.AttachPreselection(r, preselection)
+					p.Select(candidates[:len(preselection.Candidates)], r, nil)
+				}
 			})
 		}
 	}

@@ -226,23 +226,15 @@ func TestReloadsUnderLoad(t *testing.T) {
 	caddymesh := readme(agent.Addr)
 	stock := readme("")
 	stock.Static = addrs
-	stockResult := reloadUnderLoad(t, "stock Caddy, static upstreams", stock, ids, reloads)
-	result := reloadUnderLoad(t, "caddymesh `dynamic consul`", caddymesh, ids, reloads)
-	if answered := result.Failed - result.Unanswered; answered > 0 {
-		t.Errorf("%d requests answered with an error across reloads; first: %v", answered, result.Failures)
-	}
-	// Stock Caddy loses a connection now and then while it hands its
-	// listener over to the next config (see RESILIENCE.md).
-	if allowed := max(3, 2*stockResult.Unanswered); result.Unanswered > allowed {
-		t.Errorf("%d connections dropped across reloads (stock Caddy: %d); first: %v",
-			result.Unanswered, stockResult.Unanswered, result.Failures)
-	}
+	reloadUnderLoad(t, "stock Caddy, static upstreams", stock, ids, reloads)
+	reloadUnderLoad(t, "caddymesh `dynamic consul`", caddymesh, ids, reloads)
 }
 
 // reloadUnderLoad reloads a front with config, changed each time, reloads
-// times through the admin API under load, checks that its goroutines,
-// watches and live heap come back, and returns what the load saw.
-func reloadUnderLoad(t *testing.T, name string, config proxyConfig, ids []string, reloads int) loadgen.Result {
+// times through the admin API under load, and checks that no request was
+// answered with an error, that few connections were dropped, and that its
+// goroutines, watches and live heap come back.
+func reloadUnderLoad(t *testing.T, name string, config proxyConfig, ids []string, reloads int) {
 	t.Helper()
 	// Caddy keeps the idle upstream connections of a replaced config until
 	// their keep-alive ends (2 minutes by default); shortened here so that
@@ -281,6 +273,14 @@ func reloadUnderLoad(t *testing.T, name string, config proxyConfig, ids []string
 		"%d connections dropped; goroutines %d → %d, watches %d → %d, live heap %.1f → %.1f MB",
 		result.Unanswered, goroutinesBefore, goroutinesAfter, len(watchesBefore), len(watchesAfter),
 		float64(heapBefore)/1e6, float64(heapAfter)/1e6))
+	if answered := result.Failed - result.Unanswered; answered > 0 {
+		t.Errorf("%s: %d requests answered with an error across reloads; first: %v", name, answered, result.Failures)
+	}
+	// Caddy drops a connection now and then while it hands its listener over
+	// to the next config, stock Caddy as well (see RESILIENCE.md).
+	if result.Unanswered > max(3, reloads/10) {
+		t.Errorf("%s: %d connections dropped across %d reloads; first: %v", name, result.Unanswered, reloads, result.Failures)
+	}
 	if !slices.Equal(watchesBefore, watchesAfter) {
 		t.Errorf("%s: watches %v before the reloads, %v after", name, watchesBefore, watchesAfter)
 	}
@@ -291,7 +291,6 @@ func reloadUnderLoad(t *testing.T, name string, config proxyConfig, ids []string
 	if heapAfter > heapBefore*3/2+1<<20 {
 		t.Errorf("%s: live heap %d bytes before the reloads, %d after", name, heapBefore, heapAfter)
 	}
-	return result
 }
 
 // Scenario 6: a large catalog (10,000 instances of 1,000 services in the

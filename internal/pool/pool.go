@@ -1,7 +1,8 @@
 // Package pool is the vocabulary that an upstream source and a selection
 // policy share without importing each other: an immutable snapshot of a
-// service's instances, and the request variable that carries the snapshot
-// from the source's GetUpstreams to the policy's Select.
+// service's instances, the request variable that carries the snapshot (or
+// the candidates a policy preselected from it) from the source's
+// GetUpstreams to the policy's Select, and the Preselector interface.
 package pool
 
 import (
