@@ -97,14 +97,7 @@ func BenchmarkSelect(b *testing.B) {
 func BenchmarkPreselect(b *testing.B) {
 	for _, n := range []int{64, 256} {
 		snapshot, upstreams := largePool(n)
-		for name, p := range map[string]interface {
-			reverseproxy.Selector
-			pool.Preselector
-		}{
-			"smooth_weighted":              &SmoothWeighted{},
-			"consistent_hash":              provisioned(b, &ConsistentHash{Key: "{http.request.header.X-User}"}),
-			"consistent_hash_bounded_load": provisioned(b, &ConsistentHash{Key: "{http.request.header.X-User}", BoundedLoad: 1.25}),
-		} {
+		for name, p := range preselectingPolicies(b) {
 			b.Run(fmt.Sprintf("upstreams=%d/policy=%s", n, name), func(b *testing.B) {
 				next := newBenchmarkRequest()
 				indexes := make([]int, 0, pool.MaxCandidates)

@@ -108,22 +108,30 @@ func attempt(p pool.Preselector, s *pool.Snapshot, all reverseproxy.UpstreamPool
 	return upstreams
 }
 
+// preselectingPolicy is a policy that can preselect.
+type preselectingPolicy interface {
+	reverseproxy.Selector
+	pool.Preselector
+}
+
+// preselectingPolicies returns new instances of the policies that can
+// preselect; the hash policies hash the X-User header.
+func preselectingPolicies(t testing.TB) map[string]preselectingPolicy {
+	return map[string]preselectingPolicy{
+		"smooth_weighted":              &SmoothWeighted{},
+		"consistent_hash":              provisioned(t, &ConsistentHash{Key: "{http.request.header.X-User}"}),
+		"consistent_hash_bounded_load": provisioned(t, &ConsistentHash{Key: "{http.request.header.X-User}", BoundedLoad: 1.25}),
+	}
+}
+
 // Through the policies' Select, preselected attempts go where the whole
 // pool's would.
 func TestPreselectedSelectMatchesTheWholePool(t *testing.T) {
 	snapshot, upstreams := largePool(100)
-	for name, policies := range map[string][2]interface {
-		reverseproxy.Selector
-		pool.Preselector
-	}{
-		"smooth_weighted": {&SmoothWeighted{}, &SmoothWeighted{}},
-		"consistent_hash": {provisioned(t, &ConsistentHash{Key: "{http.request.header.X-User}"}),
-			provisioned(t, &ConsistentHash{Key: "{http.request.header.X-User}"})},
-		"consistent_hash bounded_load": {provisioned(t, &ConsistentHash{Key: "{http.request.header.X-User}", BoundedLoad: 1.25}),
-			provisioned(t, &ConsistentHash{Key: "{http.request.header.X-User}", BoundedLoad: 1.25})},
-	} {
+	preselectingOnes := preselectingPolicies(t)
+	for name, whole := range preselectingPolicies(t) {
 		t.Run(name, func(t *testing.T) {
-			whole, preselecting := policies[0], policies[1]
+			preselecting := preselectingOnes[name]
 			for i := range 500 {
 				r := caddyRequest("")
 				r.Header.Set("X-User", fmt.Sprintf("user-%d", i%37))
@@ -150,14 +158,7 @@ func TestPreselectAndSelectDoNotAllocate(t *testing.T) {
 	snapshot, upstreams := largePool(256)
 	r := caddyRequest("203.0.113.7")
 	r.Header.Set("X-User", "alice")
-	for name, p := range map[string]interface {
-		reverseproxy.Selector
-		pool.Preselector
-	}{
-		"smooth_weighted":              &SmoothWeighted{},
-		"consistent_hash":              provisioned(t, &ConsistentHash{Key: "{http.request.header.X-User}"}),
-		"consistent_hash bounded load": provisioned(t, &ConsistentHash{Key: "{http.request.header.X-User}", BoundedLoad: 1.25}),
-	} {
+	for name, p := range preselectingPolicies(t) {
 		candidates := attempt(p, snapshot, upstreams, r) // builds
 		into := make([]int, 0, pool.MaxCandidates)
 		allocs := testing.AllocsPerRun(1000, func() {
