@@ -92,15 +92,11 @@ func (b *builtFor[T]) get(upstreams []*reverseproxy.Upstream, r *http.Request, w
 	for i, u := range upstreams {
 		dials[i] = u.Dial
 	}
-	next := &built[T]{value: build(dials, weights.of(dials, snapshot)), dials: dials}
+	var first *reverseproxy.Upstream
 	if len(upstreams) > 0 {
-		next.first = upstreams[0]
+		first = upstreams[0]
 	}
-	if snapshot != nil {
-		next.version = snapshot.Version
-	}
-	b.last.Store(next)
-	return next.value
+	return b.rebuild(dials, first, snapshot, weights, build)
 }
 
 // forSnapshot returns the structure for a consul snapshot, building it with
@@ -114,7 +110,17 @@ func (b *builtFor[T]) forSnapshot(snapshot *pool.Snapshot, weights Weights, buil
 	for i, instance := range snapshot.Instances {
 		dials[i] = instance.Dial
 	}
-	next := &built[T]{value: build(dials, weights.of(dials, snapshot)), version: snapshot.Version, dials: dials}
+	return b.rebuild(dials, nil, snapshot, weights, build)
+}
+
+// rebuild builds the structure for the pool of upstreams at dials (whose
+// first Upstream value is first, for a static pool; from snapshot, when
+// not nil), keeps it for the next requests and returns it.
+func (b *builtFor[T]) rebuild(dials []string, first *reverseproxy.Upstream, snapshot *pool.Snapshot, weights Weights, build buildFunc[T]) T {
+	next := &built[T]{value: build(dials, weights.of(dials, snapshot)), first: first, dials: dials}
+	if snapshot != nil {
+		next.version = snapshot.Version
+	}
 	b.last.Store(next)
 	return next.value
 }
