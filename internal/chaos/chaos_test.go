@@ -276,8 +276,9 @@ func reloadUnderLoad(t *testing.T, name string, config proxyConfig, ids []string
 	if answered := result.Failed - result.Unanswered; answered > 0 {
 		t.Errorf("%s: %d requests answered with an error across reloads; first: %v", name, answered, result.Failures)
 	}
-	// Caddy drops a connection now and then while it hands its listener over
-	// to the next config, stock Caddy as well (see RESILIENCE.md).
+	// Go's HTTP server, stock Caddy's too, closes with no answer a fresh
+	// connection whose first request it reads while shutting down
+	// (golang/go#75591): now and then a connection dropped at a reload.
 	if result.Unanswered > max(3, reloads/10) {
 		t.Errorf("%s: %d connections dropped across %d reloads; first: %v", name, result.Unanswered, reloads, result.Failures)
 	}
