@@ -65,14 +65,16 @@ chaos: consul
 
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 
-## bench-proxies: stock Caddy, caddymesh, nginx and HAProxy side by side, the proxy alone on core 0
-## (installs nginx, HAProxy and wrk from Debian when missing); then tail latency with one slow backend
+## bench-proxies: stock Caddy, caddymesh, nginx and HAProxy side by side, the proxy alone on core 0,
+## clients over HTTP/1.1 then HTTP/2; then tail latency with one slow backend (installs nginx, HAProxy,
+## wrk and h2load from Debian when missing)
 bench-proxies: build consul
-	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null || \
-		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx haproxy wrk; }
+	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null && command -v h2load >/dev/null || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx haproxy wrk nghttp2-client; }
 	mkdir -p .work/bin
 	$(GO) build -o .work/bin/proxybench ./internal/proxybench
 	taskset -c 1 .work/bin/proxybench -reps 5 -duration 4s
+	taskset -c 1 .work/bin/proxybench -h2 -upstreams 4 -reps 5 -duration 4s
 	taskset -c 1 .work/bin/proxybench -tail -duration 20s
 
 

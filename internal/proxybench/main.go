@@ -157,8 +157,8 @@ type row struct {
 	cpuPerRequest float64 // µs of the proxy's CPU time
 	ratio         float64 // median, over the rounds, of cpuPerRequest / Caddy round_robin's in the same round
 	rps           float64
-	p50, p99      time.Duration
-	runs          int // measured, noisy ones included
+	latency       [2]time.Duration // see latencyColumns
+	runs          int              // measured, noisy ones included
 	loadAverage   string
 }
 
@@ -208,8 +208,10 @@ func measureSize(b bench) ([]row, error) {
 			setup: t.name, upstreams: len(b.upstreams), runs: t.tries, loadAverage: loadAvg,
 			cpuPerRequest: median(t.runs, func(x run) float64 { return x.cpuPerRequest }),
 			rps:           median(t.runs, func(x run) float64 { return x.load.rps }),
-			p50:           time.Duration(median(t.runs, func(x run) float64 { return float64(x.load.p50) })),
-			p99:           time.Duration(median(t.runs, func(x run) float64 { return float64(x.load.p99) })),
+			latency: [2]time.Duration{
+				time.Duration(median(t.runs, func(x run) float64 { return float64(x.load.latency[0]) })),
+				time.Duration(median(t.runs, func(x run) float64 { return float64(x.load.latency[1]) })),
+			},
 		}
 		ratios := make([]float64, *reps)
 		for round := range ratios {
@@ -363,11 +365,11 @@ func parseCoreTimes(stat string, n int) (coreTimes, error) {
 	return coreTimes{}, fmt.Errorf("no %s line in /proc/stat", strings.TrimSpace(prefix))
 }
 
-// loadResult is what wrk reports of a run.
+// loadResult is what the load generator reports of a run.
 type loadResult struct {
 	requests int64
 	rps      float64
-	p50, p99 time.Duration
+	latency  [2]time.Duration // see latencyColumns
 }
 
 // requestScript varies the URI over 10,007 values, so that the hash
@@ -379,8 +381,12 @@ request = function()
 end
 `
 
-// runLoad runs wrk on core 1 against url.
+// runLoad runs the load generator on core 1 against url: wrk, or h2load
+// with -h2.
 func runLoad(url string, d time.Duration) (loadResult, error) {
+	if *h2 {
+		return runH2load(url, d)
+	}
 	script := filepath.Join(*workDir, "requests.lua")
 	if err := os.WriteFile(script, []byte(requestScript), 0o644); err != nil {
 		return loadResult{}, err
@@ -400,9 +406,9 @@ func parseWrk(report string) (loadResult, error) {
 		fields := strings.Fields(line)
 		switch {
 		case len(fields) >= 2 && fields[0] == "50%":
-			r.p50, _ = parseWrkDuration(fields[1])
+			r.latency[0], _ = parseDuration(fields[1])
 		case len(fields) >= 2 && fields[0] == "99%":
-			r.p99, _ = parseWrkDuration(fields[1])
+			r.latency[1], _ = parseDuration(fields[1])
 		case len(fields) >= 3 && fields[1] == "requests" && fields[2] == "in":
 			r.requests, _ = strconv.ParseInt(fields[0], 10, 64)
 		case len(fields) >= 2 && fields[0] == "Requests/sec:":
@@ -411,14 +417,14 @@ func parseWrk(report string) (loadResult, error) {
 			return r, fmt.Errorf("requests failed: %s", strings.TrimSpace(line))
 		}
 	}
-	if r.requests == 0 || r.p99 == 0 {
+	if r.requests == 0 || r.latency[1] == 0 {
 		return r, fmt.Errorf("unexpected wrk report:\n%s", report)
 	}
 	return r, nil
 }
 
-// parseWrkDuration reads wrk's durations: 812.00us, 1.23ms, 2.00s.
-func parseWrkDuration(s string) (time.Duration, error) {
+// parseDuration reads wrk's and h2load's durations: 812.00us, 1.23ms, 2.00s.
+func parseDuration(s string) (time.Duration, error) {
 	return time.ParseDuration(strings.Replace(s, "us", "µs", 1))
 }
 
@@ -483,23 +489,29 @@ func fileSafe(r rune) rune {
 	return '_'
 }
 
+// caddyGlobals are the global options of every Caddy setup.
+func caddyGlobals() string {
+	if *h2 {
+		return "admin off\n\tpersist_config off\n\tservers {\n\t\tprotocols h1 h2c\n\t}"
+	}
+	return "admin off\n\tpersist_config off"
+}
+
 func caddyStatic(port int, b bench, policy string) string {
 	return fmt.Sprintf(`{
-	admin off
-	persist_config off
+	%s
 }
 :%d {
 	reverse_proxy %s {
 		lb_policy %s
 	}
 }
-`, port, strings.Join(b.upstreams, " "), policy)
+`, caddyGlobals(), port, strings.Join(b.upstreams, " "), policy)
 }
 
 func caddyConsul(port int, b bench, policy string) string {
 	return fmt.Sprintf(`{
-	admin off
-	persist_config off
+	%s
 	mesh {
 		consul {
 			address %s
@@ -512,7 +524,7 @@ func caddyConsul(port int, b bench, policy string) string {
 		lb_policy %s
 	}
 }
-`, b.consul, port, b.service, policy)
+`, caddyGlobals(), b.consul, port, b.service, policy)
 }
 
 func nginx(port int, b bench, balance string) string {
@@ -528,6 +540,7 @@ error_log stderr warn;
 events { worker_connections 4096; }
 http {
 	access_log off;
+	keepalive_requests 1000000;
 	client_body_temp_path tmp;
 	proxy_temp_path tmp;
 	upstream backends {
@@ -535,7 +548,7 @@ http {
 %s		keepalive %d;
 	}
 	server {
-		listen 127.0.0.1:%d;
+		listen 127.0.0.1:%d%s;
 		location / {
 			proxy_pass http://backends;
 			proxy_http_version 1.1;
@@ -543,15 +556,19 @@ http {
 		}
 	}
 }
-`, balance, servers.String(), idleConnections(b), port)
+`, balance, servers.String(), idleConnections(b), port, map[bool]string{true: " http2"}[*h2])
 }
 
 // idleConnections is how many idle upstream connections nginx keeps: its
 // cache is shared by all upstreams, so it needs one or more per upstream,
 // as Caddy and HAProxy keep per upstream, for requests spread over every
-// upstream to find one.
+// upstream to find one, and one per request in flight.
 func idleConnections(b bench) int {
-	return 2*len(b.upstreams) + *connections
+	inFlight := *connections
+	if *h2 {
+		inFlight *= h2Streams
+	}
+	return 2*len(b.upstreams) + inFlight
 }
 
 func haproxy(port int, b bench, balance string) string {
@@ -570,18 +587,24 @@ defaults
 	timeout client 30s
 	timeout server 30s
 frontend proxy
-	bind 127.0.0.1:%d
+	bind 127.0.0.1:%d%s
 	default_backend backends
 backend backends
 	%s
-%s`, port, balance, servers.String())
+%s`, port, map[bool]string{true: " proto h2"}[*h2], balance, servers.String())
 }
 
-// awaitOK waits until url answers 200.
+// awaitOK waits until url answers 200, in the clients' protocol.
 func awaitOK(url string, timeout time.Duration) error {
+	client := http.DefaultClient
+	if *h2 {
+		var protocols http.Protocols
+		protocols.SetUnencryptedHTTP2(true)
+		client = &http.Client{Transport: &http.Transport{Protocols: &protocols}}
+	}
 	deadline := time.Now().Add(timeout)
 	for {
-		resp, err := http.Get(url)
+		resp, err := client.Get(url)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -626,12 +649,17 @@ func median(runs []run, value func(run) float64) float64 {
 // printTable writes the results as Markdown: per number of upstreams, each
 // setup's CPU per request and its ratio to stock Caddy's round_robin.
 func printTable(w io.Writer, rows []row) {
-	fmt.Fprintf(w, "%s, %d cores; wrk -t1 -c%d; %d rounds of %s runs, medians.\n\n", runtime.Version(), onlineCores(), *connections, *reps, *duration)
-	fmt.Fprintln(w, "| upstreams | setup | proxy CPU per request | vs Caddy `round_robin` (same round) | requests/s | p50 | p99 | runs kept/all | load average |")
+	generator := fmt.Sprintf("wrk -t1 -c%d", *connections)
+	if *h2 {
+		generator = fmt.Sprintf("HTTP/2 over cleartext to clients, h2load -t1 -c%d -m%d", *connections, h2Streams)
+	}
+	columns := latencyColumns()
+	fmt.Fprintf(w, "%s, %d cores; %s; %d rounds of %s runs, medians.\n\n", runtime.Version(), onlineCores(), generator, *reps, *duration)
+	fmt.Fprintf(w, "| upstreams | setup | proxy CPU per request | vs Caddy `round_robin` (same round) | requests/s | %s | %s | runs kept/all | load average |\n", columns[0], columns[1])
 	fmt.Fprintln(w, "|----------:|-------|----------------------:|------------------------------------:|-----------:|----:|----:|--------------:|--------------|")
 	for _, r := range rows {
 		fmt.Fprintf(w, "| %d | %s | %.1f µs | %.3f× | %.0f | %s | %s | %d/%d | %s |\n", r.upstreams, r.setup, r.cpuPerRequest, r.ratio,
-			r.rps, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), *reps, r.runs, cmp.Or(r.loadAverage, "?"))
+			r.rps, r.latency[0].Round(10*time.Microsecond), r.latency[1].Round(10*time.Microsecond), *reps, r.runs, cmp.Or(r.loadAverage, "?"))
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -24,12 +25,42 @@ Transfer/sec:      1.15MB
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := loadResult{requests: 40244, rps: 10061, p50: 812 * time.Microsecond, p99: 9700 * time.Microsecond}
+	want := loadResult{requests: 40244, rps: 10061, latency: [2]time.Duration{812 * time.Microsecond, 9700 * time.Microsecond}}
 	if r != want {
 		t.Errorf("parsed %+v, want %+v", r, want)
 	}
 	if _, err := parseWrk(report + "  Non-2xx or 3xx responses: 12\n"); err == nil {
 		t.Error("failed requests were not reported")
+	}
+}
+
+func TestParseH2load(t *testing.T) {
+	report := `starting benchmark...
+Main benchmark duration is over for thread #0. Stopping all clients.
+
+finished in 2.00s, 24359.00 req/s, 595.33KB/s
+requests: 48718 total, 48798 started, 48718 done, 48718 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 48718 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 1.16MB (1219246) total, 238.62KB (244350) headers (space savings 95.27%), 95.15KB (97436) data
+                     min         max         mean         sd        +/- sd
+time for request:       93us     18.61ms      3.18ms      1.92ms    72.38%
+time for connect:       80us       201us       143us        39us    75.00%
+`
+	r, err := parseH2load(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := loadResult{requests: 48718, rps: 24359, latency: [2]time.Duration{3180 * time.Microsecond, 18610 * time.Microsecond}}
+	if r != want {
+		t.Errorf("parsed %+v, want %+v", r, want)
+	}
+	for _, broken := range []string{
+		strings.Replace(report, "0 failed", "3 failed", 1),
+		strings.Replace(report, "0 5xx", "7 5xx", 1),
+	} {
+		if _, err := parseH2load(broken); err == nil {
+			t.Errorf("failed requests were not reported in:\n%s", broken)
+		}
 	}
 }
 
