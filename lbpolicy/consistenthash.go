@@ -33,7 +33,9 @@ func init() {
 // The ring is built once per pool of upstreams (per Consul snapshot, or
 // static pool); a pick hashes the key and finds its place in O(1), with no
 // lock and no allocation. A pool of more than 65,536 upstreams is left to
-// the fallback policy.
+// the fallback policy. From a large pool of the consul source it names the
+// key's upstream and the next few on the ring, so that Caddy need not
+// prepare every one (see pool.Preselector).
 type ConsistentHash struct {
 	// The key to hash: any placeholder expression, such as
 	// {http.request.header.X-User}, {http.request.cookie.session} or

@@ -28,7 +28,9 @@ func init() {
 // The cycle is computed once per pool of upstreams (per Consul snapshot, or
 // static pool); a pick is an atomic increment, with no lock and no
 // allocation. Under concurrency, every k whole cycles give each upstream
-// exactly k times its weight.
+// exactly k times its weight. From a large pool of the consul source it
+// names the few upstreams of the next turns, so that Caddy need not
+// prepare every one (see pool.Preselector).
 type SmoothWeighted struct {
 	// Weights of upstreams by dial address (host:port), from 0 to 1000.
 	// They override Consul's weights. Default: Consul's weight, else 1.
@@ -85,6 +87,7 @@ func (sw *SmoothWeighted) selectCandidate(candidates []*reverseproxy.Upstream, s
 	return candidates[i]
 }
 
+// buildSchedule builds the cycle of a pool from its weights.
 func buildSchedule(_ []string, weights []int) *schedule { return newSchedule(weights) }
 
 // Interface guards
