@@ -45,9 +45,9 @@ func handOut(r *http.Request, snap *pool.Snapshot, p pool.Preselector) []*revers
 	return newUpstreams(snap.Instances)
 }
 
-// candidates is everything an attempt with candidates hands out, in one
+// preselected is everything an attempt with candidates hands out, in one
 // allocation.
-type candidates struct {
+type preselected struct {
 	pool.Preselection
 	indexes   [pool.MaxCandidates]int
 	values    [pool.MaxCandidates]reverseproxy.Upstream
@@ -57,16 +57,16 @@ type candidates struct {
 // preselect returns fresh upstreams for the candidates p names for r, or
 // nil when it names none.
 func preselect(r *http.Request, snap *pool.Snapshot, p pool.Preselector) []*reverseproxy.Upstream {
-	c := &candidates{Preselection: pool.Preselection{Snapshot: snap}}
-	named := p.Preselect(snap, r, c.indexes[:0])
+	ps := &preselected{Preselection: pool.Preselection{Snapshot: snap}}
+	named := p.Preselect(snap, r, ps.indexes[:0])
 	if len(named) == 0 {
 		return nil
 	}
-	c.Candidates = named[:min(len(named), pool.MaxCandidates)]
-	for i, instance := range c.Candidates {
-		c.values[i].Dial = snap.Instances[instance].Dial
-		c.upstreams[i] = &c.values[i]
+	ps.Candidates = named[:min(len(named), pool.MaxCandidates)]
+	for i, instance := range ps.Candidates {
+		ps.values[i].Dial = snap.Instances[instance].Dial
+		ps.upstreams[i] = &ps.values[i]
 	}
-	pool.AttachPreselection(r, &c.Preselection)
-	return c.upstreams[:len(c.Candidates)]
+	pool.AttachPreselection(r, &ps.Preselection)
+	return ps.upstreams[:len(ps.Candidates)]
 }

@@ -169,8 +169,11 @@ func (ch *ConsistentHash) Preselect(s *pool.Snapshot, r *http.Request, candidate
 // bound is kept among the candidates, not the whole pool.
 func (ch *ConsistentHash) selectCandidate(candidates []*reverseproxy.Upstream, p *pool.Preselection) *reverseproxy.Upstream {
 	first := firstAvailable(candidates)
-	if first < 0 || ch.BoundedLoad == 0 {
-		return candidateAt(candidates, first)
+	if first < 0 {
+		return nil
+	}
+	if ch.BoundedLoad == 0 {
+		return candidates[first]
 	}
 	hr := ch.rings.forSnapshot(p.Snapshot, ch.Weights, ch.build)
 	for i := first; i < len(candidates); i++ {
@@ -180,14 +183,6 @@ func (ch *ConsistentHash) selectCandidate(candidates []*reverseproxy.Upstream, p
 		}
 	}
 	return candidates[first]
-}
-
-// candidateAt returns candidates[i], or nil for i < 0.
-func candidateAt(candidates []*reverseproxy.Upstream, i int) *reverseproxy.Upstream {
-	if i < 0 {
-		return nil
-	}
-	return candidates[i]
 }
 
 // build builds the ring of a pool.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -304,5 +305,48 @@ func TestLargePoolThroughCaddy(t *testing.T) {
 	}
 	if len(answers) != cycle {
 		t.Errorf("with large-5 dead, %d of %d requests were answered by an instance", len(answers), cycle)
+	}
+}
+
+// When none of a request's candidates is available, the request gets a
+// 503, or with lb_retries a retry over the whole pool, which finds the
+// one instance left.
+func TestLargePoolWithFewCandidatesLeft(t *testing.T) {
+	alive := meshtest.StartBackend(t, "alive")
+	agent.Register(t, consultest.Instance{Service: "lastone", ID: "lastone-alive", Port: alive.Port()})
+	for i := range 23 { // nothing listens on their ports
+		agent.Register(t, consultest.Instance{Service: "lastone", ID: fmt.Sprintf("lastone-dead-%d", i), Port: meshtest.FreePort()})
+	}
+	url := serve(t, `handle /retries/* {
+		reverse_proxy {
+			dynamic consul lastone
+			lb_policy smooth_weighted
+			lb_retries 1
+			fail_duration 1m
+		}
+	}
+	handle /once/* {
+		reverse_proxy {
+			dynamic consul lastone
+			lb_policy smooth_weighted
+			fail_duration 1m
+		}
+	}`)
+	meshtest.Eventually(t, 5*time.Second, "the alive instance is routed", func() bool {
+		sequence(url+"retries/", 24)
+		return alive.Hits.Load() > 0
+	})
+	sequence(url+"retries/", 100) // every dead instance fails once, and is skipped from then on
+
+	if got := strings.Fields(sequence(url+"retries/", 60)); len(got) != 60 || slices.ContainsFunc(got, func(s string) bool { return s != "alive" }) {
+		t.Errorf("with lb_retries 1, 60 requests got %v, want alive each time", got)
+	}
+	answers := map[int]int{}
+	for range 60 {
+		status, _ := meshtest.Get(url + "once/")
+		answers[status]++
+	}
+	if answers[http.StatusOK] == 0 || answers[http.StatusServiceUnavailable] == 0 || answers[http.StatusOK]+answers[http.StatusServiceUnavailable] != 60 {
+		t.Errorf("with no retries, statuses %v, want 200s (the alive one among the candidates) and 503s (not)", answers)
 	}
 }

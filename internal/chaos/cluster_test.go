@@ -60,8 +60,8 @@ func startAgent(t *testing.T) *consultest.Agent {
 	return agent
 }
 
-// client sends the scenarios' load: keep-alive, enough idle connections
-// for the open-loop generator's bursts.
+// newClient returns the client of a scenario's load: keep-alive, enough
+// idle connections for the open-loop generator's bursts.
 func newClient(t *testing.T) *http.Client {
 	transport := &http.Transport{MaxIdleConnsPerHost: 256}
 	t.Cleanup(transport.CloseIdleConnections)
@@ -427,17 +427,9 @@ func printSummary(w io.Writer) {
 	fmt.Fprintln(w, "| scenario | requests | failed | p50 | p99 | p99.9 | measured |")
 	fmt.Fprintln(w, "|----------|---------:|-------:|----:|----:|------:|----------|")
 	for _, r := range results {
-		fmt.Fprintf(w, "| %s | %d | %d | %s | %s | %s | %s |\n", r.scenario, r.load.Sent, r.load.Failed,
-			roundLatency(r.load.Percentile(0.5)), roundLatency(r.load.Percentile(0.99)),
-			roundLatency(r.load.Percentile(0.999)), r.notes)
+		q := r.load.Quantiles()
+		fmt.Fprintf(w, "| %s | %d | %d | %s | %s | %s | %s |\n", r.scenario, r.load.Sent, r.load.Failed, q[0], q[1], q[2], r.notes)
 	}
-}
-
-func roundLatency(d time.Duration) time.Duration {
-	if d > 10*time.Millisecond {
-		return d.Round(time.Millisecond)
-	}
-	return d.Round(10 * time.Microsecond)
 }
 
 // registerCatalog registers instances of services straight into Consul's

@@ -49,6 +49,21 @@ func (r Result) Percentile(q float64) time.Duration {
 	return r.Latencies[min(i, len(r.Latencies)-1)]
 }
 
+// Quantiles returns the p50, p99 and p99.9 latencies, rounded for a table:
+// to 0.1 ms above 10 ms, to 10 µs below.
+func (r Result) Quantiles() [3]time.Duration {
+	var out [3]time.Duration
+	for i, q := range []float64{0.5, 0.99, 0.999} {
+		d := r.Percentile(q)
+		if d > 10*time.Millisecond {
+			out[i] = d.Round(100 * time.Microsecond)
+		} else {
+			out[i] = d.Round(10 * time.Microsecond)
+		}
+	}
+	return out
+}
+
 // Run is load being sent.
 type Run struct {
 	client *http.Client

@@ -77,6 +77,13 @@ func TestPercentile(t *testing.T) {
 			t.Errorf("Percentile(%v) = %v, want %v", q, got, want)
 		}
 	}
+	fine := Result{Latencies: []time.Duration{1234567, 23456789, 23456789}}
+	if got, want := fine.Quantiles(), [3]time.Duration{23500 * time.Microsecond, 23500 * time.Microsecond, 23500 * time.Microsecond}; got != want {
+		t.Errorf("Quantiles() = %v, want %v", got, want)
+	}
+	if got := (Result{Latencies: []time.Duration{1234567}}).Quantiles(); got[0] != 1230*time.Microsecond {
+		t.Errorf("Quantiles()[0] = %v, want 1.23ms", got[0])
+	}
 	if (Result{}).Percentile(0.5) != 0 {
 		t.Error("an empty run has a percentile")
 	}

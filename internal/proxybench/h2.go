@@ -30,6 +30,15 @@ func latencyColumns() [2]string {
 	return [2]string{"p50", "p99"}
 }
 
+// ifH2 returns option with -h2, else nothing: a proxy config's option for
+// HTTP/2 clients.
+func ifH2(option string) string {
+	if *h2 {
+		return option
+	}
+	return ""
+}
+
 // runH2load runs h2load on core 1 against url (ending in /), varying the
 // URI over 10,007 values as wrk's script does.
 func runH2load(url string, d time.Duration) (loadResult, error) {

@@ -491,10 +491,7 @@ func fileSafe(r rune) rune {
 
 // caddyGlobals are the global options of every Caddy setup.
 func caddyGlobals() string {
-	if *h2 {
-		return "admin off\n\tpersist_config off\n\tservers {\n\t\tprotocols h1 h2c\n\t}"
-	}
-	return "admin off\n\tpersist_config off"
+	return "admin off\n\tpersist_config off" + ifH2("\n\tservers {\n\t\tprotocols h1 h2c\n\t}")
 }
 
 func caddyStatic(port int, b bench, policy string) string {
@@ -556,7 +553,7 @@ http {
 		}
 	}
 }
-`, balance, servers.String(), idleConnections(b), port, map[bool]string{true: " http2"}[*h2])
+`, balance, servers.String(), idleConnections(b), port, ifH2(" http2"))
 }
 
 // idleConnections is how many idle upstream connections nginx keeps: its
@@ -591,7 +588,7 @@ frontend proxy
 	default_backend backends
 backend backends
 	%s
-%s`, port, map[bool]string{true: " proto h2"}[*h2], balance, servers.String())
+%s`, port, ifH2(" proto h2"), balance, servers.String())
 }
 
 // awaitOK waits until url answers 200, in the clients' protocol.

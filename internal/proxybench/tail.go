@@ -53,13 +53,13 @@ func runTail(agent *consultest.Agent) {
 	fmt.Println("| setup | requests | failed | p50 | p99 | p99.9 | share to the slow backend |")
 	fmt.Println("|-------|---------:|-------:|----:|----:|------:|--------------------------:|")
 	for _, s := range tailSetups {
-		if result, err := measureTail(s, b, urls); err != nil {
+		result, err := measureTail(s, b, urls)
+		if err != nil {
 			log.Fatalf("%s: %v", s.name, err)
-		} else {
-			fmt.Printf("| %s | %d | %d | %s | %s | %s | %.1f%% |\n", s.name, result.Sent, result.Failed,
-				round(result.Percentile(0.5)), round(result.Percentile(0.99)), round(result.Percentile(0.999)),
-				100*float64(result.ByBody["tail-0"])/float64(max(result.Sent, 1)))
 		}
+		q := result.Quantiles()
+		fmt.Printf("| %s | %d | %d | %s | %s | %s | %.1f%% |\n", s.name, result.Sent, result.Failed,
+			q[0], q[1], q[2], 100*float64(result.ByBody["tail-0"])/float64(max(result.Sent, 1)))
 	}
 }
 
@@ -108,11 +108,4 @@ func startSlowAndFast(agent *consultest.Agent) (bench, func()) {
 			io.WriteString(w, name)
 		})
 	})
-}
-
-func round(d time.Duration) time.Duration {
-	if d > 10*time.Millisecond {
-		return d.Round(100 * time.Microsecond)
-	}
-	return d.Round(10 * time.Microsecond)
 }
