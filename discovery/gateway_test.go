@@ -6,10 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -53,48 +49,6 @@ func get(url, host string) (int, string) {
 	}
 	req.Host = host
 	return meshtest.Do(meshtest.Client, req)
-}
-
-// countingConsul is a reverse proxy in front of the real agent that counts
-// the requests Caddy makes to Consul.
-type countingConsul struct {
-	mu    sync.Mutex
-	paths []string
-	addr  string
-}
-
-func startCountingConsul(t *testing.T) *countingConsul {
-	c := new(countingConsul)
-	target, _ := url.Parse("http://" + agent.Addr)
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c.mu.Lock()
-		c.paths = append(c.paths, r.URL.Path)
-		c.mu.Unlock()
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(func() {
-		// Caddy's blocking queries, still running, would hold Close up:
-		// refuse new ones first, then cut those in flight.
-		srv.Listener.Close()
-		srv.CloseClientConnections()
-		srv.Close()
-	})
-	c.addr = srv.Listener.Addr().String()
-	return c
-}
-
-// count returns how many requests went to paths starting with prefix.
-func (c *countingConsul) count(prefix string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for _, p := range c.paths {
-		if strings.HasPrefix(p, prefix) {
-			n++
-		}
-	}
-	return n
 }
 
 // gatewaySite is a gateway that takes the service from the first path
@@ -152,9 +106,9 @@ func TestServiceFromThePathReachesOnlyServicesAllowed(t *testing.T) {
 
 func TestAFloodOfServiceNamesTouchesConsulOnlyWithinBounds(t *testing.T) {
 	registerEcho(t, "flood-known", "known-1", nil, nil)
-	consul := startCountingConsul(t)
+	consul := meshtest.StartConsulProxy(t, agent.Addr)
 	gate, source := meshtest.FreePort(), meshtest.FreePort()
-	meshtest.Load(t, gatewaySite(gate, consul.addr, "allow_services flood-*")+fmt.Sprintf(`
+	meshtest.Load(t, gatewaySite(gate, consul.Addr(), "allow_services flood-*")+fmt.Sprintf(`
 :%d {
 	reverse_proxy {
 		dynamic consul {http.request.uri.path.0} {
@@ -169,7 +123,7 @@ func TestAFloodOfServiceNamesTouchesConsulOnlyWithinBounds(t *testing.T) {
 	})
 	// Queries for the random names only: flood-known's watch polls on its own.
 	floodQueries := func() int {
-		return consul.count("/v1/health/service/flood-") - consul.count("/v1/health/service/flood-known")
+		return consul.Requests("/v1/health/service/flood-") - consul.Requests("/v1/health/service/flood-known")
 	}
 	before := floodQueries()
 	for range 500 {

@@ -176,26 +176,26 @@ func TestConsulRestartedEmpty(t *testing.T) {
 func TestConsulFaults(t *testing.T) {
 	agent := startAgent(t)
 	ids, _ := startRegisteredBackends(t, agent, 3)
-	proxy := startFaultProxy(t, agent.Addr)
-	f := startFront(t, readme(proxy.addr()).caddyfile, "/")
+	proxy := meshtest.StartConsulProxy(t, agent.Addr)
+	f := startFront(t, readme(proxy.Addr()).caddyfile, "/")
 	awaitRouted(t, f, ids)
 
 	phase := sized(3*time.Second, 10*time.Second)
 	client := newClient(t)
 	for _, p := range []struct {
-		mode faultMode
+		mode meshtest.ConsulMode
 		name string
 	}{
-		{pass, "answering (baseline)"},
-		{fail, "answering 500"},
-		{stall, "hanging"},
+		{meshtest.ConsulAnswers, "answering (baseline)"},
+		{meshtest.ConsulFails, "answering 500"},
+		{meshtest.ConsulHangs, "hanging"},
 	} {
-		proxy.set(p.mode)
-		before := proxy.requests.Load()
+		proxy.Set(p.mode)
+		before := proxy.Requests("")
 		load := loadgen.Start(client, rate, f.url+"/")
 		time.Sleep(phase)
 		result := load.Stop()
-		queries := proxy.requests.Load() - before
+		queries := proxy.Requests("") - before
 		perSecond := float64(queries) / phase.Seconds()
 		record(t, fmt.Sprintf("4. Consul %s for %s", p.name, phase), result,
 			fmt.Sprintf("%d Consul requests (%.1f/s)", queries, perSecond))
@@ -208,7 +208,7 @@ func TestConsulFaults(t *testing.T) {
 		}
 	}
 
-	proxy.set(pass)
+	proxy.Set(meshtest.ConsulAnswers)
 	changed := time.Now()
 	agent.SetStatus(t, "b-3", api.HealthCritical)
 	awaitRouted(t, f, ids[:2])
@@ -326,7 +326,7 @@ func TestLargeCatalog(t *testing.T) {
 	registerCatalog(t, agent.Client, instances)
 	t.Logf("registered %d instances of %d services in %s", len(instances), services, time.Since(registered))
 
-	counter := startFaultProxy(t, agent.Addr)
+	counter := meshtest.StartConsulProxy(t, agent.Addr)
 	started := time.Now()
 	f := startFront(t, func(port int, admin string) string {
 		return fmt.Sprintf(`{
@@ -348,7 +348,7 @@ func TestLargeCatalog(t *testing.T) {
 		}
 	}
 }
-`, admin, counter.addr(), port)
+`, admin, counter.Addr(), port)
 	}, paths[0])
 	for _, path := range paths {
 		meshtest.Eventually(t, 20*time.Second, path+" is routed", func() bool {
@@ -356,10 +356,10 @@ func TestLargeCatalog(t *testing.T) {
 			return status == http.StatusOK
 		})
 	}
-	startup, startupQueries := time.Since(started), counter.requests.Load()
+	startup, startupQueries := time.Since(started), counter.Requests("")
 
 	steady := sized(5*time.Second, 20*time.Second)
-	before := counter.requests.Load()
+	before := counter.Requests("")
 	var urls []string
 	for _, path := range paths {
 		urls = append(urls, f.url+path)
@@ -367,7 +367,7 @@ func TestLargeCatalog(t *testing.T) {
 	load := loadgen.Start(newClient(t), rate, urls...)
 	time.Sleep(steady)
 	result := load.Stop()
-	steadyQueries := counter.requests.Load() - before
+	steadyQueries := counter.Requests("") - before
 	watched := f.watches(t)
 	heap := f.heapAfterGC(t)
 

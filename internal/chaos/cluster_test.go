@@ -2,21 +2,17 @@ package chaos_test
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"text/template"
 	"time"
@@ -293,108 +289,6 @@ func (f *front) watches(t *testing.T) []string {
 		names = append(names, v.Service)
 	}
 	return names
-}
-
-// faultMode is how the fault proxy answers.
-type faultMode int
-
-const (
-	pass  faultMode = iota // forward to the agent
-	fail                   // answer 500
-	stall                  // answer nothing until the mode changes
-)
-
-// faultProxy stands between Caddy and the Consul agent, to make Consul
-// answer 500s or hang, which a real agent does not do on demand; it counts
-// the requests it gets. A mode applies to the requests in flight too: a
-// blocking query forwarded to the agent is cut when the mode changes, and
-// answered as the new mode says.
-type faultProxy struct {
-	srv       *httptest.Server
-	agent     string
-	transport *http.Transport
-	requests  atomic.Int64
-
-	mu    sync.Mutex
-	mode  faultMode
-	phase context.Context // canceled when the mode changes
-	next  context.CancelFunc
-}
-
-// startFaultProxy starts a proxy to the agent at addr (host:port).
-func startFaultProxy(t *testing.T, addr string) *faultProxy {
-	p := &faultProxy{agent: addr, transport: &http.Transport{}}
-	p.phase, p.next = context.WithCancel(context.Background())
-	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
-	t.Cleanup(func() {
-		p.srv.Listener.Close()
-		p.srv.CloseClientConnections() // blocking queries in flight would hold Close for minutes
-		p.srv.Close()
-		p.next()
-		p.transport.CloseIdleConnections()
-	})
-	return p
-}
-
-func (p *faultProxy) addr() string { return p.srv.Listener.Addr().String() }
-
-// set switches the proxy to mode.
-func (p *faultProxy) set(mode faultMode) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.next()
-	p.mode = mode
-	p.phase, p.next = context.WithCancel(context.Background())
-}
-
-func (p *faultProxy) current() (faultMode, context.Context) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.mode, p.phase
-}
-
-func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
-	p.requests.Add(1)
-	for r.Context().Err() == nil {
-		mode, phase := p.current()
-		switch mode {
-		case fail:
-			http.Error(w, "injected fault", http.StatusInternalServerError)
-			return
-		case stall:
-			select {
-			case <-phase.Done():
-			case <-r.Context().Done():
-			}
-		case pass:
-			if p.forward(w, r, phase) {
-				return
-			}
-		}
-	}
-}
-
-// forward sends r to the agent until phase ends, and reports whether it
-// answered w.
-func (p *faultProxy) forward(w http.ResponseWriter, r *http.Request, phase context.Context) bool {
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	defer context.AfterFunc(phase, cancel)()
-	out := r.Clone(ctx)
-	out.URL.Scheme, out.URL.Host, out.Host, out.RequestURI = "http", p.agent, p.agent, ""
-	resp, err := p.transport.RoundTrip(out)
-	if err != nil {
-		if phase.Err() != nil {
-			return false // the mode changed: answer as it says
-		}
-		http.Error(w, err.Error(), http.StatusBadGateway)
-		return true
-	}
-	defer resp.Body.Close()
-	maps.Copy(w.Header(), resp.Header)
-	w.WriteHeader(resp.StatusCode)
-	io.Copy(w, resp.Body)
-	return true
 }
 
 // result is one row of the summary table.
