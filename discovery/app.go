@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
+
+	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
 func init() {
@@ -30,9 +32,21 @@ type App struct {
 	// Consul is unreachable, registering is retried in the background.
 	Register []*Registration `json:"register,omitempty"`
 
+	// What to do with the escaped slashes (%2F, %5C) of a request's path
+	// when normalizing it, before mesh_identity's intentions, mesh_router
+	// or mesh_service decide on it. As in Consul's mesh config entry
+	// (HTTP.Incoming.RequestNormalization.PathWithEscapedSlashesAction):
+	// KEEP_UNCHANGED; REJECT_REQUEST, answering 400; UNESCAPE_AND_REDIRECT,
+	// answering 307 with the path they are unescaped in; or
+	// UNESCAPE_AND_FORWARD. Default: IMPLEMENTATION_SPECIFIC_DEFAULT, which
+	// is KEEP_UNCHANGED, as in Consul.
+	PathWithEscapedSlashesAction string `json:"path_with_escaped_slashes_action,omitempty"`
+
 	conn   connection
 	held   atomic.Bool // whether this config holds its registrations
 	logger *zap.Logger
+
+	escapedSlashes urlpath.EscapedSlashes
 }
 
 // CaddyModule returns the Caddy module information.
@@ -48,6 +62,9 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	var err error
+	if a.escapedSlashes, err = urlpath.ParseEscapedSlashes(a.PathWithEscapedSlashesAction); err != nil {
+		return fmt.Errorf("mesh: path_with_escaped_slashes_action %w", err)
+	}
 	if a.conn, err = resolveConnection(a.Consul); err != nil {
 		return err
 	}
@@ -117,6 +134,20 @@ type onEvent func()
 func (f onEvent) Handle(context.Context, caddy.Event) error {
 	f()
 	return nil
+}
+
+// EscapedSlashes says what path normalization does with escaped slashes,
+// for the modules that decide on paths.
+func (a *App) EscapedSlashes() urlpath.EscapedSlashes { return a.escapedSlashes }
+
+// appEscapedSlashes returns what the mesh app says path normalization does
+// with escaped slashes: Consul's default when the config has no mesh app.
+func appEscapedSlashes(ctx caddy.Context) (urlpath.EscapedSlashes, error) {
+	app, err := meshApp(ctx)
+	if app == nil || err != nil {
+		return urlpath.KeepUnchanged, err
+	}
+	return app.escapedSlashes, nil
 }
 
 // appConsulConfig returns the mesh app's Consul settings, or nil when the

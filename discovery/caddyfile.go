@@ -8,6 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/caddymesh/caddymesh/internal/args"
+	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
 // UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
@@ -88,6 +89,7 @@ func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	    register <service> {
 //	        ...
 //	    }
+//	    path_with_escaped_slashes_action <action>
 //	}
 //
 // register is repeatable.
@@ -109,6 +111,13 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.Register = append(a.Register, r)
+		case "path_with_escaped_slashes_action":
+			if err := args.String(d, &a.PathWithEscapedSlashesAction); err != nil {
+				return err
+			}
+			if _, err := urlpath.ParseEscapedSlashes(a.PathWithEscapedSlashesAction); err != nil {
+				return d.Errf("path_with_escaped_slashes_action %v", err)
+			}
 		default:
 			return d.Errf("unrecognized mesh option '%s'", d.Val())
 		}

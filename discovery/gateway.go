@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddymesh/caddymesh/internal/reqkey"
+	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
 func init() {
@@ -53,6 +54,7 @@ type ServiceFromRequest struct {
 	Consul *ConsulConfig `json:"consul,omitempty"`
 
 	name       reqkey.Func
+	slashes    urlpath.EscapedSlashes // how paths are normalized
 	catalogKey catalogKey
 	catalog    *catalogWatch
 	reachable  atomic.Pointer[reachableServices]
@@ -86,6 +88,9 @@ func (s *ServiceFromRequest) Provision(ctx caddy.Context) error {
 	s.name = reqkey.Compile(s.Service)
 	appConsul, err := appConsulConfig(ctx)
 	if err != nil {
+		return err
+	}
+	if s.slashes, err = appEscapedSlashes(ctx); err != nil {
 		return err
 	}
 	conn, err := resolveConnection(s.Consul, appConsul)
@@ -124,8 +129,12 @@ func (s *ServiceFromRequest) Cleanup() error {
 	return releaseCatalog(s.catalogKey)
 }
 
-// ServeHTTP lets through requests for services that may be reached.
+// ServeHTTP lets through requests for services that may be reached,
+// taking the name from the request once its path is normalized.
 func (s *ServiceFromRequest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if status, err := urlpath.NormalizeRequest(w.Header(), r, s.slashes); err != nil {
+		return caddyhttp.Error(status, err)
+	}
 	reachable := s.reachableServices()
 	if reachable == nil {
 		w.Header().Set("Retry-After", "1")

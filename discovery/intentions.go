@@ -47,8 +47,13 @@ type intentionsKey struct {
 //
 // The default is the one Consul's own sidecars use: the local agent's
 // default_intention_policy, else its ACL default policy. Reading the
-// former takes agent:read; without it, the ACL default policy that every
-// Consul answer carries decides, unless Default says otherwise.
+// former (/v1/agent/self, with the configured token) takes agent:read;
+// without it, the ACL default policy that every Consul answer carries
+// decides, unless Default says otherwise, and a warning says so once.
+//
+// It also tells mesh_identity the trust domain of Consul's Connect roots
+// (/v1/agent/connect/ca/roots), the only one whose SPIFFE IDs it accepts
+// unless told others.
 type ConsulIntentions struct {
 	// The service whose intentions apply. Default: the service the mesh
 	// app registers, when it registers exactly one.
@@ -146,6 +151,15 @@ func (ci *ConsulIntentions) Allows(r *http.Request, service, namespace, partitio
 	return rules.allows(r, service, namespace, partition, defaultAllow)
 }
 
+// TrustDomain returns the trust domain of Consul's Connect roots, "" until
+// Consul has said it.
+func (ci *ConsulIntentions) TrustDomain() string {
+	if domain := ci.watch.trustDomain.Load(); domain != nil {
+		return *domain
+	}
+	return ""
+}
+
 // UnmarshalCaddyfile sets up the source from the intentions option of
 // mesh_identity. Syntax:
 //
@@ -184,10 +198,14 @@ type intentionsWatch struct {
 	*poller[intentionsAnswer]
 	destination string
 	rules       atomic.Pointer[intentionRules]
+	// trustDomain is the trust domain of Consul's Connect roots, once
+	// read.
+	trustDomain atomic.Pointer[string]
 	// agentDefault is the agent's default intention policy, "allow" or
 	// "deny", once read; "" when the token may not read it.
 	agentDefault     string
 	agentDefaultRead bool
+	rootsFailed      bool // reading the Connect roots failed, and was logged
 }
 
 // intentionsAnswer is what Consul says of a destination's intentions.
@@ -216,30 +234,37 @@ func (w *intentionsWatch) Destruct() error {
 }
 
 func (w *intentionsWatch) query(_ context.Context, q *api.QueryOptions) (intentionsAnswer, *api.QueryMeta, error) {
-	if err := w.readAgentDefault(); err != nil {
-		return intentionsAnswer{}, nil, err
-	}
 	q.AllowStale = true
 	match := &api.IntentionMatch{By: api.IntentionMatchDestination, Names: []string{w.destination}}
 	found, meta, err := w.client.Connect().IntentionMatch(match, q)
 	if err != nil {
 		return intentionsAnswer{}, nil, err
 	}
+	once := (&api.QueryOptions{Token: q.Token, AllowStale: true}).WithContext(q.Context())
+	if err := w.readAgentDefault(once, meta.DefaultACLPolicy); err != nil {
+		return intentionsAnswer{}, nil, err
+	}
+	w.readTrustDomain(once)
 	policy := cmp.Or(w.agentDefault, meta.DefaultACLPolicy)
 	return intentionsAnswer{intentions: found[w.destination], defaultAllow: policy != "deny"}, meta, nil
 }
 
-// readAgentDefault reads, once, the local agent's default intention
-// policy, as the agent itself computes it for its sidecars: its
-// default_intention_policy, else its ACL default policy.
-func (w *intentionsWatch) readAgentDefault() error {
+// readAgentDefault reads, once, with the configured token, the local
+// agent's default intention policy, as the agent itself computes it for
+// its sidecars: its default_intention_policy, else its ACL default policy.
+// A token without agent:read cannot: the ACL default policy of Consul's
+// answers, aclDefault, decides instead, which is said once.
+func (w *intentionsWatch) readAgentDefault(q *api.QueryOptions, aclDefault string) error {
 	if w.agentDefaultRead {
 		return nil
 	}
-	self, err := w.client.Agent().Self()
+	var self map[string]map[string]any
+	_, err := w.client.Raw().Query("/v1/agent/self", &self, q)
 	var status api.StatusError
 	if errors.As(err, &status) && status.Code == http.StatusForbidden {
-		w.log().Info("the token may not read the agent's default intention policy (agent:read); using its ACL default policy")
+		w.log().Warn("the token may not read the local agent (agent:read), so its default_intention_policy is not known: "+
+			"callers no intention decides get the ACL default policy instead; grant agent:read, or set the intentions' default",
+			zap.String("acl_default_policy", aclDefault))
 		w.agentDefaultRead = true
 		return nil
 	}
@@ -253,6 +278,27 @@ func (w *intentionsWatch) readAgentDefault() error {
 	w.agentDefault = cmp.Or(intentionPolicy, aclPolicy)
 	w.agentDefaultRead = true
 	return nil
+}
+
+// readTrustDomain reads the trust domain of Consul's Connect roots until
+// it has it. Failing (Connect off, say) is logged once; intentions still
+// decide for callers identified otherwise.
+func (w *intentionsWatch) readTrustDomain(q *api.QueryOptions) {
+	if w.trustDomain.Load() != nil {
+		return
+	}
+	roots, _, err := w.client.Agent().ConnectCARoots(q)
+	if err == nil && roots.TrustDomain == "" {
+		err = errors.New("no trust domain in Consul's answer")
+	}
+	if err != nil {
+		if !w.rootsFailed {
+			w.log().Warn("cannot read the trust domain of Consul's Connect roots: SPIFFE IDs are refused until it is read", zap.Error(err))
+			w.rootsFailed = true
+		}
+		return
+	}
+	w.trustDomain.Store(&roots.TrustDomain)
 }
 
 func (w *intentionsWatch) apply(a intentionsAnswer) {
@@ -415,30 +461,32 @@ func (m *httpMatch) matches(req *http.Request) bool {
 }
 
 // matches evaluates one header condition, as Envoy's header matchers do:
-// several values of a header are joined with commas.
+// several values of a header are joined with commas, and a missing header
+// matches only an inverted Present condition: inverted or not, no other
+// condition matches it.
 func (hm *headerMatch) matches(header http.Header) bool {
 	values, present := header[http.CanonicalHeaderKey(hm.Name)]
+	if !present {
+		return hm.Present && hm.Invert
+	}
 	value := strings.Join(values, ",")
 	fold := func(s string) string { return s }
 	if hm.IgnoreCase {
 		fold = strings.ToLower
 	}
-	var ok bool
+	ok := true // Present, or no condition but the header's name
 	switch {
 	case hm.Present:
-		ok = present
 	case hm.Exact != "":
-		ok = present && fold(value) == fold(hm.Exact)
+		ok = fold(value) == fold(hm.Exact)
 	case hm.Prefix != "":
-		ok = present && strings.HasPrefix(fold(value), fold(hm.Prefix))
+		ok = strings.HasPrefix(fold(value), fold(hm.Prefix))
 	case hm.Suffix != "":
-		ok = present && strings.HasSuffix(fold(value), fold(hm.Suffix))
+		ok = strings.HasSuffix(fold(value), fold(hm.Suffix))
 	case hm.Contains != "":
-		ok = present && strings.Contains(fold(value), fold(hm.Contains))
+		ok = strings.Contains(fold(value), fold(hm.Contains))
 	case hm.regex != nil:
-		ok = present && hm.regex.MatchString(value)
-	default:
-		ok = present
+		ok = hm.regex.MatchString(value)
 	}
 	return ok != hm.Invert
 }

@@ -130,6 +130,13 @@ func TestIntentionsHTTPMatches(t *testing.T) {
 		{"header contains", header(api.IntentionHTTPHeaderPermission{Name: "X-Env", Contains: "ro"}), withHeader("X-Env", "prod"), true},
 		{"header regex", header(api.IntentionHTTPHeaderPermission{Name: "X-Env", Regex: "pr.d"}), withHeader("X-Env", "prod"), true},
 		{"header inverted", header(api.IntentionHTTPHeaderPermission{Name: "X-Env", Exact: "prod", Invert: true}), withHeader("X-Env", "prod"), false},
+		{"header inverted, other value", header(api.IntentionHTTPHeaderPermission{Name: "X-Tier", Exact: "blocked", Invert: true}), withHeader("X-Tier", "gold"), true},
+		// Envoy never matches a missing header but with an inverted present
+		{"header inverted, absent", header(api.IntentionHTTPHeaderPermission{Name: "X-Tier", Exact: "blocked", Invert: true}), func() *http.Request { return getPath("/") }, false},
+		{"header prefix inverted, absent", header(api.IntentionHTTPHeaderPermission{Name: "X-Tier", Prefix: "b", Invert: true}), func() *http.Request { return getPath("/") }, false},
+		{"header regex inverted, absent", header(api.IntentionHTTPHeaderPermission{Name: "X-Tier", Regex: "b.*", Invert: true}), func() *http.Request { return getPath("/") }, false},
+		{"header present inverted, absent", header(api.IntentionHTTPHeaderPermission{Name: "X-Debug", Present: true, Invert: true}), func() *http.Request { return getPath("/") }, true},
+		{"header present inverted, present", header(api.IntentionHTTPHeaderPermission{Name: "X-Debug", Present: true, Invert: true}), withHeader("X-Debug", ""), false},
 		{"bad regex never matches", api.IntentionHTTPPermission{PathRegex: "("}, func() *http.Request { return getPath("/") }, false},
 	} {
 		ixn := []*api.Intention{l7("web", permit(allow, tc.match))}

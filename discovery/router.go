@@ -20,6 +20,7 @@ import (
 
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/running"
+	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
 func init() {
@@ -78,6 +79,7 @@ type Router struct {
 	catalogs []*catalogWatch  // names and tags; and services with meta routes
 	table    atomic.Pointer[routeTable]
 	proxies  map[proxyKind]*reverseproxy.Handler
+	slashes  urlpath.EscapedSlashes // how paths are normalized
 	wake     chan struct{}
 	done     chan struct{}
 	watches  map[string]*serviceWatch // owned by the refreshing goroutine
@@ -110,6 +112,9 @@ func (rt *Router) Provision(ctx caddy.Context) error {
 	}
 	appConsul, err := appConsulConfig(ctx)
 	if err != nil {
+		return err
+	}
+	if rt.slashes, err = appEscapedSlashes(ctx); err != nil {
 		return err
 	}
 	conn, err := resolveConnection(rt.Consul, appConsul)
@@ -385,9 +390,12 @@ func isMetaRouteSuffix(suffix string) bool {
 	return suffix == "" || (len(suffix) == 2 && suffix[0] == '-' && suffix[1] >= '1' && suffix[1] <= '9')
 }
 
-// ServeHTTP proxies a request to the healthy instances of the route it
-// matches.
+// ServeHTTP proxies a request to the healthy instances of the route its
+// normalized path matches.
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if status, err := urlpath.NormalizeRequest(w.Header(), r, rt.slashes); err != nil {
+		return caddyhttp.Error(status, err)
+	}
 	e := rt.table.Load().match(hostWithoutPort(r.Host), r.URL.Path)
 	if e == nil {
 		if rt.Fallback == "next" {

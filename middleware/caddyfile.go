@@ -16,10 +16,11 @@ import (
 //	    }
 //	    allow <service> ...
 //	    deny  <service> ...
+//	    trust_domain <domain> ...
 //	    intentions [<destination>]
 //	}
 //
-// from, allow and deny are repeatable.
+// from, allow, deny and trust_domain are repeatable.
 func (id *Identity) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive's name
 	if d.NextArg() {
@@ -34,6 +35,8 @@ func (id *Identity) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = args.Append(d, &id.Allow)
 		case "deny":
 			err = args.Append(d, &id.Deny)
+		case "trust_domain":
+			err = args.Append(d, &id.TrustDomains)
 		case "intentions":
 			err = id.parseIntentions(d)
 		default:

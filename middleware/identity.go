@@ -4,11 +4,13 @@
 package middleware
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 
@@ -17,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/boxed"
+	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
 func init() {
@@ -35,9 +38,11 @@ const (
 // Identity establishes which service is calling, and decides whether it
 // may: from the SPIFFE ID of a verified client certificate, or from a
 // request header sent by a trusted network. Explicit deny wins, then
-// allow; with intentions, Consul's service intentions decide the rest.
+// allow; with intentions, Consul's service intentions decide the rest, on
+// the request's normalized path (see the mesh app's
+// path_with_escaped_slashes_action), which is the path passed on.
 //
-// A request without an identity is answered 401, one not allowed 403,
+// A request without a valid identity is answered 401, one not allowed 403,
 // with a short JSON body naming the reason ({"error": "caller denied",
 // "caller": "web"}), and logged with the caller. When the server has
 // handle_errors routes, the refusal goes to them instead, as a Caddy HTTP
@@ -56,39 +61,57 @@ type Identity struct {
 	// Callers denied, whatever else says: service names, or *.
 	Deny []string `json:"deny,omitempty"`
 
+	// The trust domains whose SPIFFE IDs "mtls" accepts, such as Consul's
+	// <cluster-id>.consul. Default, with Consul intentions: the trust
+	// domain of Consul's Connect roots (/v1/agent/connect/ca/roots).
+	// Required for "mtls" otherwise.
+	TrustDomains []string `json:"trust_domains,omitempty"`
+
 	// Decide, for callers neither allowed nor denied above, with a
 	// service's intentions: a module of the mesh.intentions namespace,
 	// such as {"source": "consul", "destination": "api"}.
 	IntentionsRaw json.RawMessage `json:"intentions,omitempty" caddy:"namespace=mesh.intentions inline_key=source"`
 
-	intentions IntentionSource
-	names      boxed.Strings
-	logger     *zap.Logger
+	intentions  IntentionSource
+	trustDomain func() string // the trust domain of the intentions' mesh, without TrustDomains
+	slashes     urlpath.EscapedSlashes
+	names       boxed.Strings
+	logger      *zap.Logger
 }
 
 // IdentitySource is one place a caller's identity may come from.
 type IdentitySource struct {
-	// "mtls": the SPIFFE URI SAN (spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>)
-	// of the client certificate, which Caddy's `tls { client_auth }` must
-	// have verified. "header": a request header, trusted only from the
-	// networks in Trusted.
+	// "mtls": the SPIFFE ID of the client certificate, which Caddy's
+	// `tls { client_auth }` must have verified: its one URI SAN, a Consul
+	// service identity, spiffe://<trust-domain>[/ap/<partition>]/ns/<namespace>/dc/<datacenter>/svc/<service>,
+	// of a trust domain in TrustDomains. "header": a request header,
+	// trusted only from the networks in Trusted.
 	Source string `json:"source,omitempty"`
 
-	// For "header": the request header that names the calling service.
+	// For "header": the request header that names the calling service, a
+	// valid service name. A request with several is answered 401. The
+	// header is removed from every request before it goes on.
 	Header string `json:"header,omitempty"`
 
 	// For "header": the networks (CIDR) of peers allowed to send the
-	// header. A request from elsewhere that carries it is answered 403.
+	// header. A request from elsewhere that carries it, even empty, is
+	// answered 403.
 	Trusted []string `json:"trusted,omitempty"`
 
 	trusted []netip.Prefix
 }
 
 // IntentionSource decides, from intentions it keeps current and without
-// I/O, whether a caller may make a request. Namespace and partition are
-// empty for the defaults.
+// I/O, whether a caller may make a request, whose path mesh_identity has
+// normalized. Namespace and partition are empty for the defaults.
 type IntentionSource interface {
 	Allows(r *http.Request, service, namespace, partition string) bool
+}
+
+// TrustDomainSource is an IntentionSource that knows the trust domain of
+// its mesh's identities: "" until it does.
+type TrustDomainSource interface {
+	TrustDomain() string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -103,6 +126,10 @@ func (*Identity) CaddyModule() caddy.ModuleInfo {
 func (id *Identity) Provision(ctx caddy.Context) error {
 	id.logger = ctx.Logger()
 	if err := id.Validate(); err != nil {
+		return err
+	}
+	var err error
+	if id.slashes, err = meshEscapedSlashes(ctx); err != nil {
 		return err
 	}
 	for i := range id.From {
@@ -127,7 +154,42 @@ func (id *Identity) Provision(ctx caddy.Context) error {
 		}
 		id.intentions = source
 	}
+	return id.provisionTrustDomain()
+}
+
+// provisionTrustDomain takes the trust domain of mtls identities from the
+// intentions source, when none is configured.
+func (id *Identity) provisionTrustDomain() error {
+	if !id.usesMTLS() || len(id.TrustDomains) > 0 {
+		return nil
+	}
+	source, ok := id.intentions.(TrustDomainSource)
+	if !ok {
+		return fmt.Errorf("mesh_identity: from mtls: trust_domain is required: the intentions source (%T) does not say it", id.intentions)
+	}
+	id.trustDomain = source.TrustDomain
 	return nil
+}
+
+func (id *Identity) usesMTLS() bool {
+	return slices.ContainsFunc(id.From, func(src IdentitySource) bool { return src.Source == "mtls" })
+}
+
+// meshEscapedSlashes returns what the mesh app says path normalization
+// does with escaped slashes: Consul's default without a mesh app.
+func meshEscapedSlashes(ctx caddy.Context) (urlpath.EscapedSlashes, error) {
+	app, err := ctx.AppIfConfigured("mesh")
+	if errors.Is(err, caddy.ErrNotConfigured) {
+		return urlpath.KeepUnchanged, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("mesh_identity: loading the mesh app: %w", err)
+	}
+	setting, ok := app.(interface{ EscapedSlashes() urlpath.EscapedSlashes })
+	if !ok {
+		return 0, fmt.Errorf("mesh_identity: the mesh app (%T) does not say how paths are normalized", app)
+	}
+	return setting.EscapedSlashes(), nil
 }
 
 // Validate rejects bad values, naming the field and the value.
@@ -150,7 +212,20 @@ func (id *Identity) Validate() error {
 			}
 		}
 	}
+	if id.usesMTLS() && len(id.TrustDomains) == 0 && id.IntentionsRaw == nil && id.intentions == nil {
+		return errors.New("mesh_identity: from mtls: trust_domain is required, unless Consul intentions say it")
+	}
+	for _, domain := range id.TrustDomains {
+		if !validTrustDomain(domain) {
+			return fmt.Errorf("mesh_identity: trust_domain %q: must be a SPIFFE trust domain name (lower-case letters, digits, '.', '-' and '_')", domain)
+		}
+	}
 	return nil
+}
+
+// validTrustDomain reports whether name is a SPIFFE trust domain name.
+func validTrustDomain(name string) bool {
+	return name != "" && strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789.-_") == ""
 }
 
 // caller is who is calling.
@@ -158,9 +233,14 @@ type caller struct {
 	service, namespace, partition, spiffeID string
 }
 
-// ServeHTTP lets through callers that may call, and answers the others.
+// ServeHTTP normalizes the request's path, then lets through callers
+// that may call, and answers the others.
 func (id *Identity) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if status, err := urlpath.NormalizeRequest(w.Header(), r, id.slashes); err != nil {
+		return caddyhttp.Error(status, err)
+	}
 	who, status, reason := id.identify(r)
+	id.removeIdentityHeaders(r)
 	if status == 0 {
 		status, reason = id.authorize(r, who)
 	}
@@ -174,27 +254,45 @@ func (id *Identity) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	return next.ServeHTTP(w, r)
 }
 
-// identify finds the caller, or the status and reason to refuse with.
+// identify finds the caller, or the status and reason to refuse with. A
+// peer not trusted to send an identity header that sends one is refused,
+// whatever the other sources say.
 func (id *Identity) identify(r *http.Request) (caller, int, string) {
 	for i := range id.From {
 		src := &id.From[i]
+		if values := r.Header[src.Header]; src.Source == "header" && len(values) > 0 && !src.trusts(r.RemoteAddr) {
+			return caller{service: values[0]}, http.StatusForbidden, "identity header from an untrusted peer"
+		}
+	}
+	for i := range id.From {
+		src := &id.From[i]
+		var who caller
+		var reason string
+		var found bool
 		switch src.Source {
 		case "mtls":
-			if who, ok := fromCertificate(r); ok {
-				return who, 0, ""
-			}
+			who, reason, found = id.fromCertificate(r)
 		case "header":
-			name := r.Header.Get(src.Header)
-			if name == "" {
-				continue
-			}
-			if !src.trusts(r.RemoteAddr) {
-				return caller{service: name}, http.StatusForbidden, "identity header from an untrusted peer"
-			}
-			return caller{service: name}, 0, ""
+			who, reason, found = src.fromHeader(r)
+		}
+		if found && reason != "" {
+			return who, http.StatusUnauthorized, reason
+		}
+		if found {
+			return who, 0, ""
 		}
 	}
 	return caller{}, http.StatusUnauthorized, "no caller identity"
+}
+
+// removeIdentityHeaders removes the identity headers from r: the
+// application learns the caller only from mesh_identity's variables.
+func (id *Identity) removeIdentityHeaders(r *http.Request) {
+	for i := range id.From {
+		if id.From[i].Source == "header" {
+			delete(r.Header, id.From[i].Header)
+		}
+	}
 }
 
 // trusts reports whether the peer at remoteAddr is in a trusted network.
@@ -207,39 +305,133 @@ func (src *IdentitySource) trusts(remoteAddr string) bool {
 	return slices.ContainsFunc(src.trusted, func(p netip.Prefix) bool { return p.Contains(addr) })
 }
 
-// fromCertificate reads the caller from the SPIFFE ID of a client
-// certificate that Caddy verified.
-func fromCertificate(r *http.Request) (caller, bool) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.PeerCertificates) == 0 {
-		return caller{}, false
+// fromHeader reads the caller from the identity header, sent by a trusted
+// peer: found when the request has the header, and then the reason it is
+// not an identity, if it is not.
+func (src *IdentitySource) fromHeader(r *http.Request) (who caller, reason string, found bool) {
+	values := r.Header[src.Header]
+	switch {
+	case len(values) == 0:
+		return caller{}, "", false
+	case len(values) > 1:
+		return caller{}, "several " + src.Header + " headers", true
+	case !validServiceName(values[0]):
+		return caller{service: values[0]}, "caller name is not a service name", true
 	}
-	for _, uri := range r.TLS.PeerCertificates[0].URIs {
-		if uri.Scheme == "spiffe" {
-			return parseSPIFFE(uri.Path, uri.String())
-		}
-	}
-	return caller{}, false
+	return caller{service: values[0]}, "", true
 }
 
-// parseSPIFFE reads the path of a Consul service SPIFFE ID:
-// [/ap/<partition>]/ns/<namespace>/dc/<datacenter>/svc/<service>.
-func parseSPIFFE(path, id string) (caller, bool) {
-	who := caller{spiffeID: id}
-	rest := strings.TrimPrefix(path, "/")
-	for rest != "" {
-		var label, value string
-		label, rest, _ = strings.Cut(rest, "/")
-		value, rest, _ = strings.Cut(rest, "/")
-		switch label {
-		case "ap":
-			who.partition = value
-		case "ns":
-			who.namespace = value
-		case "svc":
-			who.service = value
+// fromCertificate reads the caller from the SPIFFE ID of a client
+// certificate that Caddy verified: found when the certificate has one,
+// and then the reason it is not an identity mesh_identity accepts, if it
+// is not.
+func (id *Identity) fromCertificate(r *http.Request) (who caller, reason string, found bool) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.PeerCertificates) == 0 {
+		return caller{}, "", false
+	}
+	uris := r.TLS.PeerCertificates[0].URIs
+	if !slices.ContainsFunc(uris, func(u *url.URL) bool { return u.Scheme == "spiffe" }) {
+		return caller{}, "", false
+	}
+	if len(uris) > 1 {
+		return caller{}, "the client certificate has several URI SANs, not one SPIFFE ID", true
+	}
+	who, err := parseServiceID(uris[0])
+	switch {
+	case err != nil:
+		return who, err.Error(), true
+	case !id.acceptsTrustDomain(uris[0].Host):
+		return who, "SPIFFE ID of a trust domain not accepted", true
+	}
+	return who, "", true
+}
+
+// acceptsTrustDomain reports whether SPIFFE IDs of domain may call.
+func (id *Identity) acceptsTrustDomain(domain string) bool {
+	if id.trustDomain != nil {
+		known := id.trustDomain()
+		return known != "" && domain == known
+	}
+	return slices.Contains(id.TrustDomains, domain)
+}
+
+// parseServiceID reads a Consul service SPIFFE ID in Consul's grammar
+// (connect.ParseCertURI): spiffe://<trust-domain>[/ap/<partition>]/ns/<namespace>/dc/<datacenter>/svc/<service>,
+// each value one or more characters other than a slash, percent-decoded.
+// Nothing else is in the URI, as Envoy's match of Consul's identities
+// (anchored at both ends) requires; the service follows the service-name
+// rule.
+func parseServiceID(id *url.URL) (caller, error) {
+	who := caller{spiffeID: id.String()}
+	if id.Opaque != "" || id.User != nil || id.Port() != "" || id.RawQuery != "" || id.ForceQuery || id.Fragment != "" {
+		return who, errors.New("not a SPIFFE ID: it has more than a trust domain and a path")
+	}
+	path := id.Path
+	if id.RawPath != "" {
+		path = id.RawPath
+	}
+	partition, namespace, datacenter, service, ok := splitServicePath(path)
+	if !ok {
+		return who, errors.New("not a Consul service SPIFFE ID ([/ap/<partition>]/ns/<namespace>/dc/<datacenter>/svc/<service>)")
+	}
+	if id.RawPath != "" {
+		var err error
+		for _, part := range []*string{&partition, &namespace, &datacenter, &service} {
+			if *part, err = url.PathUnescape(*part); err != nil {
+				return who, fmt.Errorf("SPIFFE ID: %v", err)
+			}
 		}
 	}
-	return who, who.service != ""
+	if !validServiceName(service) {
+		return who, errors.New("SPIFFE ID: the service is not a service name")
+	}
+	who.service, who.namespace, who.partition = service, namespace, strings.ToLower(cmp.Or(partition, "default"))
+	return who, nil
+}
+
+// splitServicePath splits the path of a Consul service SPIFFE ID, as
+// Consul's expression ^(?:/ap/([^/]+))?/ns/([^/]+)/dc/([^/]+)/svc/([^/]+)$
+// does.
+func splitServicePath(path string) (partition, namespace, datacenter, service string, ok bool) {
+	rest := path
+	if strings.HasPrefix(rest, "/ap/") {
+		if partition, rest, ok = cutField(rest, "/ap/"); !ok {
+			return "", "", "", "", false
+		}
+	}
+	namespace, rest, ok1 := cutField(rest, "/ns/")
+	datacenter, rest, ok2 := cutField(rest, "/dc/")
+	service, rest, ok3 := cutField(rest, "/svc/")
+	return partition, namespace, datacenter, service, ok1 && ok2 && ok3 && rest == ""
+}
+
+// cutField takes <prefix><value> from the front of s, the value running
+// to the next slash; ok when it is there and the value is not empty.
+func cutField(s, prefix string) (value, rest string, ok bool) {
+	s, ok = strings.CutPrefix(s, prefix)
+	if !ok {
+		return "", s, false
+	}
+	end := strings.IndexByte(s, '/')
+	if end < 0 {
+		end = len(s)
+	}
+	return s[:end], s[end:], end > 0
+}
+
+// validServiceName reports whether name follows the service-name rule:
+// letters, digits, '-', '_' and '.', without an empty label, at most 256
+// bytes. (A local copy until issue 12 gives the rule one home.)
+func validServiceName(name string) bool {
+	if len(name) == 0 || len(name) > 256 {
+		return false
+	}
+	for label := range strings.SplitSeq(name, ".") {
+		if label == "" || strings.TrimLeft(label, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // authorize decides whether who may make request r: 0, or the status and

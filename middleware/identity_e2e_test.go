@@ -72,6 +72,7 @@ https://localhost:%d {
 	log_append caller {http.vars.mesh_caller}
 	mesh_identity {
 		from mtls
+		trust_domain 7f3c.consul
 		allow web
 	}
 	reverse_proxy %s {

@@ -6,7 +6,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -63,17 +65,87 @@ func TestIdentityFromHeaderOnlyFromTrustedPeers(t *testing.T) {
 	}
 }
 
-func TestParseSPIFFE(t *testing.T) {
-	for path, want := range map[string]caller{
-		"/ns/default/dc/dc1/svc/web":           {service: "web", namespace: "default"},
-		"/ap/eng/ns/billing/dc/dc2/svc/ledger": {service: "ledger", namespace: "billing", partition: "eng"},
-		"/ns/default/dc/dc1/svc/":              {},
-		"/agent/client/dc/dc1/id/node-1":       {},
-		"":                                     {},
+func TestIdentityFromHeaderRefusesWhatIsNotOneCallerName(t *testing.T) {
+	id := newIdentity(t, &Identity{From: []IdentitySource{fromWebHeader}})
+	for _, tc := range []struct {
+		name    string
+		peer    string
+		callers []string // the header's copies
+		status  int
+		reason  string
+	}{
+		{"two copies", "10.1.2.3:5000", []string{"web", "admin"}, 401, "several X-Mesh-Caller headers"},
+		{"empty", "10.1.2.3:5000", []string{""}, 401, "caller name is not a service name"},
+		{"a path", "10.1.2.3:5000", []string{"../admin"}, 401, "caller name is not a service name"},
+		{"an empty label", "10.1.2.3:5000", []string{"web..eu"}, 401, "caller name is not a service name"},
+		{"too long", "10.1.2.3:5000", []string{strings.Repeat("a", 257)}, 401, "caller name is not a service name"},
+		{"empty, untrusted", "192.168.1.1:5000", []string{""}, 403, "identity header from an untrusted peer"},
+		{"two copies, untrusted", "192.168.1.1:5000", []string{"web", "web"}, 403, "identity header from an untrusted peer"},
+		{"dotted and long enough", "10.1.2.3:5000", []string{"web.eu-1_a." + strings.Repeat("a", 245)}, 200, ""},
 	} {
-		got, ok := parseSPIFFE(path, "id")
-		if ok != (want.service != "") || (ok && (got.service != want.service || got.namespace != want.namespace || got.partition != want.partition)) {
-			t.Errorf("parseSPIFFE(%q) = %+v, %v; want %+v", path, got, ok, want)
+		r := fromPeer(tc.peer, "")
+		r.Header["X-Mesh-Caller"] = tc.callers
+		a := serve(id, r, callerIs)
+		var body refusal
+		json.Unmarshal([]byte(a.body), &body)
+		if a.status != tc.status || body.Error != tc.reason {
+			t.Errorf("%s: %d %q, want %d %q", tc.name, a.status, a.body, tc.status, tc.reason)
+		}
+	}
+}
+
+func TestIdentityHeaderIsRemovedBeforeTheRequestGoesOn(t *testing.T) {
+	id := newIdentity(t, &Identity{From: []IdentitySource{{Source: "mtls"}, fromWebHeader}, TrustDomains: []string{"td.consul"}})
+	var seen []string
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		seen = r.Header["X-Mesh-Caller"]
+		return nil
+	})
+	if a := serve(id, fromPeer("10.1.2.3:5000", "web"), next); a.status != 200 || seen != nil {
+		t.Errorf("identified by the header: %d, the application saw X-Mesh-Caller %q", a.status, seen)
+	}
+	leaf := meshtest.NewCA(t, "mesh-ca").Service(t, "spiffe://td.consul/ns/default/dc/dc1/svc/web")
+	r := withCertificate(t, leaf, true)
+	r.RemoteAddr = "10.1.2.3:5000"
+	r.Header.Set("X-Mesh-Caller", "admin")
+	if a := serve(id, r, next); a.status != 200 || seen != nil {
+		t.Errorf("identified by the certificate: %d, the application saw X-Mesh-Caller %q", a.status, seen)
+	}
+}
+
+func TestParseServiceIDInConsulsGrammar(t *testing.T) {
+	for id, want := range map[string]caller{
+		"spiffe://td/ns/default/dc/dc1/svc/web":           {service: "web", namespace: "default", partition: "default"},
+		"spiffe://td/ap/eng/ns/billing/dc/dc2/svc/ledger": {service: "ledger", namespace: "billing", partition: "eng"},
+		"spiffe://td/ap/ENG/ns/billing/dc/dc2/svc/ledger": {service: "ledger", namespace: "billing", partition: "eng"},
+		"spiffe://td/ns/def%61ult/dc/dc1/svc/w%65b":       {service: "web", namespace: "default", partition: "default"},
+		// what the issue found read as admin
+		"spiffe://td/svc/admin":                               {},
+		"spiffe://td/ns/default/dc/dc1/svc/web/svc/admin":     {},
+		"spiffe://td/ns/default/dc/dc1/svc/web%2Fsvc%2Fadmin": {},
+		// not a service identity, or more than one
+		"spiffe://td/ns/default/dc/dc1/svc/":         {},
+		"spiffe://td/ns//dc/dc1/svc/web":             {},
+		"spiffe://td/ap//ns/default/dc/dc1/svc/web":  {},
+		"spiffe://td/agent/client/dc/dc1/id/node-1":  {},
+		"spiffe://td/ns/default/dc/dc1/svc/web?x=1":  {},
+		"spiffe://td/ns/default/dc/dc1/svc/web#x":    {},
+		"spiffe://user@td/ns/default/dc/dc1/svc/web": {},
+		"spiffe://td:8443/ns/default/dc/dc1/svc/web": {},
+		"spiffe:td/ns/default/dc/dc1/svc/web":        {},
+		"spiffe://td/x/ns/default/dc/dc1/svc/web":    {},
+		"spiffe://td/ns/default/dc/dc1/svc/web-%":    {},
+	} {
+		uri, err := url.Parse(id)
+		if err != nil {
+			if want.service != "" {
+				t.Errorf("%q: %v", id, err)
+			}
+			continue
+		}
+		got, err := parseServiceID(uri)
+		if (err == nil) != (want.service != "") || (err == nil && (got.service != want.service || got.namespace != want.namespace || got.partition != want.partition)) {
+			t.Errorf("parseServiceID(%q) = %+v, %v; want %+v", id, got, err, want)
 		}
 	}
 }
@@ -96,7 +168,7 @@ func withCertificate(t *testing.T, leaf meshtest.Leaf, verified bool) *http.Requ
 func TestIdentityFromVerifiedCertificate(t *testing.T) {
 	ca := meshtest.NewCA(t, "mesh-ca")
 	web := ca.Service(t, "spiffe://11111111-2222.consul/ns/default/dc/dc1/svc/web")
-	id := newIdentity(t, &Identity{From: []IdentitySource{{Source: "mtls"}, fromWebHeader}})
+	id := newIdentity(t, &Identity{From: []IdentitySource{{Source: "mtls"}, fromWebHeader}, TrustDomains: []string{"11111111-2222.consul"}})
 
 	a := serve(id, withCertificate(t, web, true), callerIs)
 	if a.status != 200 || a.body != "web spiffe://11111111-2222.consul/ns/default/dc/dc1/svc/web" {
@@ -114,6 +186,57 @@ func TestIdentityFromVerifiedCertificate(t *testing.T) {
 	r.Header.Set("X-Mesh-Caller", "batch")
 	if a = serve(id, r, callerIs); a.status != 200 || a.body != "batch " {
 		t.Errorf("no SPIFFE ID, then a trusted header: %d %q, want the header's caller", a.status, a.body)
+	}
+	// A SPIFFE ID that is not accepted is refused, not passed over to the
+	// next source.
+	for spiffeID, reason := range map[string]string{
+		"spiffe://evil.example/ns/default/dc/dc1/svc/admin":         "SPIFFE ID of a trust domain not accepted",
+		"spiffe://11111111-2222.consul/svc/admin":                   "not a Consul service SPIFFE ID ([/ap/<partition>]/ns/<namespace>/dc/<datacenter>/svc/<service>)",
+		"spiffe://11111111-2222.consul/ns/default/dc/dc1/svc/a%2Fb": "SPIFFE ID: the service is not a service name",
+	} {
+		r := withCertificate(t, ca.Service(t, spiffeID), true)
+		r.RemoteAddr = "10.0.0.1:1234"
+		r.Header.Set("X-Mesh-Caller", "batch")
+		var body refusal
+		a := serve(id, r, callerIs)
+		json.Unmarshal([]byte(a.body), &body)
+		if a.status != 401 || body.Error != reason {
+			t.Errorf("%s: %d %q, want 401 %q", spiffeID, a.status, a.body, reason)
+		}
+	}
+}
+
+// trustDomainSays is an intentions source that allows any caller, and
+// knows the trust domain it holds.
+type trustDomainSays struct{ domain *string }
+
+func (trustDomainSays) Allows(*http.Request, string, string, string) bool { return true }
+func (s trustDomainSays) TrustDomain() string                             { return *s.domain }
+
+func TestIdentityTakesTheTrustDomainFromTheIntentions(t *testing.T) {
+	ca := meshtest.NewCA(t, "mesh-ca")
+	web := ca.Service(t, "spiffe://5c1e.consul/ns/default/dc/dc1/svc/web")
+	domain := ""
+	id := &Identity{From: []IdentitySource{{Source: "mtls"}}}
+	id.intentions = trustDomainSays{&domain}
+	if err := id.provisionTrustDomain(); err != nil {
+		t.Fatal(err)
+	}
+	id.logger = zap.NewNop()
+	if a := serve(id, withCertificate(t, web, true), callerIs); a.status != 401 {
+		t.Errorf("before the intentions know the trust domain: %d %q, want 401", a.status, a.body)
+	}
+	domain = "5c1e.consul"
+	if a := serve(id, withCertificate(t, web, true), callerIs); a.status != 200 {
+		t.Errorf("of the intentions' trust domain: %d %q, want 200", a.status, a.body)
+	}
+	domain = "other.consul"
+	if a := serve(id, withCertificate(t, web, true), callerIs); a.status != 401 {
+		t.Errorf("of another trust domain: %d %q, want 401", a.status, a.body)
+	}
+	id.intentions = intentionsSay{"*"}
+	if err := id.provisionTrustDomain(); err == nil || !strings.Contains(err.Error(), "trust_domain is required") {
+		t.Errorf("intentions that do not know the trust domain: %v", err)
 	}
 }
 
@@ -187,10 +310,17 @@ func TestIdentityRejectsBadSettings(t *testing.T) {
 		{[]IdentitySource{{Source: "header", Trusted: []string{"10.0.0.0/8"}}}, `from header "": a header name`},
 		{[]IdentitySource{{Source: "header", Header: "X-Caller", Trusted: []string{"10.0.0.0/33"}}}, `trusted "10.0.0.0/33"`},
 		{[]IdentitySource{{Source: "header", Header: "X-Caller", Trusted: []string{"10.0.0.1"}}}, `trusted "10.0.0.1"`},
+		{[]IdentitySource{{Source: "mtls"}}, "from mtls: trust_domain is required, unless Consul intentions say it"},
 	} {
 		err := (&Identity{From: tc.from}).Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("from %+v: error %v, want one saying %q", tc.from, err, tc.want)
+		}
+	}
+	for _, domain := range []string{"", "Upper.consul", "td/x", "td:1"} {
+		id := &Identity{From: []IdentitySource{{Source: "mtls"}}, TrustDomains: []string{domain}}
+		if err := id.Validate(); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("trust_domain %q", domain)) {
+			t.Errorf("trust_domain %q: error %v, want one naming it", domain, err)
 		}
 	}
 }
