@@ -372,7 +372,7 @@ func parseServiceID(id *url.URL) (caller, error) {
 	}
 	partition, namespace, datacenter, service, ok := splitServicePath(path)
 	if !ok {
-		return who, errors.New("not a Consul service SPIFFE ID ([/ap/<partition>]/ns/<namespace>/dc/<datacenter>/svc/<service>)")
+		return who, errors.New("not a Consul service SPIFFE ID, [/ap/PARTITION]/ns/NAMESPACE/dc/DATACENTER/svc/SERVICE")
 	}
 	if id.RawPath != "" {
 		var err error

@@ -291,3 +291,181 @@ func TestIntentionsDefaultIsTheACLDefaultPolicyForATokenThatCannotReadTheAgent(t
 	expectCalls(t, "the ACL default, deny", fmt.Sprintf("http://127.0.0.1:%d", port),
 		call{"web", "GET", "/", 200}, call{"billing", "GET", "/", 403})
 }
+
+// startURIEcho starts an application on loopback that answers with the
+// request target it got and the identity header, if it got one.
+func startURIEcho(t *testing.T) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s caller=%s header=%q", r.RequestURI, r.Header.Get("X-Mesh-Caller-Name"), r.Header.Values("X-Mesh-Caller"))
+	}))
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
+// The issue's cases: with an L7 intention deny PathPrefix /admin, then
+// allow PathPrefix /, a path that reaches /admin once normalized is
+// denied, and the application gets the normalized path.
+func TestIntentionsDecideOnTheNormalizedPathLive(t *testing.T) {
+	defaults := &api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "ledger", Protocol: "http"}
+	if _, _, err := agent.Client.ConfigEntries().Set(defaults, nil); err != nil {
+		t.Fatal(err)
+	}
+	setIntentions(t, agent.Client, "ledger", &api.SourceIntention{Name: "web", Permissions: []*api.IntentionPermission{
+		{Action: api.IntentionActionDeny, HTTP: &api.IntentionHTTPPermission{PathPrefix: "/admin"}},
+		{Action: api.IntentionActionAllow, HTTP: &api.IntentionHTTPPermission{PathPrefix: "/"}},
+	}})
+	t.Cleanup(func() { agent.Client.ConfigEntries().Delete(api.ServiceIntentions, "ledger", nil) })
+	port := meshtest.FreePort()
+	meshtest.Load(t, fmt.Sprintf(`{
+	%s
+}
+:%d {
+	mesh_identity {
+		from header X-Mesh-Caller {
+			trusted 127.0.0.1/32
+		}
+		intentions ledger {
+			consul {
+				address %s
+			}
+		}
+	}
+	reverse_proxy %s {
+		header_up X-Mesh-Caller-Name {http.vars.mesh_caller}
+	}
+}`, meshtest.Globals(), port, agent.Addr, startURIEcho(t)), "caddyfile")
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	expectCalls(t, "web allowed but for /admin", base, call{"web", "GET", "/public/x", 200}, call{"web", "GET", "/admin", 403})
+
+	for _, tc := range []struct {
+		target string
+		status int
+		body   string // what the application got
+	}{
+		{"/public/../admin", 403, ""},
+		{"/./admin", 403, ""},
+		{"/x/%2e%2e/admin", 403, ""},
+		{"/%61dmin", 403, ""},
+		{"//admin/users", 403, ""},
+		{"/public/%2e/x/../y?q=/../admin", 200, `/public/y?q=/../admin caller=web header=[]`},
+		{"/public//%7Eweb", 200, `/public/~web caller=web header=[]`},
+		{"/public%2F..%2Fadmin", 400, ""},
+		{"/x/%00/admin", 400, ""},
+	} {
+		status, body := getAs(base+tc.target, "web", "GET")
+		if status != tc.status || (tc.body != "" && body != tc.body) {
+			t.Errorf("GET %s: %d %q, want %d %q", tc.target, status, body, tc.status, tc.body)
+		}
+	}
+}
+
+// An agent whose default_intention_policy (allow) differs from its ACL
+// default policy (deny): a token that may read the agent gets Consul's
+// own decision, the agent's default; one that may not gets the ACL
+// default, and a warning saying so.
+func TestIntentionsDefaultWithAndWithoutAgentRead(t *testing.T) {
+	const management = "3b0e1f5c-6a0d-4c69-a1f4-2d3c4b5a6978"
+	acls, err := consultest.Start(consultest.Options{ManagementToken: management, HCL: []string{`default_intention_policy = "allow"`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acls.Stop()
+	setIntentions(t, acls.Client, "orders", &api.SourceIntention{Name: "batch", Action: api.IntentionActionDeny})
+	tokenWith := func(rules string) string {
+		policy, _, err := acls.Client.ACL().PolicyCreate(&api.ACLPolicy{Name: fmt.Sprintf("p%d", meshtest.FreePort()), Rules: rules}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		token, _, err := acls.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return token.SecretID
+	}
+	const readIntentions = `service "orders" { policy = "read" intentions = "read" }`
+	agentReader := tokenWith(readIntentions + ` agent_prefix "" { policy = "read" }`)
+	notAgentReader := tokenWith(readIntentions)
+
+	// Consul's own answer, the oracle: billing, which no intention names.
+	authz, err := acls.Client.Agent().ConnectAuthorize(&api.AgentAuthorizeParams{
+		Target: "orders", ClientCertURI: "spiffe://11111111-2222-3333-4444-555555555555.consul/ns/default/dc/dc1/svc/billing"})
+	if err != nil || !authz.Authorized {
+		t.Fatalf("Consul's authorize for billing: %+v %v, want it authorized by the agent's default", authz, err)
+	}
+
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	reading, notReading := meshtest.FreePort(), meshtest.FreePort()
+	meshtest.Load(t, fmt.Sprintf("{\n\t%s\n\tlog {\n\t\toutput file %s\n\t}\n}\n", meshtest.Globals(), logFile)+
+		intentionsSite(reading, fmt.Sprintf("address %s\n\t\t\t\ttoken %s", acls.Addr, agentReader), "")+
+		intentionsSite(notReading, fmt.Sprintf("address %s\n\t\t\t\ttoken %s", acls.Addr, notAgentReader), ""), "caddyfile")
+	expectCalls(t, "the agent's default, allow, as Consul decides", fmt.Sprintf("http://127.0.0.1:%d", reading),
+		call{"billing", "GET", "/", 200}, call{"batch", "GET", "/", 403})
+	expectCalls(t, "the ACL default, deny, without agent:read", fmt.Sprintf("http://127.0.0.1:%d", notReading),
+		call{"billing", "GET", "/", 403}, call{"batch", "GET", "/", 403})
+	logged, _ := os.ReadFile(logFile)
+	warnings := strings.Count(string(logged), "the token may not read the local agent (agent:read)")
+	if warnings != 1 || !strings.Contains(string(logged), `"acl_default_policy":"deny"`) {
+		t.Errorf("%d warnings about agent:read, want 1 naming the ACL default policy:\n%s", warnings, logged)
+	}
+	if strings.Contains(string(logged), agentReader) || strings.Contains(string(logged), notAgentReader) {
+		t.Error("a token is in the log")
+	}
+}
+
+// With Consul intentions and no trust_domain, the SPIFFE IDs accepted are
+// those of the trust domain of Consul's Connect roots; the others the
+// issue found read as admin are refused, 401.
+func TestIdentityAcceptsConsulsTrustDomainLive(t *testing.T) {
+	roots, _, err := agent.Client.Agent().ConnectCARoots(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setIntentions(t, agent.Client, "vault", &api.SourceIntention{Name: "*", Action: api.IntentionActionAllow})
+	t.Cleanup(func() { agent.Client.ConfigEntries().Delete(api.ServiceIntentions, "vault", nil) })
+	ca := meshtest.NewCA(t, "mesh-ca")
+	server := ca.Server(t)
+	port := meshtest.FreePort()
+	meshtest.Load(t, fmt.Sprintf(`{
+	%s
+	auto_https disable_redirects
+}
+https://localhost:%d {
+	tls %s %s {
+		client_auth {
+			mode verify_if_given
+			trust_pool file %s
+		}
+	}
+	mesh_identity {
+		from mtls
+		intentions vault {
+			consul {
+				address %s
+			}
+		}
+	}
+	respond "caller={http.vars.mesh_caller}"
+}`, meshtest.Globals(), port, server.CertFile, server.KeyFile, ca.File, agent.Addr), "caddyfile")
+
+	url := fmt.Sprintf("https://localhost:%d/", port)
+	td := roots.TrustDomain
+	for spiffeID, want := range map[string]string{
+		"spiffe://" + td + "/ns/default/dc/dc1/svc/web":               "200 caller=web",
+		"spiffe://" + td + "/ap/default/ns/default/dc/dc1/svc/web":    "200 caller=web",
+		"spiffe://evil.example/ns/default/dc/dc1/svc/admin":           `401 {"error":"SPIFFE ID of a trust domain not accepted","caller":"admin"}`,
+		"spiffe://" + td + "/svc/admin":                               `401 {"error":"not a Consul service SPIFFE ID, [/ap/PARTITION]/ns/NAMESPACE/dc/DATACENTER/svc/SERVICE"}`,
+		"spiffe://" + td + "/ns/default/dc/dc1/svc/web/svc/admin":     `401 {"error":"not a Consul service SPIFFE ID, [/ap/PARTITION]/ns/NAMESPACE/dc/DATACENTER/svc/SERVICE"}`,
+		"spiffe://" + td + "/ns/default/dc/dc1/svc/web%2Fsvc%2Fadmin": `401 {"error":"SPIFFE ID: the service is not a service name"}`,
+	} {
+		cert := ca.Service(t, spiffeID)
+		var status int
+		var body string
+		meshtest.Eventually(t, propagation, "Consul's trust domain to be read", func() bool {
+			status, body, err = tlsGet(url, ca, &cert)
+			return err == nil && !(status == 401 && strings.HasPrefix(want, "200"))
+		})
+		if got := fmt.Sprintf("%d %s", status, body); got != want {
+			t.Errorf("%s: %s, want %s", spiffeID, got, want)
+		}
+	}
+}

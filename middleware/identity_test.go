@@ -191,7 +191,7 @@ func TestIdentityFromVerifiedCertificate(t *testing.T) {
 	// next source.
 	for spiffeID, reason := range map[string]string{
 		"spiffe://evil.example/ns/default/dc/dc1/svc/admin":         "SPIFFE ID of a trust domain not accepted",
-		"spiffe://11111111-2222.consul/svc/admin":                   "not a Consul service SPIFFE ID ([/ap/<partition>]/ns/<namespace>/dc/<datacenter>/svc/<service>)",
+		"spiffe://11111111-2222.consul/svc/admin":                   "not a Consul service SPIFFE ID, [/ap/PARTITION]/ns/NAMESPACE/dc/DATACENTER/svc/SERVICE",
 		"spiffe://11111111-2222.consul/ns/default/dc/dc1/svc/a%2Fb": "SPIFFE ID: the service is not a service name",
 	} {
 		r := withCertificate(t, ca.Service(t, spiffeID), true)

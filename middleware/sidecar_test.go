@@ -62,7 +62,13 @@ func traceID(seen string) string {
 // intentions, mesh_limit, mesh_breaker, reverse_proxy).
 func TestSidecarExample(t *testing.T) {
 	ca := meshtest.NewCA(t, "mesh-ca")
-	const trustDomain = "spiffe://5c1e7d2a.consul/ns/default/dc/dc1/svc/"
+	// mesh_identity accepts the SPIFFE IDs of the trust domain of Consul's
+	// Connect roots: the certificates are of that one, from another CA.
+	roots, _, err := agent.Client.Agent().ConnectCARoots(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trustDomain := "spiffe://" + roots.TrustDomain + "/ns/default/dc/dc1/svc/"
 	setIntentions(t, agent.Client, "api",
 		&api.SourceIntention{Name: "web", Action: api.IntentionActionAllow},
 		&api.SourceIntention{Name: "*", Action: api.IntentionActionDeny})
