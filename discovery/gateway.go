@@ -33,7 +33,9 @@ const ServiceVar = "mesh_service"
 // request: it reads a watch of the catalog (names and tags), shared by
 // every handler on the same Consul. A request let through carries the
 // service in {http.vars.mesh_service}, for `dynamic consul
-// {http.vars.mesh_service}`.
+// {http.vars.mesh_service}`. The name is read once the request's path is
+// normalized (see the mesh app's path_with_escaped_slashes_action), and
+// the normalized path goes on.
 type ServiceFromRequest struct {
 	// Where the name is in the request: a placeholder expression, such as
 	// {http.request.uri.path.0} or {http.request.host.labels.2}. Required.

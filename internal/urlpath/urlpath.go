@@ -78,11 +78,19 @@ func (a EscapedSlashes) String() string { return actionNames[a] }
 
 // Why a path cannot be normalized.
 var (
-	ErrNotAbsolute  = errors.New("the path does not begin with /")
-	ErrBadEscape    = errors.New("the path has a malformed percent-encoding")
-	ErrEscapedNUL   = errors.New("the path has an escaped NUL (%00)")
+	// ErrNotAbsolute: the path is not empty and does not begin with a
+	// slash, such as OPTIONS's *.
+	ErrNotAbsolute = errors.New("the path does not begin with /")
+	// ErrBadEscape: a % is not followed by two hexadecimal digits.
+	ErrBadEscape = errors.New("the path has a malformed percent-encoding")
+	// ErrEscapedNUL: the path has %00, which Envoy refuses too.
+	ErrEscapedNUL = errors.New("the path has an escaped NUL (%00)")
+	// ErrEscapedSlash: the path has an escaped slash, with RejectRequest
+	// (or a gRPC request to redirect).
 	ErrEscapedSlash = errors.New("the path has an escaped slash (%2F or %5C)")
-	ErrAmbiguous    = errors.New("the path's escaped slashes (%2F, %5C) hide dot segments or empty segments")
+	// ErrAmbiguous: with KeepUnchanged, the escaped slashes, once
+	// decoded, would make dot segments or empty segments.
+	ErrAmbiguous = errors.New("the path's escaped slashes (%2F, %5C) hide dot segments or empty segments")
 )
 
 // Normalize returns the normalized form of path, a percent-encoded path
