@@ -426,8 +426,12 @@ func validServiceName(name string) bool {
 	if len(name) == 0 || len(name) > 256 {
 		return false
 	}
-	for label := range strings.SplitSeq(name, ".") {
-		if label == "" || strings.TrimLeft(label, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_':
+		case c == '.' && i > 0 && i < len(name)-1 && name[i-1] != '.':
+		default:
 			return false
 		}
 	}

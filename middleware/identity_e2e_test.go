@@ -28,6 +28,25 @@ func startEcho(t *testing.T) string {
 	return srv.Listener.Addr().String()
 }
 
+// mtlsSite is a config with one site on port, serving server's
+// certificate and verifying the client certificates ca issued, when given;
+// handlers are its directives.
+func mtlsSite(port int, ca *meshtest.CA, server meshtest.Leaf, handlers string) string {
+	return fmt.Sprintf(`{
+	%s
+	auto_https disable_redirects
+}
+https://localhost:%d {
+	tls %s %s {
+		client_auth {
+			mode verify_if_given
+			trust_pool file %s
+		}
+	}
+	%s
+}`, meshtest.Globals(), port, server.CertFile, server.KeyFile, ca.File, handlers)
+}
+
 // tlsGet sends one GET over TLS, trusting ca, presenting cert when given,
 // whoever the server says it trusts.
 func tlsGet(url string, ca *meshtest.CA, cert *meshtest.Leaf) (int, string, error) {
@@ -55,18 +74,7 @@ func TestIdentityFromClientCertificatesThroughCaddy(t *testing.T) {
 	impostor := meshtest.NewCA(t, "other-ca").Service(t, "spiffe://7f3c.consul/ns/default/dc/dc1/svc/web")
 	accessLog := filepath.Join(t.TempDir(), "access.log")
 	port := meshtest.FreePort()
-	meshtest.Load(t, fmt.Sprintf(`{
-	%s
-	auto_https disable_redirects
-}
-https://localhost:%d {
-	tls %s %s {
-		client_auth {
-			mode verify_if_given
-			trust_pool file %s
-		}
-	}
-	log {
+	meshtest.Load(t, mtlsSite(port, ca, server, fmt.Sprintf(`log {
 		output file %s
 	}
 	log_append caller {http.vars.mesh_caller}
@@ -77,8 +85,7 @@ https://localhost:%d {
 	}
 	reverse_proxy %s {
 		header_up X-Mesh-Caller {http.vars.mesh_caller}
-	}
-}`, meshtest.Globals(), port, server.CertFile, server.KeyFile, ca.File, accessLog, startEcho(t)), "caddyfile")
+	}`, accessLog, startEcho(t))), "caddyfile")
 
 	url := fmt.Sprintf("https://localhost:%d/", port)
 	for _, tc := range []struct {
@@ -425,18 +432,7 @@ func TestIdentityAcceptsConsulsTrustDomainLive(t *testing.T) {
 	ca := meshtest.NewCA(t, "mesh-ca")
 	server := ca.Server(t)
 	port := meshtest.FreePort()
-	meshtest.Load(t, fmt.Sprintf(`{
-	%s
-	auto_https disable_redirects
-}
-https://localhost:%d {
-	tls %s %s {
-		client_auth {
-			mode verify_if_given
-			trust_pool file %s
-		}
-	}
-	mesh_identity {
+	meshtest.Load(t, mtlsSite(port, ca, server, fmt.Sprintf(`mesh_identity {
 		from mtls
 		intentions vault {
 			consul {
@@ -444,8 +440,7 @@ https://localhost:%d {
 			}
 		}
 	}
-	respond "caller={http.vars.mesh_caller}"
-}`, meshtest.Globals(), port, server.CertFile, server.KeyFile, ca.File, agent.Addr), "caddyfile")
+	respond "caller={http.vars.mesh_caller}"`, agent.Addr)), "caddyfile")
 
 	url := fmt.Sprintf("https://localhost:%d/", port)
 	td := roots.TrustDomain

@@ -29,7 +29,7 @@ func BenchmarkNormalizeRequest(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.Run(p.name+"/caddymesh", func(b *testing.B) {
+		b.Run("path="+p.name+"/by=caddymesh", func(b *testing.B) {
 			b.ReportAllocs()
 			r := original.Clone(b.Context())
 			url := *r.URL
@@ -40,7 +40,7 @@ func BenchmarkNormalizeRequest(b *testing.B) {
 				}
 			}
 		})
-		b.Run(p.name+"/CaddyCleanPath", func(b *testing.B) {
+		b.Run("path="+p.name+"/by=CaddyCleanPath", func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				caddyhttp.CleanPath(strings.ToLower(original.URL.Path), true)
