@@ -56,3 +56,44 @@ func TestServiceFromTheNormalizedPath(t *testing.T) {
 		}
 	}
 }
+
+// mesh_service follows the mesh app's path_with_escaped_slashes_action:
+// kept by default, refused with REJECT_REQUEST.
+func TestServiceFollowsTheMeshAppsEscapedSlashesAction(t *testing.T) {
+	registerEcho(t, "np-files", "files-1", nil, nil)
+	keeping, rejecting := meshtest.FreePort(), meshtest.FreePort()
+	site := `:%d {
+	mesh_service {http.request.uri.path.0} {
+		allow_services np-files
+	}
+	reverse_proxy {
+		dynamic consul {http.vars.mesh_service}
+	}
+}
+`
+	meshtest.Load(t, gatewaySite(keeping, agent.Addr, "allow_services np-files"), "caddyfile")
+	meshtest.Eventually(t, propagation, "the catalog to list np-files", func() bool {
+		status, _ := get(fmt.Sprintf("http://127.0.0.1:%d/np-files/a%%2Fb", keeping), "")
+		return status == http.StatusOK
+	})
+	if status, body := get(fmt.Sprintf("http://127.0.0.1:%d/np-files/a%%2Fb", keeping), ""); body != "files-1 /np-files/a/b" {
+		t.Errorf("escaped slash kept: %d %q", status, body)
+	}
+	meshtest.Load(t, fmt.Sprintf(`{
+	%s
+	mesh {
+		consul {
+			address %s
+		}
+		path_with_escaped_slashes_action REJECT_REQUEST
+	}
+}
+`, meshtest.Globals(), agent.Addr)+fmt.Sprintf(site, rejecting), "caddyfile")
+	meshtest.Eventually(t, propagation, "the catalog to list np-files", func() bool {
+		status, _ := get(fmt.Sprintf("http://127.0.0.1:%d/np-files/a", rejecting), "")
+		return status == http.StatusOK
+	})
+	if status, body := get(fmt.Sprintf("http://127.0.0.1:%d/np-files/a%%2Fb", rejecting), ""); status != http.StatusBadRequest {
+		t.Errorf("escaped slash with REJECT_REQUEST: %d %q, want 400", status, body)
+	}
+}

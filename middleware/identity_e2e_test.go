@@ -464,3 +464,43 @@ func TestIdentityAcceptsConsulsTrustDomainLive(t *testing.T) {
 		}
 	}
 }
+
+// mesh_identity follows the mesh app's path_with_escaped_slashes_action.
+func TestIdentityFollowsTheMeshAppsEscapedSlashesAction(t *testing.T) {
+	port := meshtest.FreePort()
+	meshtest.Load(t, fmt.Sprintf(`{
+	%s
+	mesh {
+		path_with_escaped_slashes_action UNESCAPE_AND_REDIRECT
+	}
+}
+:%d {
+	mesh_identity {
+		from header X-Mesh-Caller {
+			trusted 127.0.0.1/32
+		}
+	}
+	respond "{http.request.uri}"
+}`, meshtest.Globals(), port), "caddyfile")
+	noRedirects := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for target, want := range map[string]string{
+		"/a%2Fb/../c?q=1": "307 /a/c?q=1",
+		"/a/../b?q=1":     "200 /b?q=1",
+	} {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d%s", port, target), nil)
+		req.Header.Set("X-Mesh-Caller", "web")
+		resp, err := noRedirects.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got := fmt.Sprintf("%d %s", resp.StatusCode, body)
+		if resp.StatusCode == http.StatusTemporaryRedirect {
+			got = fmt.Sprintf("%d %s", resp.StatusCode, resp.Header.Get("Location"))
+		}
+		if got != want {
+			t.Errorf("GET %s: %s, want %s", target, got, want)
+		}
+	}
+}
