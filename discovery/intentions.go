@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/args"
+	"github.com/caddymesh/caddymesh/internal/svcname"
 )
 
 func init() {
@@ -119,6 +120,9 @@ func (ci *ConsulIntentions) Provision(ctx caddy.Context) error {
 func (ci *ConsulIntentions) validate() error {
 	if ci.Default != "" && ci.Default != "allow" && ci.Default != "deny" {
 		return fmt.Errorf("mesh intentions: default %q: must be allow or deny", ci.Default)
+	}
+	if ci.Destination != "" && !svcname.Valid(ci.Destination) {
+		return fmt.Errorf("mesh intentions: destination %q: %s", ci.Destination, svcname.Rule)
 	}
 	return nil
 }
