@@ -188,3 +188,37 @@ func TestServicesNamedByRequestsAreWatchedLazilyAndLetGoWhenIdle(t *testing.T) {
 		t.Errorf("lazy-a again after it was let go: %d, want 200", status)
 	}
 }
+
+// TestGoMicroServicesThroughANamespace reaches two services registered as
+// go-micro registers them, with dotted names, as go-micro's API gateway
+// with --namespace go.micro.api reaches them: GET /greeter/say/hello goes
+// to go.micro.api.greeter as /say/hello.
+func TestGoMicroServicesThroughANamespace(t *testing.T) {
+	registerEcho(t, "go.micro.api.greeter", "greeter-1", nil, nil)
+	registerEcho(t, "go.micro.api.orders", "orders-1", []string{"public"}, nil)
+	registerEcho(t, "go.micro.srv.billing", "billing-1", []string{"public"}, nil)
+	p := meshtest.FreePort()
+	meshtest.Load(t, gatewaySite(p, agent.Addr, "namespace go.micro.api\n\t\tallow_services go.micro.api.greeter\n\t\trequire_tag public\n\t\tstrip_path"), "caddyfile")
+	base := fmt.Sprintf("http://127.0.0.1:%d", p)
+	meshtest.Eventually(t, propagation, "the catalog to list the services", func() bool {
+		status, _ := get(base+"/greeter/say/hello", "")
+		return status == http.StatusOK
+	})
+	for _, tc := range []struct {
+		path   string
+		status int
+		body   string
+	}{
+		{"/greeter/say/hello", 200, "greeter-1 /say/hello"},
+		{"/orders/42", 200, "orders-1 /42"},     // by tag
+		{"/billing/x", 404, ""},                 // tagged, but outside the namespace
+		{"/go.micro.api.greeter/x", 404, ""},    // the full name is not what a request gives
+		{"/srv.billing/x", 404, ""},             // go.micro.api.srv.billing is unknown
+		{"/../go.micro.api.greeter/x", 404, ""}, // not a service name
+	} {
+		status, body := get(base+tc.path, "")
+		if status != tc.status || (tc.body != "" && body != tc.body) {
+			t.Errorf("%s: %d %q, want %d %q", tc.path, status, body, tc.status, tc.body)
+		}
+	}
+}
