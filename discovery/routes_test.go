@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -8,9 +9,26 @@ import (
 )
 
 // fabio names the deliberate difference from Fabio a row shows, by the
-// subject of its row in the README's table for people coming from Fabio;
-// empty when caddymesh does what Fabio does.
+// subject of its row in the README's table for people coming from Fabio
+// (then, after a colon, what Fabio does); empty when caddymesh does what
+// Fabio does.
 type fabio string
+
+// documented fails t unless the README's table for people coming from
+// Fabio has a row for the difference d.
+func (d fabio) documented(t *testing.T) {
+	t.Helper()
+	subject, _, _ := strings.Cut(string(d), ":")
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, _ := strings.Cut(string(readme), "### Coming from Fabio")
+	table, _, _ = strings.Cut(table, "\n###")
+	if d != "" && !strings.Contains(table, "\n| **"+subject+"** |") {
+		t.Errorf("the README's Fabio table has no row for %q", subject)
+	}
+}
 
 // TestFabioDeclarations reads the route tags of Fabio's own tests
 // (registry/consul/routecmd_test.go: TestParseTag, TestRouteCmd) and of its
@@ -72,6 +90,7 @@ func TestFabioDeclarations(t *testing.T) {
 		{"/foo tlsskipverify=true", route{}, "tlsskipverify=true without proto=https", ""}, // Fabio ignores it
 		{"bad!host/foo", route{}, "not a host name", ""},
 	} {
+		tc.differs.documented(t)
 		got, err := parseRoute(tc.declaration, "dc1")
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
@@ -150,6 +169,7 @@ func TestFabioLookups(t *testing.T) {
 		{"xyz.com:8080", false, "/", "800", ""},
 		{"xyz.com", true, "/", "800", ""},
 	} {
+		tc.differs.documented(t)
 		e := rt.match(tc.host, tc.tls, tc.path)
 		if e == nil || e.Service != tc.want {
 			t.Errorf("%s%s (tls %v): matched %v, want %s", tc.host, tc.path, tc.tls, e, tc.want)
@@ -174,6 +194,7 @@ func TestFabioTables(t *testing.T) {
 		{"add more specific prefix to existing host", []string{"a:a.com/", "a:a.com/a"}, "a a.com/a, a a.com/", ""},
 		{"2 service, 1 prefix", []string{"b:/", "a:/"}, "a /", "conflicts: a and b, half the traffic each"},
 	} {
+		tc.differs.documented(t)
 		var got []string
 		for _, e := range table(tc.declarations...).inMatchOrder() {
 			got = append(got, e.String())
