@@ -40,8 +40,9 @@ const maxMetaRoutes = 10
 // Traefik's Consul provider do: each instance may declare host/path
 // routes in its tags (Fabio's `urlprefix-shop.example.com/api strip=/api`)
 // or its meta, and a request goes to the healthy instances that declare
-// the route it matches: exact host, then the wildcard host one label above
-// (*.example.com), then routes for any host; the longest path prefix first. Routes change
+// the route it matches: exact host and port, exact host, then the wildcard
+// host one label above (*.example.com), then routes for any host; the
+// longest path prefix first. Routes change
 // with Consul, within milliseconds and without a reload: one blocking
 // query watches the catalog's names and tags, and only services that
 // declare routes get a health watch.

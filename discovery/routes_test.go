@@ -263,13 +263,26 @@ func TestRouteConflictsAreResolvedByServiceNameAndReported(t *testing.T) {
 }
 
 func TestCertificatesOnlyForHostsDeclared(t *testing.T) {
-	rt := table("shop:shop.example.com/", "wild:*.apps.example.com/", "any:/")
+	rt := table("shop:shop.example.com/", "wild:*.apps.example.com/", "any:/", "port:xyz.example.com:8080/")
 	for host, want := range map[string]bool{
-		"shop.example.com": true, "blog.apps.example.com": true, "apps.example.com": false,
+		"shop.example.com": true, "xyz.example.com": true, "blog.apps.example.com": true, "apps.example.com": false,
 		"a.b.apps.example.com": false, "evil.com": false,
 	} {
 		if got := rt.allowsCertificate(host); got != want {
 			t.Errorf("certificate for %s allowed: %v, want %v", host, got, want)
+		}
+	}
+}
+
+func TestMatchingWithPortRoutesDoesNotAllocate(t *testing.T) {
+	rt := table("port:shop.example.com:8080/", "shop:shop.example.com/")
+	for host, want := range map[string]string{"shop.example.com:8080": "port", "shop.example.com": "shop"} {
+		if allocs := testing.AllocsPerRun(100, func() {
+			if e := rt.match(host, false, "/cart"); e == nil || e.Service != want {
+				t.Fatalf("%s: matched %v, want %s", host, e, want)
+			}
+		}); allocs != 0 {
+			t.Errorf("matching %s beside a route with a port allocates %v times, want 0", host, allocs)
 		}
 	}
 }
