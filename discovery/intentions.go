@@ -51,8 +51,9 @@ type intentionsKey struct {
 // former takes agent:read; without it, the ACL default policy that every
 // Consul answer carries decides, unless Default says otherwise.
 type ConsulIntentions struct {
-	// The service whose intentions apply. Default: the service the mesh
-	// app registers, when it registers exactly one.
+	// The service whose intentions apply; it follows the service-name rule.
+	// Default: the service the mesh app registers, when it registers
+	// exactly one.
 	Destination string `json:"destination,omitempty"`
 
 	// The decision, allow or deny, for callers no intention decides.

@@ -188,10 +188,9 @@ type declared struct {
 // above it (*.example.com covers shop.example.com, as a certificate does),
 // then routes for any host; within each, the longest path prefix first.
 type routeTable struct {
-	withPort  map[string][]*routeEntry // by host:port
-	portHosts map[string]bool          // the hosts of withPort, without port
-	exact     map[string][]*routeEntry // by host
-	wildcard  map[string][]*routeEntry // by the domain of *.<domain>, with its dot: .example.com
+	withPort  map[string]map[string][]*routeEntry // routes declaring a port, by host, then port
+	exact     map[string][]*routeEntry            // by host
+	wildcard  map[string][]*routeEntry            // by the domain of *.<domain>, with its dot: .example.com
 	anyHost   []*routeEntry
 	entries   []*routeEntry
 	conflicts []routeConflict
@@ -222,7 +221,7 @@ func newRouteTable(found []declared, rejected []rejectedRoute, previous *routeTa
 		return cmp.Or(strings.Compare(a.Host, b.Host), cmp.Compare(len(b.Path), len(a.Path)), strings.Compare(a.Path, b.Path),
 			strings.Compare(a.service, b.service), strings.Compare(a.Declaration, b.Declaration))
 	})
-	t := &routeTable{withPort: make(map[string][]*routeEntry), portHosts: make(map[string]bool),
+	t := &routeTable{withPort: make(map[string]map[string][]*routeEntry),
 		exact: make(map[string][]*routeEntry), wildcard: make(map[string][]*routeEntry), rejected: rejected}
 	var kept map[string]*pool.Snapshot
 	if previous != nil {
@@ -251,8 +250,11 @@ func (t *routeTable) add(e *routeEntry) {
 	case strings.HasPrefix(e.Host, "*."):
 		t.wildcard[e.Host[1:]] = append(t.wildcard[e.Host[1:]], e)
 	case strings.Contains(e.Host, ":"):
-		t.withPort[e.Host] = append(t.withPort[e.Host], e)
-		t.portHosts[hostWithoutPort(e.Host)] = true
+		host, port, _ := strings.Cut(e.Host, ":")
+		if t.withPort[host] == nil {
+			t.withPort[host] = make(map[string][]*routeEntry)
+		}
+		t.withPort[host][port] = append(t.withPort[host][port], e)
 	default:
 		t.exact[e.Host] = append(t.exact[e.Host], e)
 	}
@@ -276,8 +278,8 @@ func (t *routeTable) noteConflict(d, winner declared) {
 // TLS, else 80, as in Fabio.
 func (t *routeTable) match(host string, tls bool, path string) *routeEntry {
 	name := hostWithoutPort(host)
-	if len(t.withPort) > 0 {
-		if e := longestPrefix(t.withPort[withPort(host, name, tls)], path); e != nil {
+	if byPort := t.withPort[name]; byPort != nil {
+		if e := longestPrefix(byPort[portOf(host, name, tls)], path); e != nil {
 			return e
 		}
 	}
@@ -290,16 +292,16 @@ func (t *routeTable) match(host string, tls bool, path string) *routeEntry {
 	return longestPrefix(t.anyHost, path)
 }
 
-// withPort returns name, the host of a Host header without its port, with
-// the header's port, or else the default one.
-func withPort(host, name string, tls bool) string {
+// portOf returns the port of host, a Host header whose name without the
+// port is name, or else the scheme's default one.
+func portOf(host, name string, tls bool) string {
 	switch {
 	case len(host) > len(name) && host[len(host)-1] != ']':
-		return name + host[strings.LastIndexByte(host, ':'):]
+		return host[strings.LastIndexByte(host, ':')+1:]
 	case tls:
-		return name + ":443"
+		return "443"
 	default:
-		return name + ":80"
+		return "80"
 	}
 }
 
@@ -318,7 +320,12 @@ func longestPrefix(routes []*routeEntry, path string) *routeEntry {
 // with ports, exact hosts, wildcard hosts (each by name), then any host.
 func (t *routeTable) inMatchOrder() []*routeEntry {
 	var out []*routeEntry
-	for _, byHost := range []map[string][]*routeEntry{t.withPort, t.exact, t.wildcard} {
+	for _, host := range slices.Sorted(maps.Keys(t.withPort)) {
+		for _, port := range slices.Sorted(maps.Keys(t.withPort[host])) {
+			out = append(out, t.withPort[host][port]...)
+		}
+	}
+	for _, byHost := range []map[string][]*routeEntry{t.exact, t.wildcard} {
 		for _, host := range slices.Sorted(maps.Keys(byHost)) {
 			out = append(out, byHost[host]...)
 		}
@@ -330,7 +337,7 @@ func (t *routeTable) inMatchOrder() []*routeEntry {
 // or without a port, or by wildcard: routes for any host allow no
 // certificate.
 func (t *routeTable) allowsCertificate(host string) bool {
-	return len(t.exact[host]) > 0 || t.portHosts[host] || len(t.wildcard[parentDomain(host)]) > 0
+	return len(t.exact[host]) > 0 || len(t.withPort[host]) > 0 || len(t.wildcard[parentDomain(host)]) > 0
 }
 
 // parentDomain returns host without its first label, with the dot:
