@@ -322,6 +322,7 @@ func (t *ConsulTLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	mesh_service <placeholder> {
+//	    namespace      <prefix>
 //	    allow_services <pattern> ...
 //	    require_tag    <tag>
 //	    strip_path
@@ -337,6 +338,8 @@ func (s *ServiceFromRequest) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		var err error
 		switch d.Val() {
+		case "namespace":
+			err = args.String(d, &s.Namespace)
 		case "allow_services":
 			err = args.Append(d, &s.AllowServices)
 		case "require_tag":

@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddymesh/caddymesh/internal/reqkey"
+	"github.com/caddymesh/caddymesh/internal/svcname"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
@@ -26,10 +27,12 @@ func init() {
 const ServiceVar = "mesh_service"
 
 // ServiceFromRequest names, from each request, the Consul service it is
-// for, as an API gateway routing /<service>/... does, and answers 404 to a
-// request for a service that may not be reached: one whose name is not a
-// valid Consul service name, matches no allow_services pattern and lacks
-// require_tag, or that Consul does not know. It asks Consul nothing per
+// for, as an API gateway routing /<service>/... does (with a namespace, as
+// go-micro's does: /greeter/... goes to go.micro.api.greeter), and answers
+// 404 to a request for a service that may not be reached: one whose name
+// breaks the service-name rule (package svcname), matches no
+// allow_services pattern and lacks require_tag, or that Consul does not
+// know. It asks Consul nothing per
 // request: it reads a watch of the catalog (names and tags), shared by
 // every handler on the same Consul. A request let through carries the
 // service in {http.vars.mesh_service}, for `dynamic consul
@@ -41,8 +44,13 @@ type ServiceFromRequest struct {
 	// {http.request.uri.path.0} or {http.request.host.labels.2}. Required.
 	Service string `json:"service,omitempty"`
 
+	// Prefix of the services' names in Consul, as go-micro's --namespace:
+	// the name taken from the request is looked up as <namespace>.<name>.
+	// Not a Consul Enterprise namespace (see consul). Default: none.
+	Namespace string `json:"namespace,omitempty"`
+
 	// Services that may be reached, as patterns (path.Match syntax, such
-	// as "shop-*").
+	// as "shop-*"), matched against the full name, namespace included.
 	AllowServices []string `json:"allow_services,omitempty"`
 
 	// Services carrying this tag in Consul may be reached too.
@@ -63,7 +71,8 @@ type ServiceFromRequest struct {
 }
 
 // reachableServices are the services of a catalog answer that the handler
-// lets requests reach, each name boxed once for the request's variables.
+// lets requests reach: by the name a request gives (without the
+// namespace), the full name, boxed once for the request's variables.
 type reachableServices struct {
 	catalog *map[string][]string // the answer they were found in
 	names   map[string]any
@@ -114,6 +123,8 @@ func (s *ServiceFromRequest) Validate() error {
 		return fmt.Errorf("mesh_service: service %q: must take the name from the request with a placeholder, such as {http.request.uri.path.0}", s.Service)
 	case len(s.AllowServices) == 0 && s.RequireTag == "":
 		return errors.New("mesh_service: allow_services or require_tag is required: which services may be reached?")
+	case s.Namespace != "" && !svcname.Valid(s.Namespace+".x"):
+		return fmt.Errorf("mesh_service: namespace %q: must be the start of a service name (%s)", s.Namespace, svcname.Rule)
 	}
 	for _, pattern := range s.AllowServices {
 		if _, err := path.Match(pattern, ""); err != nil {
@@ -166,8 +177,12 @@ func (s *ServiceFromRequest) reachableServices() map[string]any {
 	}
 	names := make(map[string]any)
 	for name, tags := range *services {
-		if validServiceName(name) && s.allows(name, tags) {
-			names[name] = name
+		asked, inNamespace := strings.CutPrefix(name, s.Namespace)
+		if s.Namespace != "" {
+			asked, inNamespace = strings.CutPrefix(asked, ".")
+		}
+		if inNamespace && svcname.Valid(name) && s.allows(name, tags) {
+			names[asked] = name
 		}
 	}
 	s.reachable.Store(&reachableServices{catalog: services, names: names})

@@ -76,19 +76,8 @@ func TestServiceFromThePathReachesOnlyServicesAllowed(t *testing.T) {
 	registerEcho(t, "gw-greeter", "greeter-1", nil, nil)
 	registerEcho(t, "gw-users", "users-1", []string{"public"}, nil)
 	registerEcho(t, "gw-billing", "billing-1", nil, nil)
-	p := meshtest.FreePort()
-	meshtest.Load(t, gatewaySite(p, agent.Addr, "allow_services gw-greet*\n\t\trequire_tag public\n\t\tstrip_path"), "caddyfile")
-	base := fmt.Sprintf("http://127.0.0.1:%d", p)
-
-	meshtest.Eventually(t, propagation, "the catalog to list the services", func() bool {
-		status, _ := get(base+"/gw-greeter/hello", "")
-		return status == http.StatusOK
-	})
-	for _, tc := range []struct {
-		path   string
-		status int
-		body   string
-	}{
+	base := startGateway(t, "allow_services gw-greet*\n\t\trequire_tag public\n\t\tstrip_path", "/gw-greeter/hello")
+	expectGatewayAnswers(t, base, []gatewayCase{
 		{"/gw-greeter/hello/world", 200, "greeter-1 /hello/world"},
 		{"/gw-greeter", 200, "greeter-1 /"},
 		{"/gw-users/42", 200, "users-1 /42"}, // by tag
@@ -96,7 +85,35 @@ func TestServiceFromThePathReachesOnlyServicesAllowed(t *testing.T) {
 		{"/gw-greeterx/hello", 404, ""},      // allowed by pattern, but unknown to Consul
 		{"/gw_greeter!/hello", 404, ""},      // not a service name
 		{"/", 404, ""},
-	} {
+	})
+}
+
+// startGateway loads gatewaySite over the test agent with options, waits
+// until a request for ready is served, and returns the gateway's URL.
+func startGateway(t *testing.T, options, ready string) string {
+	p := meshtest.FreePort()
+	meshtest.Load(t, gatewaySite(p, agent.Addr, options), "caddyfile")
+	base := fmt.Sprintf("http://127.0.0.1:%d", p)
+	meshtest.Eventually(t, propagation, "the catalog to list the services", func() bool {
+		status, _ := get(base+ready, "")
+		return status == http.StatusOK
+	})
+	return base
+}
+
+// gatewayCase is a request path to a gateway and the answer it gets; an
+// empty body is not checked.
+type gatewayCase struct {
+	path   string
+	status int
+	body   string
+}
+
+// expectGatewayAnswers sends each case's request to base and checks its
+// answer.
+func expectGatewayAnswers(t *testing.T, base string, cases []gatewayCase) {
+	t.Helper()
+	for _, tc := range cases {
 		status, body := get(base+tc.path, "")
 		if status != tc.status || (tc.body != "" && body != tc.body) {
 			t.Errorf("%s: %d %q, want %d %q", tc.path, status, body, tc.status, tc.body)
@@ -187,4 +204,23 @@ func TestServicesNamedByRequestsAreWatchedLazilyAndLetGoWhenIdle(t *testing.T) {
 	if status, _ := get(url, "lazy-a.mesh.test"); status != http.StatusOK {
 		t.Errorf("lazy-a again after it was let go: %d, want 200", status)
 	}
+}
+
+// TestGoMicroServicesThroughANamespace reaches two services registered as
+// go-micro registers them, with dotted names, as go-micro's API gateway
+// with --namespace go.micro.api reaches them: GET /greeter/say/hello goes
+// to go.micro.api.greeter as /say/hello.
+func TestGoMicroServicesThroughANamespace(t *testing.T) {
+	registerEcho(t, "go.micro.api.greeter", "greeter-1", nil, nil)
+	registerEcho(t, "go.micro.api.orders", "orders-1", []string{"public"}, nil)
+	registerEcho(t, "go.micro.srv.billing", "billing-1", []string{"public"}, nil)
+	base := startGateway(t, "namespace go.micro.api\n\t\tallow_services go.micro.api.greeter\n\t\trequire_tag public\n\t\tstrip_path", "/greeter/say/hello")
+	expectGatewayAnswers(t, base, []gatewayCase{
+		{"/greeter/say/hello", 200, "greeter-1 /say/hello"},
+		{"/orders/42", 200, "orders-1 /42"},     // by tag
+		{"/billing/x", 404, ""},                 // tagged, but outside the namespace
+		{"/go.micro.api.greeter/x", 404, ""},    // the full name is not what a request gives
+		{"/srv.billing/x", 404, ""},             // go.micro.api.srv.billing is unknown
+		{"/../go.micro.api.greeter/x", 404, ""}, // not a service name
+	})
 }

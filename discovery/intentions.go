@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/args"
+	"github.com/caddymesh/caddymesh/internal/svcname"
 )
 
 func init() {
@@ -55,8 +56,9 @@ type intentionsKey struct {
 // (/v1/agent/connect/ca/roots), the only one whose SPIFFE IDs it accepts
 // unless told others.
 type ConsulIntentions struct {
-	// The service whose intentions apply. Default: the service the mesh
-	// app registers, when it registers exactly one.
+	// The service whose intentions apply; it follows the service-name rule.
+	// Default: the service the mesh app registers, when it registers
+	// exactly one.
 	Destination string `json:"destination,omitempty"`
 
 	// The decision, allow or deny, for callers no intention decides.
@@ -124,6 +126,9 @@ func (ci *ConsulIntentions) Provision(ctx caddy.Context) error {
 func (ci *ConsulIntentions) validate() error {
 	if ci.Default != "" && ci.Default != "allow" && ci.Default != "deny" {
 		return fmt.Errorf("mesh intentions: default %q: must be allow or deny", ci.Default)
+	}
+	if ci.Destination != "" && !svcname.Valid(ci.Destination) {
+		return fmt.Errorf("mesh intentions: destination %q: %s", ci.Destination, svcname.Rule)
 	}
 	return nil
 }

@@ -33,7 +33,7 @@ func TestPathDecisionsAgreeWithCaddysPathMatcher(t *testing.T) {
 	}}}, zap.NewNop())
 	var found []declared
 	for _, d := range []string{"/api", "/admin", "/"} {
-		r, err := parseRoute(d)
+		r, err := parseRoute(d, "dc1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -85,7 +85,7 @@ func TestPathDecisionsAgreeWithCaddysPathMatcher(t *testing.T) {
 		}
 		allowed := rules.allows(r, "web", "", "", false)
 		route := ""
-		if e := table.match("", r.URL.Path); e != nil {
+		if e := table.match("", false, r.URL.Path); e != nil {
 			route = e.Service
 		}
 		name := serviceName(r)

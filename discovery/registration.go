@@ -11,6 +11,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/hashicorp/consul/api"
+
+	"github.com/caddymesh/caddymesh/internal/svcname"
 )
 
 // Defaults of a registration.
@@ -27,7 +29,8 @@ type Registration struct {
 	// Name of the service in Consul. Required.
 	Name string `json:"name,omitempty"`
 
-	// ID of this instance of the service. Default: <name>-<hostname>-<port>.
+	// ID of this instance of the service; it follows the service-name rule.
+	// Default: <name>-<hostname>-<port>.
 	ID string `json:"id,omitempty"`
 
 	// Address callers reach the service at. Default: the address of the
@@ -105,6 +108,12 @@ type RegistrationCheck struct {
 func (r *Registration) validate() error {
 	if r.Name == "" {
 		return fmt.Errorf("mesh register: name is required")
+	}
+	if !svcname.Valid(r.Name) {
+		return fmt.Errorf("mesh register %q: name: %s", r.Name, svcname.Rule)
+	}
+	if r.ID != "" && !svcname.Valid(r.ID) { // a path segment of the deregister call
+		return fmt.Errorf("mesh register %s: id %q: %s", r.Name, r.ID, svcname.Rule)
 	}
 	if r.Port < 1 || r.Port > 65535 {
 		return fmt.Errorf("mesh register %s: port %d: must be from 1 to 65535", r.Name, r.Port)

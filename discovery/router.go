@@ -14,12 +14,14 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/running"
+	"github.com/caddymesh/caddymesh/internal/svcname"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
@@ -39,9 +41,10 @@ const maxMetaRoutes = 10
 // Traefik's Consul provider do: each instance may declare host/path
 // routes in its tags (Fabio's `urlprefix-shop.example.com/api strip=/api`)
 // or its meta, and a request goes to the healthy instances that declare
-// the route it matches: exact host, then the wildcard host one label above
-// (*.example.com), then routes for any host; the longest path prefix first,
-// of the request's normalized path, which is the path proxied. Routes change
+// the route it matches: exact host and port, exact host, then the wildcard
+// host one label above (*.example.com), then routes for any host; the
+// longest path prefix first, of the request's normalized path, which is
+// the path proxied. Routes change
 // with Consul, within milliseconds and without a reload: one blocking
 // query watches the catalog's names and tags, and only services that
 // declare routes get a health watch.
@@ -86,8 +89,9 @@ type Router struct {
 	watches  map[string]*serviceWatch // owned by the refreshing goroutine
 }
 
-// proxyKind is how a route's upstreams are dialled.
-type proxyKind struct{ tls, skipVerify bool }
+// proxyKind is how a route's upstreams are dialled, and whether they see
+// their own host:port as the Host (host=dst).
+type proxyKind struct{ tls, skipVerify, hostDst bool }
 
 var errNoRoute = errors.New("no route")
 
@@ -161,7 +165,8 @@ func (rt *Router) Validate() error {
 // provisionProxies makes the reverse proxies of every kind of route.
 func (rt *Router) provisionProxies(ctx caddy.Context) error {
 	rt.proxies = make(map[proxyKind]*reverseproxy.Handler)
-	for _, kind := range []proxyKind{{}, {tls: true}, {tls: true, skipVerify: true}} {
+	for _, kind := range []proxyKind{{}, {tls: true}, {tls: true, skipVerify: true},
+		{hostDst: true}, {tls: true, hostDst: true}, {tls: true, skipVerify: true, hostDst: true}} {
 		h := new(reverseproxy.Handler)
 		if len(rt.Proxy) > 0 {
 			if err := json.Unmarshal(rt.Proxy, h); err != nil {
@@ -172,6 +177,9 @@ func (rt *Router) provisionProxies(ctx caddy.Context) error {
 			if err := withTLS(h, kind.skipVerify); err != nil {
 				return err
 			}
+		}
+		if kind.hostDst {
+			withUpstreamHost(h)
 		}
 		h.DynamicUpstreams = routeUpstreams{}
 		if err := h.Provision(ctx); err != nil {
@@ -197,6 +205,21 @@ func withTLS(h *reverseproxy.Handler, skipVerify bool) error {
 	transport.TLS.InsecureSkipVerify = transport.TLS.InsecureSkipVerify || skipVerify
 	h.TransportRaw = caddyconfig.JSONModuleObject(transport, "protocol", "http", nil)
 	return nil
+}
+
+// withUpstreamHost makes h send each upstream its own host:port as the
+// Host, over any Host the proxy settings set.
+func withUpstreamHost(h *reverseproxy.Handler) {
+	if h.Headers == nil {
+		h.Headers = new(headers.Handler)
+	}
+	if h.Headers.Request == nil {
+		h.Headers.Request = new(headers.HeaderOps)
+	}
+	if h.Headers.Request.Set == nil {
+		h.Headers.Request.Set = make(http.Header)
+	}
+	h.Headers.Request.Set["Host"] = []string{"{http.reverse_proxy.upstream.hostport}"}
 }
 
 // watchCatalogs takes the catalog watches: names and tags, and, with
@@ -275,12 +298,13 @@ func (rt *Router) refresh() {
 	}
 	table := newRouteTable(found, rejected, rt.table.Load())
 	for _, e := range table.entries {
-		e.proxy = rt.proxies[proxyKind{tls: e.TLS, skipVerify: e.TLSSkipVerify}]
+		e.proxy = rt.proxies[proxyKind{tls: e.TLS, skipVerify: e.TLSSkipVerify, hostDst: e.HostHeader == "dst"}]
 	}
 	rt.table.Store(table)
 }
 
-// routedServices are the services of the catalog that declare routes.
+// routedServices are the services of the catalog that declare routes,
+// among those whose names follow the service-name rule.
 func (rt *Router) routedServices() map[string]bool {
 	routed := make(map[string]bool)
 	for i, c := range rt.catalogs {
@@ -291,7 +315,7 @@ func (rt *Router) routedServices() map[string]bool {
 		for name, tags := range *services {
 			byMeta := i > 0 // the second catalog holds the services with meta routes
 			byTag := slices.ContainsFunc(tags, rt.isRouteTag)
-			if (byMeta || byTag) && (rt.RequireTag == "" || slices.Contains(tags, rt.RequireTag)) {
+			if (byMeta || byTag) && (rt.RequireTag == "" || slices.Contains(tags, rt.RequireTag)) && svcname.Valid(name) {
 				routed[name] = true
 			}
 		}
@@ -338,27 +362,30 @@ func (rt *Router) unsubscribe(sw *serviceWatch) {
 
 // declarations adds the routes the instances of service declare to found:
 // every instance not in maintenance declares, and the healthy ones serve.
-// Declarations that cannot be read go to rejected.
+// $DC in a declaration is the instance's datacenter. Declarations that
+// cannot be read go to rejected.
 func (rt *Router) declarations(service string, a *answer, found []declared, rejected []rejectedRoute) ([]declared, []rejectedRoute) {
-	byDeclaration := make(map[string]int) // index in found; -1 when rejected
+	type inDatacenter struct{ declaration, datacenter string }
+	byDeclaration := make(map[inDatacenter]int) // index in found; -1 when rejected
 	for _, inst := range a.all.Instances {
 		for _, d := range rt.declaredBy(inst) {
-			if _, seen := byDeclaration[d]; seen {
+			key := inDatacenter{d, inst.Datacenter}
+			if _, seen := byDeclaration[key]; seen {
 				continue
 			}
-			r, err := parseRoute(d)
+			r, err := parseRoute(d, inst.Datacenter)
 			if err != nil {
-				byDeclaration[d] = -1
+				byDeclaration[key] = -1
 				rejected = append(rejected, rejectedRoute{Service: service, Declaration: d, Reason: err.Error()})
 				continue
 			}
-			byDeclaration[d] = len(found)
+			byDeclaration[key] = len(found)
 			found = append(found, declared{route: r, service: service})
 		}
 	}
 	for _, inst := range a.healthy.Instances {
 		for _, d := range rt.declaredBy(inst) {
-			if i, ok := byDeclaration[d]; ok && i >= 0 {
+			if i, ok := byDeclaration[inDatacenter{d, inst.Datacenter}]; ok && i >= 0 {
 				found[i].instances = append(found[i].instances, inst)
 			}
 		}
@@ -397,7 +424,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if status, err := urlpath.NormalizeRequest(w.Header(), r, rt.slashes); err != nil {
 		return caddyhttp.Error(status, err)
 	}
-	e := rt.table.Load().match(hostWithoutPort(r.Host), r.URL.Path)
+	e := rt.table.Load().match(r.Host, r.TLS != nil, r.URL.Path)
 	if e == nil {
 		if rt.Fallback == "next" {
 			return next.ServeHTTP(w, r)
@@ -410,7 +437,13 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		rewrite.Rewrite{StripPathPrefix: e.Strip}.Rewrite(r, repl)
 	}
-	if e.HostHeader != "" {
+	if e.Prepend != "" { // a clean path prefix: the same escaped or not
+		r.URL.Path = e.Prepend + r.URL.Path
+		if r.URL.RawPath != "" {
+			r.URL.RawPath = e.Prepend + r.URL.RawPath
+		}
+	}
+	if e.HostHeader != "" && e.HostHeader != "dst" { // dst: the proxy sets it per upstream
 		r.Host = e.HostHeader
 	}
 	return e.proxy.ServeHTTP(w, r, next)

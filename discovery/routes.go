@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"os"
+	pathpkg "path"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -18,7 +21,8 @@ import (
 // its meta, and how to proxy to it.
 type route struct {
 	// Host is the lower-cased host: a name, *.<domain> for its
-	// subdomains, or empty for any host.
+	// subdomains, or empty for any host. A name may have a port: then the
+	// route is only for requests to that port.
 	Host string `json:"host"`
 	// Path is the path prefix, matched as a plain prefix, as Fabio does.
 	Path string `json:"path"`
@@ -28,28 +32,36 @@ type route struct {
 	TLS bool `json:"tls,omitempty"`
 	// TLSSkipVerify accepts any certificate from the upstream.
 	TLSSkipVerify bool `json:"tls_skip_verify,omitempty"`
+	// Prepend is put in front of the path, after Strip, before proxying.
+	Prepend string `json:"prepend,omitempty"`
 	// HostHeader sets the Host the upstream sees: a name, or "dst" for the
-	// upstream's own address.
+	// instance's own host:port.
 	HostHeader string `json:"host_header,omitempty"`
 	// Declaration is the tag or meta value declaring it.
 	Declaration string `json:"declaration"`
 }
 
-// parseRoute reads a route declaration, `<host>/<path> [<option>...]`, as
-// Fabio reads what follows its tag prefix. Options: strip=<prefix>,
-// proto=http|https, tlsskipverify=true|false, host=<name>|dst. Fabio's
-// other options (redirect, weight, allow, deny, auth, TCP and gRPC
-// protos) are refused, rather than ignored: some of them restrict access.
-func parseRoute(declaration string) (route, error) {
+// parseRoute reads a route declaration, `<host>[/<path>] [<option>...]`,
+// as Fabio reads what follows its tag prefix: a host alone is every path
+// of it, and $DC or ${DC} is datacenter. Options: strip=<prefix>,
+// prepend=<prefix>, proto=http|https, tlsskipverify=true|false,
+// host=<name>|dst. Fabio's other options (redirect, weight, allow, deny,
+// auth, TCP and gRPC protos) are refused, rather than ignored: some of
+// them restrict access.
+func parseRoute(declaration, datacenter string) (route, error) {
 	r := route{Declaration: declaration}
 	fields := strings.Fields(declaration)
 	if len(fields) == 0 {
 		return r, fmt.Errorf("empty route")
 	}
-	host, path, found := strings.Cut(fields[0], "/")
-	if !found {
-		return r, fmt.Errorf("%q is not <host>/<path>: TCP and SNI routes are not supported", fields[0])
+	src, err := expandDatacenter(fields[0], datacenter)
+	if err != nil {
+		return r, err
 	}
+	if strings.HasPrefix(src, ":") {
+		return r, fmt.Errorf("%q is a TCP route: TCP and SNI routes are not supported", src)
+	}
+	host, path, _ := strings.Cut(src, "/")
 	r.Host, r.Path = strings.ToLower(host), "/"+path
 	if err := checkHost(r.Host); err != nil {
 		return r, err
@@ -65,11 +77,31 @@ func parseRoute(declaration string) (route, error) {
 	return r, nil
 }
 
+// expandDatacenter replaces $DC and ${DC} in src with datacenter, as Fabio
+// does; any other variable is refused, where Fabio would expand it to
+// nothing.
+func expandDatacenter(src, datacenter string) (string, error) {
+	var unknown []string
+	expanded := os.Expand(src, func(name string) string {
+		if name == "DC" {
+			return datacenter
+		}
+		unknown = append(unknown, name)
+		return ""
+	})
+	if len(unknown) > 0 {
+		return "", fmt.Errorf("variable %q in %q: only $DC and ${DC} are expanded", unknown[0], src)
+	}
+	return expanded, nil
+}
+
 func (r *route) setOption(option string) error {
 	name, value, _ := strings.Cut(option, "=")
 	switch {
 	case name == "strip" && strings.HasPrefix(value, "/") && !strings.ContainsAny(value, "{}"):
 		r.Strip = value
+	case name == "prepend" && isCleanPathPrefix(value):
+		r.Prepend = value
 	case option == "proto=http":
 		r.TLS = false
 	case option == "proto=https":
@@ -84,18 +116,51 @@ func (r *route) setOption(option string) error {
 	return nil
 }
 
-// checkHost accepts an empty host, a host name, *.<domain>, or an IP.
+// isCleanPathPrefix reports whether prefix is a path that needs no
+// escaping and has no dot segments or repeated slashes, such as /v2/.
+func isCleanPathPrefix(prefix string) bool {
+	if !strings.HasPrefix(prefix, "/") || strings.Trim(prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~/") != "" {
+		return false
+	}
+	return prefix == "/" || pathpkg.Clean(prefix) == strings.TrimSuffix(prefix, "/")
+}
+
+// checkHost accepts an empty host, or a host name, *.<domain> or an IPv4
+// address, a name or an address with an optional :<port>.
 func checkHost(host string) error {
-	name := strings.TrimPrefix(host, "*.")
-	if host == "" || net.ParseIP(name) != nil {
+	name, port, hasPort := strings.Cut(host, ":")
+	if hasPort {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strings.HasPrefix(name, "*.") {
+			return fmt.Errorf("host %q: a port is from 1 to 65535, after a name or an address (not a wildcard)", host)
+		}
+	}
+	wildcardless := strings.TrimPrefix(name, "*.")
+	if host == "" || net.ParseIP(wildcardless) != nil {
 		return nil
 	}
-	for label := range strings.SplitSeq(name, ".") {
-		if !validServiceName(label) {
+	for label := range strings.SplitSeq(wildcardless, ".") {
+		if !validHostLabel(label) {
 			return fmt.Errorf("host %q is not a host name", host)
 		}
 	}
 	return nil
+}
+
+// validHostLabel reports whether label is a DNS label: 1 to 63 letters,
+// digits, - and _, starting and ending with a letter or digit.
+func validHostLabel(label string) bool {
+	if len(label) == 0 || len(label) > 63 {
+		return false
+	}
+	for i := 0; i < len(label); i++ {
+		c := label[i]
+		alnum := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+		inner := c == '-' || c == '_'
+		if !alnum && (!inner || i == 0 || i == len(label)-1) {
+			return false
+		}
+	}
+	return true
 }
 
 // routeEntry is a route of the table: a service's route and the healthy
@@ -119,12 +184,13 @@ type declared struct {
 }
 
 // routeTable is the routes of every routed service, ready to match: the
-// exact host, then the wildcard one label above it (*.example.com covers
-// shop.example.com, as a certificate does), then routes for any host;
-// within each, the longest path prefix first.
+// exact host and port, then the exact host, then the wildcard one label
+// above it (*.example.com covers shop.example.com, as a certificate does),
+// then routes for any host; within each, the longest path prefix first.
 type routeTable struct {
-	exact     map[string][]*routeEntry // by host
-	wildcard  map[string][]*routeEntry // by the domain of *.<domain>, with its dot: .example.com
+	withPort  map[string]map[string][]*routeEntry // routes declaring a port, by host, then port
+	exact     map[string][]*routeEntry            // by host
+	wildcard  map[string][]*routeEntry            // by the domain of *.<domain>, with its dot: .example.com
 	anyHost   []*routeEntry
 	entries   []*routeEntry
 	conflicts []routeConflict
@@ -155,7 +221,8 @@ func newRouteTable(found []declared, rejected []rejectedRoute, previous *routeTa
 		return cmp.Or(strings.Compare(a.Host, b.Host), cmp.Compare(len(b.Path), len(a.Path)), strings.Compare(a.Path, b.Path),
 			strings.Compare(a.service, b.service), strings.Compare(a.Declaration, b.Declaration))
 	})
-	t := &routeTable{exact: make(map[string][]*routeEntry), wildcard: make(map[string][]*routeEntry), rejected: rejected}
+	t := &routeTable{withPort: make(map[string]map[string][]*routeEntry),
+		exact: make(map[string][]*routeEntry), wildcard: make(map[string][]*routeEntry), rejected: rejected}
 	var kept map[string]*pool.Snapshot
 	if previous != nil {
 		kept = make(map[string]*pool.Snapshot, len(previous.entries))
@@ -182,6 +249,12 @@ func (t *routeTable) add(e *routeEntry) {
 		t.anyHost = append(t.anyHost, e)
 	case strings.HasPrefix(e.Host, "*."):
 		t.wildcard[e.Host[1:]] = append(t.wildcard[e.Host[1:]], e)
+	case strings.Contains(e.Host, ":"):
+		host, port, _ := strings.Cut(e.Host, ":")
+		if t.withPort[host] == nil {
+			t.withPort[host] = make(map[string][]*routeEntry)
+		}
+		t.withPort[host][port] = append(t.withPort[host][port], e)
 	default:
 		t.exact[e.Host] = append(t.exact[e.Host], e)
 	}
@@ -200,16 +273,36 @@ func (t *routeTable) noteConflict(d, winner declared) {
 	})
 }
 
-// match finds the route of a request to host (lower-cased, without port)
-// and path.
-func (t *routeTable) match(host, path string) *routeEntry {
-	if e := longestPrefix(t.exact[host], path); e != nil {
+// match finds the route of a request to host, as in its Host header, and
+// path. A host without a port is on the scheme's default port, 443 with
+// TLS, else 80, as in Fabio.
+func (t *routeTable) match(host string, tls bool, path string) *routeEntry {
+	name := hostWithoutPort(host)
+	if byPort := t.withPort[name]; byPort != nil {
+		if e := longestPrefix(byPort[portOf(host, name, tls)], path); e != nil {
+			return e
+		}
+	}
+	if e := longestPrefix(t.exact[name], path); e != nil {
 		return e
 	}
-	if e := longestPrefix(t.wildcard[parentDomain(host)], path); e != nil {
+	if e := longestPrefix(t.wildcard[parentDomain(name)], path); e != nil {
 		return e
 	}
 	return longestPrefix(t.anyHost, path)
+}
+
+// portOf returns the port of host, a Host header whose name without the
+// port is name, or else the scheme's default one.
+func portOf(host, name string, tls bool) string {
+	switch {
+	case len(host) > len(name) && host[len(host)-1] != ']':
+		return host[strings.LastIndexByte(host, ':')+1:]
+	case tls:
+		return "443"
+	default:
+		return "80"
+	}
 }
 
 // longestPrefix returns the first of routes, which are by decreasing path
@@ -223,10 +316,15 @@ func longestPrefix(routes []*routeEntry, path string) *routeEntry {
 	return nil
 }
 
-// inMatchOrder returns the entries in the order requests try them: exact
-// hosts, wildcard hosts (each by name), then any host.
+// inMatchOrder returns the entries in the order requests try them: hosts
+// with ports, exact hosts, wildcard hosts (each by name), then any host.
 func (t *routeTable) inMatchOrder() []*routeEntry {
 	var out []*routeEntry
+	for _, host := range slices.Sorted(maps.Keys(t.withPort)) {
+		for _, port := range slices.Sorted(maps.Keys(t.withPort[host])) {
+			out = append(out, t.withPort[host][port]...)
+		}
+	}
 	for _, byHost := range []map[string][]*routeEntry{t.exact, t.wildcard} {
 		for _, host := range slices.Sorted(maps.Keys(byHost)) {
 			out = append(out, byHost[host]...)
@@ -235,10 +333,11 @@ func (t *routeTable) inMatchOrder() []*routeEntry {
 	return append(out, t.anyHost...)
 }
 
-// allowsCertificate reports whether a route declares host by name, or by
-// wildcard: routes for any host allow no certificate.
+// allowsCertificate reports whether a route declares host by name, with
+// or without a port, or by wildcard: routes for any host allow no
+// certificate.
 func (t *routeTable) allowsCertificate(host string) bool {
-	return len(t.exact[host]) > 0 || len(t.wildcard[parentDomain(host)]) > 0
+	return len(t.exact[host]) > 0 || len(t.withPort[host]) > 0 || len(t.wildcard[parentDomain(host)]) > 0
 }
 
 // parentDomain returns host without its first label, with the dot:

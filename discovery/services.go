@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/pool"
+	"github.com/caddymesh/caddymesh/internal/svcname"
 )
 
 // Defaults of a source whose service name has placeholders.
@@ -166,11 +167,11 @@ func newLazyServices(ctx caddy.Context, source *ConsulUpstreams) *lazyServices {
 }
 
 // get returns the watch of the service named name, starting it for the
-// first request, and waiting for its first answer; nil when name is not a
-// valid service name, when max_services are watched already, or when the
-// client left while waiting.
+// first request, and waiting for its first answer; nil when name breaks
+// the service-name rule (package svcname), when max_services are watched
+// already, or when the client left while waiting.
 func (ls *lazyServices) get(r *http.Request, name string) *serviceWatch {
-	if !validServiceName(name) {
+	if !svcname.Valid(name) {
 		return nil
 	}
 	s := (*ls.byName.Load())[name]
@@ -309,23 +310,4 @@ func (ls *lazyServices) releaseAll() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// validServiceName reports whether name is a Consul service name that is
-// safe to take from a request: 1 to 63 letters, digits, - and _, starting
-// and ending with a letter or digit, as DNS and Consul's service
-// identities require.
-func validServiceName(name string) bool {
-	if len(name) == 0 || len(name) > 63 {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		alnum := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
-		inner := c == '-' || c == '_'
-		if !alnum && (!inner || i == 0 || i == len(name)-1) {
-			return false
-		}
-	}
-	return true
 }

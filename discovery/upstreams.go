@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/reqkey"
+	"github.com/caddymesh/caddymesh/internal/svcname"
 )
 
 func init() {
@@ -52,9 +53,9 @@ type ConsulUpstreams struct {
 	// as {http.request.uri.path.0} or {http.request.host.labels.2}, to name
 	// the service per request: then each service is watched from the first
 	// request for it (see max_services, idle_timeout, resolve_timeout), and
-	// a name that is not a valid Consul service name (letters, digits, - and
-	// _, at most 63, starting and ending with a letter or digit) gets no
-	// upstreams. Put mesh_service in front to say which names may be
+	// a name that breaks the service-name rule (letters, digits, -, _ and .,
+	// no empty label between dots, at most 256 bytes) gets no upstreams; a
+	// fixed name that breaks it is refused. Put mesh_service in front to say which names may be
 	// reached.
 	Service string `json:"service,omitempty"`
 
@@ -259,6 +260,8 @@ func (cu *ConsulUpstreams) validate() error {
 	switch {
 	case strings.TrimSpace(cu.Service) == "":
 		return errors.New("consul upstreams: service is required")
+	case !hasPlaceholders(cu.Service) && !svcname.Valid(cu.Service):
+		return fmt.Errorf("consul upstreams: service %q: %s", cu.Service, svcname.Rule)
 	case cu.Health != "" && cu.Health != healthPassing && cu.Health != healthWarning:
 		return fmt.Errorf("consul upstreams: health %q: must be passing or warning", cu.Health)
 	case cu.Consistency != "" && cu.Consistency != consistencyDefault &&

