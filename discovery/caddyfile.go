@@ -37,7 +37,11 @@ func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.AllArgs(&cu.Service) {
 		return d.ArgErr()
 	}
+	block := args.NewBlock("tag", "datacenter")
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "tag":
@@ -96,7 +100,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	block := args.NewBlock("register")
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		switch d.Val() {
 		case "consul":
 			a.Consul = new(ConsulConfig)
@@ -137,7 +145,11 @@ func (r *Registration) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.AllArgs(&r.Name) {
 		return d.ArgErr()
 	}
+	block := args.NewBlock("tags", "meta")
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "id":
@@ -254,7 +266,11 @@ func (c *ConsulConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	block := args.NewBlock()
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "address":
@@ -287,7 +303,11 @@ func (t *ConsulTLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	block := args.NewBlock()
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "ca_file":
@@ -325,7 +345,11 @@ func (s *ServiceFromRequest) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.AllArgs(&s.Service) {
 		return d.ArgErr()
 	}
+	block := args.NewBlock("allow_services")
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "allow_services":
@@ -369,7 +393,11 @@ func (rt *Router) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	block := args.NewBlock()
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "tag_prefix":
