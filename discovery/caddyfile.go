@@ -295,6 +295,11 @@ func (c *ConsulConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
+	if c.Address != "" && !hasPlaceholders(c.Address) {
+		if err := checkConsulAddress(c.Address); err != nil {
+			return d.Errf("consul: address %q: %v", c.Address, err)
+		}
+	}
 	return nil
 }
 

@@ -187,10 +187,22 @@ func TestIdentityRejectsBadSettings(t *testing.T) {
 		{[]IdentitySource{{Source: "header", Trusted: []string{"10.0.0.0/8"}}}, `from header "": a header name`},
 		{[]IdentitySource{{Source: "header", Header: "X-Caller", Trusted: []string{"10.0.0.0/33"}}}, `trusted "10.0.0.0/33"`},
 		{[]IdentitySource{{Source: "header", Header: "X-Caller", Trusted: []string{"10.0.0.1"}}}, `trusted "10.0.0.1"`},
+		{[]IdentitySource{{Source: "header", Header: "X Caller", Trusted: []string{"10.0.0.0/8"}}}, `from header "X Caller": not a valid header name`},
+		{[]IdentitySource{{Source: "header", Header: "X-Caller:", Trusted: []string{"10.0.0.0/8"}}}, `from header "X-Caller:": not a valid header name`},
 	} {
 		err := (&Identity{From: tc.from}).Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("from %+v: error %v, want one saying %q", tc.from, err, tc.want)
+		}
+	}
+}
+
+func TestIdentityRefusesAnEmptyCallerName(t *testing.T) {
+	mtls := []IdentitySource{{Source: "mtls"}}
+	for _, id := range []*Identity{{From: mtls, Allow: []string{"web", ""}}, {From: mtls, Deny: []string{""}}} {
+		err := id.Validate()
+		if err == nil || !strings.Contains(err.Error(), `"": an empty name is no caller`) {
+			t.Errorf("allow %q deny %q: error %v, want one refusing the empty name", id.Allow, id.Deny, err)
 		}
 	}
 }
