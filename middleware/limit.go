@@ -26,14 +26,15 @@ func init() {
 // keys cannot exhaust memory.
 const maxLimitKeys = 1 << 16
 
-// Bounds of a limit's options: a rate from one a day to a million a
-// second, counts up to a million, a queue wait up to 10m.
+// Bounds of a limit's options: a rate from one a day to a billion a
+// second, a burst up to a second of that, other counts up to a million,
+// a queue wait up to 1h.
 const (
 	minRate         = rate.Limit(1.0 / (24 * 60 * 60))
-	maxRate         = rate.Limit(1_000_000)
+	maxRate         = rate.Limit(1_000_000_000)
 	maxLimitCount   = 1_000_000
 	minQueueTimeout = time.Millisecond
-	maxQueueTimeout = 10 * time.Minute
+	maxQueueTimeout = time.Hour
 )
 
 // Limit shapes traffic per key: a token bucket caps the rate, and a cap on
@@ -52,10 +53,10 @@ type Limit struct {
 	Key string `json:"key,omitempty"`
 
 	// Requests allowed per unit of time, on average, such as 100/s, 6000/m
-	// or 5/100ms; from 1/24h to 1000000/s. Default: no rate limit.
+	// or 5/100ms; from 1/24h to 1000000000/s. Default: no rate limit.
 	Rate string `json:"rate,omitempty"`
 
-	// Requests allowed at once above the rate, from 1 to 1,000,000.
+	// Requests allowed at once above the rate, from 1 to 1,000,000,000.
 	// Default: one second's worth of the rate, at least 1.
 	Burst int `json:"burst,omitempty"`
 
@@ -66,7 +67,7 @@ type Limit struct {
 	// to 1,000,000; beyond, they are refused. Default: 0.
 	Queue int `json:"queue,omitempty"`
 
-	// How long a request may wait in the queue, from 1ms to 10m; only with
+	// How long a request may wait in the queue, from 1ms to 1h; only with
 	// a queue. Default: 1s.
 	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
 
@@ -143,7 +144,7 @@ func (l *Limit) Validate() error {
 		return fmt.Errorf("mesh_limit: queue_timeout %s: needs a queue to wait in", time.Duration(l.QueueTimeout))
 	}
 	if err := cmp.Or(
-		bounds.CheckOrZero("burst", l.Burst, 1, maxLimitCount),
+		bounds.CheckOrZero("burst", l.Burst, 1, int(maxRate)), // a second of the fastest rate
 		bounds.CheckOrZero("concurrency", l.Concurrency, 1, maxLimitCount),
 		bounds.Check("queue", l.Queue, 0, maxLimitCount),
 		bounds.DurationOrZero("queue_timeout", l.QueueTimeout, minQueueTimeout, maxQueueTimeout),
