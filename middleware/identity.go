@@ -155,7 +155,7 @@ func (id *Identity) Validate() error {
 	}
 	for field, names := range map[string][]string{"allow": id.Allow, "deny": id.Deny} {
 		if slices.Contains(names, "") {
-			return fmt.Errorf("mesh_identity: %s %q: an empty name is no caller", field, "")
+			return fmt.Errorf(`mesh_identity: %s "": an empty name is no caller`, field)
 		}
 	}
 	return nil
