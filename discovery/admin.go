@@ -51,7 +51,10 @@ func (Admin) Routes() []caddy.AdminRoute {
 // serviceWatches answers /mesh/services/<name>.
 func serviceWatches(r *http.Request) (any, error) {
 	name := strings.TrimPrefix(r.URL.Path, "/mesh/services/")
-	views := watchViews(name)
+	var views []watchView
+	if name != "" { // watchViews("") would be every watch
+		views = watchViews(name)
+	}
 	if len(views) == 0 {
 		return nil, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("service %q is not watched", name)}
 	}

@@ -123,6 +123,9 @@ func TestAdminAPI(t *testing.T) {
 	if status, _ := adminGet(t, http.MethodGet, "/mesh/services/nope", &failure); status != http.StatusNotFound || !strings.Contains(failure.Error, `"nope" is not watched`) {
 		t.Errorf("GET /mesh/services/nope: %d %q, want 404 with a JSON error", status, failure.Error)
 	}
+	if status, body := adminGet(t, http.MethodGet, "/mesh/services/", &failure); status != http.StatusNotFound {
+		t.Errorf("GET /mesh/services/ (no name): %d %s, want 404, not every watch", status, body)
+	}
 	if status, _ := adminGet(t, http.MethodPost, "/mesh/services", &failure); status != http.StatusMethodNotAllowed || failure.Error == "" {
 		t.Errorf("POST /mesh/services: %d %q, want 405 with a JSON error", status, failure.Error)
 	}

@@ -38,7 +38,11 @@ func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.AllArgs(&cu.Service) {
 		return d.ArgErr()
 	}
+	block := args.NewBlock("tag", "datacenter")
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "tag":
@@ -98,7 +102,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	block := args.NewBlock("register")
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		switch d.Val() {
 		case "consul":
 			a.Consul = new(ConsulConfig)
@@ -146,7 +154,11 @@ func (r *Registration) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.AllArgs(&r.Name) {
 		return d.ArgErr()
 	}
+	block := args.NewBlock("tags", "meta")
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "id":
@@ -263,7 +275,11 @@ func (c *ConsulConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	block := args.NewBlock()
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "address":
@@ -288,6 +304,11 @@ func (c *ConsulConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
+	if c.Address != "" && !hasPlaceholders(c.Address) {
+		if err := checkConsulAddress(c.Address); err != nil {
+			return d.Errf("consul: address %q: %v", c.Address, err)
+		}
+	}
 	return nil
 }
 
@@ -296,7 +317,11 @@ func (t *ConsulTLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	block := args.NewBlock()
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "ca_file":
@@ -335,7 +360,11 @@ func (s *ServiceFromRequest) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.AllArgs(&s.Service) {
 		return d.ArgErr()
 	}
+	block := args.NewBlock("allow_services")
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "namespace":
@@ -381,7 +410,11 @@ func (rt *Router) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	block := args.NewBlock()
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "tag_prefix":

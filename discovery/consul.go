@@ -138,6 +138,9 @@ func resolveConnection(layers ...*ConsulConfig) (connection, error) {
 	}
 	fill(&conn.address, os.Getenv(api.HTTPAddrEnvName))
 	fill(&conn.address, defaultConsulAddress)
+	if err := checkConsulAddress(conn.address); err != nil {
+		return connection{}, fmt.Errorf("consul: address %q: %v", conn.address, err)
+	}
 	fill(&conn.partition, env.Partition)
 	fill(&conn.namespace, env.Namespace)
 	fill(&conn.caFile, env.TLSConfig.CAFile)

@@ -51,6 +51,8 @@ type ServiceFromRequest struct {
 
 	// Services that may be reached, as patterns (path.Match syntax, such
 	// as "shop-*"), matched against the full name, namespace included.
+	// Consul's own service, consul, is reached only when listed by that
+	// exact name.
 	AllowServices []string `json:"allow_services,omitempty"`
 
 	// Services carrying this tag in Consul may be reached too.
@@ -189,8 +191,16 @@ func (s *ServiceFromRequest) reachableServices() map[string]any {
 	return names
 }
 
+// consulService is Consul's own service: its servers' RPC port.
+const consulService = "consul"
+
 // allows reports whether the service, carrying tags, may be reached.
+// Consul's own service may be reached only when allowed by its exact
+// name, never by a pattern or a tag.
 func (s *ServiceFromRequest) allows(name string, tags []string) bool {
+	if name == consulService {
+		return slices.Contains(s.AllowServices, consulService)
+	}
 	if s.RequireTag != "" && slices.Contains(tags, s.RequireTag) {
 		return true
 	}

@@ -121,6 +121,26 @@ func expectGatewayAnswers(t *testing.T, base string, cases []gatewayCase) {
 	}
 }
 
+func TestTheGatewayReachesConsulItselfOnlyWhenAllowedByExactName(t *testing.T) {
+	registerEcho(t, "gw-open", "open-1", []string{"public"}, nil)
+	p := meshtest.FreePort()
+	meshtest.Load(t, gatewaySite(p, agent.Addr, "allow_services *\n\t\trequire_tag public"), "caddyfile")
+	base := fmt.Sprintf("http://127.0.0.1:%d", p)
+	meshtest.Eventually(t, propagation, "the catalog to list the services", func() bool {
+		status, _ := get(base+"/gw-open/", "")
+		return status == http.StatusOK
+	})
+	if status, body := get(base+"/consul/v1/status/leader", ""); status != http.StatusNotFound {
+		t.Errorf("/consul with allow_services *: %d %q, want 404: Consul's server RPC port is no service to proxy to", status, body)
+	}
+
+	meshtest.Load(t, gatewaySite(p, agent.Addr, "allow_services consul"), "caddyfile")
+	meshtest.Eventually(t, propagation, "consul, allowed by name, to be reached", func() bool {
+		status, _ := get(base+"/consul/", "")
+		return status != http.StatusNotFound && status != http.StatusServiceUnavailable
+	})
+}
+
 func TestAFloodOfServiceNamesTouchesConsulOnlyWithinBounds(t *testing.T) {
 	registerEcho(t, "flood-known", "known-1", nil, nil)
 	consul := meshtest.StartConsulProxy(t, agent.Addr)

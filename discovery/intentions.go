@@ -177,7 +177,11 @@ func (ci *ConsulIntentions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := args.Optional(d, &ci.Destination); err != nil {
 		return err
 	}
+	block := args.NewBlock()
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		switch d.Val() {
 		case "default":
 			if err := args.String(d, &ci.Default); err != nil {

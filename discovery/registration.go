@@ -2,16 +2,17 @@ package discovery
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/hashicorp/consul/api"
 
+	"github.com/caddymesh/caddymesh/internal/bounds"
 	"github.com/caddymesh/caddymesh/internal/svcname"
 )
 
@@ -21,6 +22,22 @@ const (
 	defaultCheckTimeout            = 2 * time.Second
 	defaultDeregisterCriticalAfter = time.Minute
 	defaultDrain                   = 5 * time.Second
+)
+
+// Bounds of a registration's options. Consul runs no check more often than
+// once a second, and reaps critical instances no sooner than after a
+// minute; weights travel in DNS SRV records, whose weight field has 16
+// bits.
+const (
+	maxRegisteredWeight        = 65535
+	minCheckInterval           = time.Second
+	maxCheckInterval           = 24 * time.Hour
+	minCheckTimeout            = time.Millisecond
+	maxCheckTimeout            = 5 * time.Minute
+	minDeregisterCriticalAfter = time.Minute
+	maxDeregisterCriticalAfter = 7 * 24 * time.Hour
+	minDrain                   = time.Millisecond
+	maxDrain                   = 10 * time.Minute
 )
 
 // Registration is a service this Caddy fronts, which the mesh app registers
@@ -37,8 +54,8 @@ type Registration struct {
 	// Consul agent's node.
 	Address string `json:"address,omitempty"`
 
-	// Port callers reach the service at: usually the port of the Caddy
-	// site that fronts it. Required.
+	// Port callers reach the service at, from 1 to 65535: usually the port
+	// of the Caddy site that fronts it. Required.
 	Port int `json:"port,omitempty"`
 
 	// Tags of the instance.
@@ -58,16 +75,16 @@ type Registration struct {
 	// How long to wait, after taking the instance out of Consul when Caddy
 	// stops or a config drops the registration, before Caddy stops
 	// serving: callers' watchers see it go within milliseconds, and
-	// requests in flight finish. Default: 5s.
+	// requests in flight finish. From 1ms to 10m. Default: 5s.
 	Drain caddy.Duration `json:"drain,omitempty"`
 }
 
 // RegistrationWeights are the weights of a registered instance.
 type RegistrationWeights struct {
-	// Weight while every check passes. At least 1.
+	// Weight while every check passes, from 1 to 65535.
 	Passing int `json:"passing,omitempty"`
-	// Weight while a check warns; 0 takes the instance out of rotation
-	// while it warns. Default: 1.
+	// Weight while a check warns, from 0 to 65535; 0 takes the instance
+	// out of rotation while it warns. Default: 1.
 	Warning *int `json:"warning,omitempty"`
 }
 
@@ -92,15 +109,16 @@ type RegistrationCheck struct {
 	// it runs; Consul marks it critical when the reports stop.
 	TTL bool `json:"ttl,omitempty"`
 
-	// How often the check runs (for TTL, how long a report holds).
-	// Default: 10s.
+	// How often the check runs (for TTL, how long a report holds), from 1s
+	// to 24h. Default: 10s.
 	Interval caddy.Duration `json:"interval,omitempty"`
 
-	// How long an HTTP or TCP check may take. Default: 2s.
+	// How long an HTTP or TCP check may take, from 1ms to 5m. Default: 2s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	// Consul removes the instance when the check has been critical this
-	// long, for when Caddy dies without taking it out itself. Default: 1m.
+	// long, for when Caddy dies without taking it out itself. From 1m to
+	// 168h. Default: 1m.
 	DeregisterCriticalAfter caddy.Duration `json:"deregister_critical_after,omitempty"`
 }
 
@@ -115,23 +133,29 @@ func (r *Registration) validate() error {
 	if r.ID != "" && !svcname.Valid(r.ID) { // a path segment of the deregister call
 		return fmt.Errorf("mesh register %s: id %q: %s", r.Name, r.ID, svcname.Rule)
 	}
-	if r.Port < 1 || r.Port > 65535 {
-		return fmt.Errorf("mesh register %s: port %d: must be from 1 to 65535", r.Name, r.Port)
+	err := cmp.Or(
+		bounds.Check("port", r.Port, 1, 65535),
+		bounds.DurationOrZero("drain", r.Drain, minDrain, maxDrain),
+	)
+	if w := r.Weights; w != nil && err == nil {
+		err = cmp.Or(bounds.Check("weights passing", w.Passing, 1, maxRegisteredWeight), bounds.Check("weights warning", w.warning(), 0, maxRegisteredWeight))
 	}
-	if w := r.Weights; w != nil && (w.Passing < 1 || w.warning() < 0) {
-		return fmt.Errorf("mesh register %s: weights %d %d: passing must be at least 1, warning at least 0", r.Name, w.Passing, w.warning())
+	if r.Address != "" && err == nil {
+		if err = checkHostOnly(r.Address); err != nil {
+			err = fmt.Errorf("address %q: %v", r.Address, err)
+		}
 	}
-	if r.Drain < 0 {
-		return fmt.Errorf("mesh register %s: drain %s: must not be negative", r.Name, time.Duration(r.Drain))
+	if r.Check != nil && err == nil {
+		err = r.Check.validate()
 	}
-	if r.Check != nil {
-		return r.Check.validate(r.Name)
+	if err != nil {
+		return fmt.Errorf("mesh register %s: %w", r.Name, err)
 	}
 	return nil
 }
 
-// validate rejects bad check settings of service.
-func (c *RegistrationCheck) validate(service string) error {
+// validate rejects bad check settings.
+func (c *RegistrationCheck) validate() error {
 	kinds := 0
 	for _, set := range []bool{c.HTTP != "", c.TCP != "", c.TTL} {
 		if set {
@@ -139,24 +163,23 @@ func (c *RegistrationCheck) validate(service string) error {
 		}
 	}
 	if kinds > 1 {
-		return fmt.Errorf("mesh register %s: check: only one of http, tcp and ttl may be set", service)
+		return errors.New("check: only one of http, tcp and ttl may be set")
 	}
-	if c.HTTP != "" && !strings.HasPrefix(c.HTTP, "http://") && !strings.HasPrefix(c.HTTP, "https://") {
-		return fmt.Errorf("mesh register %s: check http %q: must be an http:// or https:// URL", service, c.HTTP)
+	if c.HTTP != "" {
+		if err := checkURL(c.HTTP, "http", "https"); err != nil {
+			return fmt.Errorf("check http %q: %v", c.HTTP, err)
+		}
 	}
 	if c.TCP != "" {
-		if _, _, err := net.SplitHostPort(c.TCP); err != nil {
-			return fmt.Errorf("mesh register %s: check tcp %q: %v", service, c.TCP, err)
+		if err := checkHostPort(c.TCP); err != nil {
+			return fmt.Errorf("check tcp %q: %v", c.TCP, err)
 		}
 	}
-	for name, d := range map[string]caddy.Duration{
-		"interval": c.Interval, "timeout": c.Timeout, "deregister_critical_after": c.DeregisterCriticalAfter,
-	} {
-		if d < 0 {
-			return fmt.Errorf("mesh register %s: %s %s: must not be negative", service, name, time.Duration(d))
-		}
-	}
-	return nil
+	return cmp.Or(
+		bounds.DurationOrZero("interval", c.Interval, minCheckInterval, maxCheckInterval),
+		bounds.DurationOrZero("timeout", c.Timeout, minCheckTimeout, maxCheckTimeout),
+		bounds.DurationOrZero("deregister_critical_after", c.DeregisterCriticalAfter, minDeregisterCriticalAfter, maxDeregisterCriticalAfter),
+	)
 }
 
 // prepare validates r and fills its defaults.

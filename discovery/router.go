@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -85,7 +86,7 @@ type Router struct {
 	proxies  map[proxyKind]*reverseproxy.Handler
 	slashes  urlpath.EscapedSlashes // how paths are normalized
 	wake     chan struct{}
-	done     chan struct{}
+	stop     func()                   // stops the refreshing goroutine; nil until it starts
 	watches  map[string]*serviceWatch // owned by the refreshing goroutine
 }
 
@@ -134,15 +135,30 @@ func (rt *Router) Provision(ctx caddy.Context) error {
 	}
 	rt.source = &ConsulUpstreams{logger: rt.logger, conn: conn, datacenters: []string{conn.datacenter}}
 	rt.source.setDefaults()
-	rt.wake, rt.done = make(chan struct{}, 1), make(chan struct{})
+	rt.wake = make(chan struct{}, 1)
 	rt.watches = make(map[string]*serviceWatch)
 	rt.table.Store(newRouteTable(nil, nil, nil))
 	if err := rt.watchCatalogs(conn); err != nil {
 		return err
 	}
 	routers.Add(rt)
-	go rt.run()
+	rt.start()
 	return nil
+}
+
+// start runs the goroutine that keeps the table current, until stop or
+// the end of the config.
+func (rt *Router) start() {
+	ctx, cancel := context.WithCancel(rt.ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rt.run(ctx)
+	}()
+	rt.stop = func() {
+		cancel()
+		<-done
+	}
 }
 
 // Validate rejects bad values, naming the field and the value.
@@ -249,12 +265,12 @@ func (rt *Router) metaFilter() string {
 	return strings.Join(clauses, " or ")
 }
 
-// Cleanup stops keeping the table current and lets go of the watches.
+// Cleanup stops keeping the table current and lets go of the watches and
+// proxies; after a failed Provision, of those it took.
 func (rt *Router) Cleanup() error {
-	if rt.done == nil {
-		return nil
+	if rt.stop != nil {
+		rt.stop()
 	}
-	<-rt.done // the config's context is cancelled before its cleanup
 	routers.Remove(rt)
 	var errs []error
 	for _, c := range rt.catalogs {
@@ -272,14 +288,13 @@ func (rt *Router) Cleanup() error {
 }
 
 // run refreshes the route table whenever the catalog or a routed service
-// changes, until the config stops.
-func (rt *Router) run() {
-	defer close(rt.done)
+// changes, until ctx ends.
+func (rt *Router) run(ctx context.Context) {
 	for {
 		rt.refresh()
 		select {
 		case <-rt.wake:
-		case <-rt.ctx.Done():
+		case <-ctx.Done():
 			return
 		}
 	}

@@ -10,9 +10,11 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-bexpr"
 	"go.uber.org/zap"
 
+	"github.com/caddymesh/caddymesh/internal/bounds"
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/reqkey"
 	"github.com/caddymesh/caddymesh/internal/svcname"
@@ -32,7 +34,17 @@ const (
 // Bounds of a blocking query's wait.
 const (
 	defaultWait = 5 * time.Minute
+	minWait     = time.Second
 	maxWait     = 10 * time.Minute
+)
+
+// Bounds of the options of a source whose service name has placeholders.
+const (
+	maxMaxServices    = 65536
+	minIdleTimeout    = 100 * time.Millisecond
+	maxIdleTimeout    = 24 * time.Hour
+	minResolveTimeout = time.Millisecond
+	maxResolveTimeout = time.Minute
 )
 
 // firstAnswerTimeout bounds how long provisioning waits for Consul's first
@@ -88,7 +100,7 @@ type ConsulUpstreams struct {
 	Consistency string `json:"consistency,omitempty"`
 
 	// How long a blocking query waits for a change before Consul answers
-	// anyway. Default: 5m; at most 10m.
+	// anyway, from 1s to 10m. Default: 5m.
 	Wait caddy.Duration `json:"wait,omitempty"`
 
 	// Percentage of healthy instances below which all instances not in
@@ -98,16 +110,18 @@ type ConsulUpstreams struct {
 	PanicThreshold int `json:"panic_threshold,omitempty"`
 
 	// For a service name with placeholders: how many services it watches
-	// at most at once; requests for others get no upstreams until one is
-	// let go. Default: 256.
+	// at most at once, from 1 to 65536; requests for others get no
+	// upstreams until one is let go. Default: 256.
 	MaxServices int `json:"max_services,omitempty"`
 
 	// For a service name with placeholders: how long a service is watched
-	// without a request for it before it is let go. Default: 10m.
+	// without a request for it before it is let go, from 100ms to 24h.
+	// Default: 10m.
 	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
 
 	// For a service name with placeholders: how long the first request for
-	// a service waits for Consul's first answer about it. Default: 3s.
+	// a service waits for Consul's first answer about it, from 1ms to 1m.
+	// Default: 3s.
 	ResolveTimeout caddy.Duration `json:"resolve_timeout,omitempty"`
 
 	// Connection settings for this source, overriding the mesh app's
@@ -267,20 +281,17 @@ func (cu *ConsulUpstreams) validate() error {
 	case cu.Consistency != "" && cu.Consistency != consistencyDefault &&
 		cu.Consistency != consistencyStale && cu.Consistency != consistencyCached:
 		return fmt.Errorf("consul upstreams: consistency %q: must be default, stale or cached", cu.Consistency)
-	case cu.Wait < 0:
-		return fmt.Errorf("consul upstreams: wait %s: must not be negative", time.Duration(cu.Wait))
-	case time.Duration(cu.Wait) > maxWait:
-		return fmt.Errorf("consul upstreams: wait %s: must be at most %s", time.Duration(cu.Wait), maxWait)
-	case cu.PanicThreshold < 0 || cu.PanicThreshold > 100:
-		return fmt.Errorf("consul upstreams: panic_threshold %d: must be between 0 and 100", cu.PanicThreshold)
-	case cu.MaxServices < 0:
-		return fmt.Errorf("consul upstreams: max_services %d: must not be negative", cu.MaxServices)
-	case cu.IdleTimeout < 0:
-		return fmt.Errorf("consul upstreams: idle_timeout %s: must not be negative", time.Duration(cu.IdleTimeout))
-	case cu.ResolveTimeout < 0:
-		return fmt.Errorf("consul upstreams: resolve_timeout %s: must not be negative", time.Duration(cu.ResolveTimeout))
 	case !hasPlaceholders(cu.Service) && (cu.MaxServices != 0 || cu.IdleTimeout != 0 || cu.ResolveTimeout != 0):
 		return fmt.Errorf("consul upstreams: max_services, idle_timeout and resolve_timeout are for a service name with placeholders, not %q", cu.Service)
+	}
+	if err := cmp.Or(
+		bounds.DurationOrZero("wait", cu.Wait, minWait, maxWait),
+		bounds.Check("panic_threshold", cu.PanicThreshold, 0, 100),
+		bounds.CheckOrZero("max_services", cu.MaxServices, 1, maxMaxServices),
+		bounds.DurationOrZero("idle_timeout", cu.IdleTimeout, minIdleTimeout, maxIdleTimeout),
+		bounds.DurationOrZero("resolve_timeout", cu.ResolveTimeout, minResolveTimeout, maxResolveTimeout),
+	); err != nil {
+		return fmt.Errorf("consul upstreams: %w", err)
 	}
 	for _, tag := range cu.Tags {
 		if tag == "" || strings.Contains(tag, "`") {
@@ -288,7 +299,9 @@ func (cu *ConsulUpstreams) validate() error {
 		}
 	}
 	if cu.Filter != "" {
-		if _, err := bexpr.CreateEvaluator(cu.Filter, nil); err != nil {
+		// Consul checks a filter against the type it filters, with this
+		// very library and version.
+		if _, err := bexpr.CreateEvaluatorForType(cu.Filter, nil, (*api.ServiceEntry)(nil)); err != nil {
 			return fmt.Errorf("consul upstreams: filter %q: %v", cu.Filter, err)
 		}
 	}

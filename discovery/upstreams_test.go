@@ -35,6 +35,12 @@ func TestValidateNamesFieldAndValue(t *testing.T) {
 		{"empty tag", &ConsulUpstreams{Service: "web", Tags: []string{""}}, []string{"tag", `""`}},
 		{"tag with a backtick", &ConsulUpstreams{Service: "web", Tags: []string{"a`b"}}, []string{"tag", "a`b"}},
 		{"filter that does not parse", &ConsulUpstreams{Service: "web", Filter: "Service.Tags contains"}, []string{"filter", `"Service.Tags contains"`}},
+		{"filter on a field Consul does not have", &ConsulUpstreams{Service: "web", Filter: `Service.Nope == "x"`}, []string{"filter", `Selector "Service.Nope" is not valid`}},
+		{"wait of a few nanoseconds", &ConsulUpstreams{Service: "web", Wait: 3}, []string{"wait 3ns: must be from 1s to 10m0s"}},
+		{"idle_timeout of 2ns", &ConsulUpstreams{Service: "{path.0}", IdleTimeout: 2}, []string{"idle_timeout 2ns: must be from 100ms to 24h0m0s"}}, // divided by zero
+		{"idle_timeout above a day", &ConsulUpstreams{Service: "{path.0}", IdleTimeout: caddy.Duration(25 * time.Hour)}, []string{"idle_timeout 25h0m0s"}},
+		{"max_services above 65536", &ConsulUpstreams{Service: "{path.0}", MaxServices: 65537}, []string{"max_services 65537: must be from 1 to 65536"}},
+		{"resolve_timeout above a minute", &ConsulUpstreams{Service: "{path.0}", ResolveTimeout: caddy.Duration(time.Hour)}, []string{"resolve_timeout 1h0m0s: must be from 1ms to 1m0s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -52,7 +52,11 @@ func (ch *ConsistentHash) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := args.Optional(d, &ch.Key); err != nil {
 		return err
 	}
+	block := args.NewBlock("weight")
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "points":
@@ -86,6 +90,9 @@ func parseWeights(d *caddyfile.Dispenser, weights *Weights) error {
 		*weights = make(Weights)
 	}
 	for i := 0; i < len(pairs); i += 2 {
+		if _, given := (*weights)[pairs[i]]; given {
+			return d.Errf("weight of %q given twice: it takes one value", pairs[i])
+		}
 		n, err := strconv.Atoi(pairs[i+1])
 		if err != nil {
 			return d.Errf("weight of %q: '%s' is not a whole number", pairs[i], pairs[i+1])
@@ -100,9 +107,6 @@ func parseWeights(d *caddyfile.Dispenser, weights *Weights) error {
 func parseFallback(d *caddyfile.Dispenser, raw *json.RawMessage) error {
 	if !d.NextArg() {
 		return d.ArgErr()
-	}
-	if *raw != nil {
-		return d.Err("fallback policy already specified")
 	}
 	name := d.Val()
 	module, err := caddyfile.UnmarshalModule(d, "http.reverse_proxy.selection_policies."+name)

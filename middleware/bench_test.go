@@ -20,7 +20,7 @@ func benchmarkHandlers(b testing.TB) map[string]caddyhttp.MiddlewareHandler {
 			From:  []IdentitySource{{Source: "header", Header: "X-Mesh-Caller", Trusted: []string{"10.0.0.0/8"}}},
 			Allow: []string{"web"},
 		}),
-		"mesh_limit":   limitAt(b, &Limit{Key: perCaller, Rate: "1e9/s", Burst: 1 << 30, Concurrency: 1 << 20}, time.Now()),
+		"mesh_limit":   limitAt(b, &Limit{Key: perCaller, Rate: "1e9/s", Burst: 1_000_000_000, Concurrency: 1_000_000}, time.Now()),
 		"mesh_breaker": newBreaker(b, &Breaker{Key: perCaller}),
 	}
 }

@@ -1,6 +1,7 @@
 package middleware
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/caddymesh/caddymesh/internal/bounds"
 	"github.com/caddymesh/caddymesh/internal/keyed"
 	"github.com/caddymesh/caddymesh/internal/running"
 )
@@ -26,6 +28,15 @@ func init() {
 // maxBreakerKeys caps a breaker's circuits, and so the series of its
 // state metric.
 const maxBreakerKeys = 1024
+
+// Bounds of a breaker's options. The window is counted in ten buckets, so
+// its bucket is at least 10ms.
+const (
+	maxBreakerCount  = 1_000_000
+	maxHalfOpen      = 1000
+	minWindow        = 100 * time.Millisecond
+	maxBreakerPeriod = time.Hour
+)
 
 // Breaker is a circuit breaker: when what it wraps (reverse_proxy to a
 // dependency, say) fails too often, it stops calling it for a while and
@@ -50,30 +61,32 @@ type Breaker struct {
 	// circuit, from 0 (exclusive) to 1. Default: 0.5.
 	FailureRatio float64 `json:"failure_ratio,omitempty"`
 
-	// Requests the window must hold before failure_ratio applies.
-	// Default: 20.
+	// Requests the window must hold before failure_ratio applies, from 1
+	// to 1,000,000. Default: 20.
 	MinRequests int `json:"min_requests,omitempty"`
 
-	// How far back failure_ratio looks. Default: 10s.
+	// How far back failure_ratio looks, from 100ms to 1h. Default: 10s.
 	Window caddy.Duration `json:"window,omitempty"`
 
 	// Open the circuit after this many failures in a row, whatever the
-	// ratio. Default: 0, off.
+	// ratio; up to 1,000,000. Default: 0, off.
 	ConsecutiveFailures int `json:"consecutive_failures,omitempty"`
 
 	// Response statuses that count as failures: codes such as 429, or
 	// classes such as 5xx. Default: 5xx.
 	FailureStatus []string `json:"failure_status,omitempty"`
 
-	// Responses slower than this count as failures. Default: 0, off.
+	// Responses slower than this count as failures; from 1ms to 1h.
+	// Default: 0, off.
 	LatencyThreshold caddy.Duration `json:"latency_threshold,omitempty"`
 
-	// How long an open circuit refuses before letting probes through.
-	// Default: 30s.
+	// How long an open circuit refuses before letting probes through,
+	// from 1ms to 1h. Default: 30s.
 	OpenFor caddy.Duration `json:"open_for,omitempty"`
 
 	// Probes let through while half-open; the circuit closes when they all
-	// succeed, and opens again at the first failure. Default: 3.
+	// succeed, and opens again at the first failure. From 1 to 1000.
+	// Default: 3.
 	HalfOpenRequests int `json:"half_open_requests,omitempty"`
 
 	settings     circuitSettings
@@ -151,21 +164,16 @@ func (b *Breaker) setDefaults() {
 
 // Validate rejects bad values, naming the field and the value.
 func (b *Breaker) Validate() error {
-	switch {
-	case b.FailureRatio < 0 || b.FailureRatio > 1 || math.IsNaN(b.FailureRatio):
-		return fmt.Errorf("mesh_breaker: failure_ratio %v: must be from 0 to 1", b.FailureRatio)
-	case b.MinRequests < 0:
-		return fmt.Errorf("mesh_breaker: min_requests %d: must not be negative", b.MinRequests)
-	case b.Window < 0:
-		return fmt.Errorf("mesh_breaker: window %s: must not be negative", time.Duration(b.Window))
-	case b.ConsecutiveFailures < 0:
-		return fmt.Errorf("mesh_breaker: consecutive_failures %d: must not be negative", b.ConsecutiveFailures)
-	case b.LatencyThreshold < 0:
-		return fmt.Errorf("mesh_breaker: latency_threshold %s: must not be negative", time.Duration(b.LatencyThreshold))
-	case b.OpenFor < 0:
-		return fmt.Errorf("mesh_breaker: open_for %s: must not be negative", time.Duration(b.OpenFor))
-	case b.HalfOpenRequests < 0:
-		return fmt.Errorf("mesh_breaker: half_open_requests %d: must not be negative", b.HalfOpenRequests)
+	if err := cmp.Or(
+		bounds.Check("failure_ratio", b.FailureRatio, 0, 1),
+		bounds.CheckOrZero("min_requests", b.MinRequests, 1, maxBreakerCount),
+		bounds.DurationOrZero("window", b.Window, minWindow, maxBreakerPeriod),
+		bounds.CheckOrZero("consecutive_failures", b.ConsecutiveFailures, 1, maxBreakerCount),
+		bounds.DurationOrZero("latency_threshold", b.LatencyThreshold, time.Millisecond, maxBreakerPeriod),
+		bounds.DurationOrZero("open_for", b.OpenFor, time.Millisecond, maxBreakerPeriod),
+		bounds.CheckOrZero("half_open_requests", b.HalfOpenRequests, 1, maxHalfOpen),
+	); err != nil {
+		return fmt.Errorf("mesh_breaker: %w", err)
 	}
 	_, err := parseStatusSet(b.FailureStatus)
 	return err

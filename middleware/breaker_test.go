@@ -187,6 +187,11 @@ func TestBreakerRejectsBadSettings(t *testing.T) {
 		{Breaker{FailureRatio: -0.1}, "failure_ratio -0.1"},
 		{Breaker{MinRequests: -1}, "min_requests -1"},
 		{Breaker{Window: -1}, "window -1ns"},
+		{Breaker{Window: 5}, "window 5ns: must be from 100ms to 1h0m0s"}, // divided by zero per request
+		{Breaker{Window: caddy.Duration(2 * time.Hour)}, "window 2h0m0s: must be from 100ms to 1h0m0s"},
+		{Breaker{MinRequests: 2_000_000}, "min_requests 2000000: must be from 1 to 1000000"},
+		{Breaker{OpenFor: caddy.Duration(2 * time.Hour)}, "open_for 2h0m0s: must be from 1ms to 1h0m0s"},
+		{Breaker{HalfOpenRequests: 1001}, "half_open_requests 1001: must be from 1 to 1000"},
 		{Breaker{ConsecutiveFailures: -3}, "consecutive_failures -3"},
 		{Breaker{LatencyThreshold: -1}, "latency_threshold -1ns"},
 		{Breaker{OpenFor: -1}, "open_for -1ns"},

@@ -26,7 +26,11 @@ func (id *Identity) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	block := args.NewBlock("from", "allow", "deny")
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "from":
@@ -82,9 +86,6 @@ func (id *Identity) parseFrom(d *caddyfile.Dispenser) error {
 // parseIntentions reads `intentions [<destination>]` as the intentions
 // source Consul provides.
 func (id *Identity) parseIntentions(d *caddyfile.Dispenser) error {
-	if id.IntentionsRaw != nil {
-		return d.Err("intentions already specified")
-	}
 	source, err := caddyfile.UnmarshalModule(d, "mesh.intentions.consul")
 	if err != nil {
 		return err
@@ -110,7 +111,11 @@ func (b *Breaker) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := args.Optional(d, &b.Key); err != nil {
 		return err
 	}
+	block := args.NewBlock("failure_status")
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "failure_ratio":
@@ -156,7 +161,11 @@ func (l *Limit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := args.Optional(d, &l.Key); err != nil {
 		return err
 	}
+	block := args.NewBlock()
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "rate":

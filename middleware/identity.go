@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddymesh/caddymesh/internal/boxed"
 	"github.com/caddymesh/caddymesh/internal/svcname"
@@ -206,6 +207,8 @@ func (id *Identity) Validate() error {
 			return fmt.Errorf("mesh_identity: from header %q: a header name and trusted networks are required", src.Header)
 		case src.Source != "mtls" && src.Source != "header":
 			return fmt.Errorf("mesh_identity: from %q: must be mtls or header", src.Source)
+		case src.Source == "header" && !httpguts.ValidHeaderFieldName(src.Header):
+			return fmt.Errorf("mesh_identity: from header %q: not a valid header name", src.Header)
 		}
 		for _, cidr := range src.Trusted {
 			if _, err := netip.ParsePrefix(cidr); err != nil {
@@ -219,6 +222,11 @@ func (id *Identity) Validate() error {
 	for _, domain := range id.TrustDomains {
 		if !validTrustDomain(domain) {
 			return fmt.Errorf("mesh_identity: trust_domain %q: must be a SPIFFE trust domain name (lower-case letters, digits, '.', '-' and '_')", domain)
+		}
+	}
+	for field, names := range map[string][]string{"allow": id.Allow, "deny": id.Deny} {
+		if slices.Contains(names, "") {
+			return fmt.Errorf(`mesh_identity: %s "": an empty name is no caller`, field)
 		}
 	}
 	return nil

@@ -311,6 +311,8 @@ func TestIdentityRejectsBadSettings(t *testing.T) {
 		{[]IdentitySource{{Source: "header", Header: "X-Caller", Trusted: []string{"10.0.0.0/33"}}}, `trusted "10.0.0.0/33"`},
 		{[]IdentitySource{{Source: "header", Header: "X-Caller", Trusted: []string{"10.0.0.1"}}}, `trusted "10.0.0.1"`},
 		{[]IdentitySource{{Source: "mtls"}}, "from mtls: trust_domain is required, unless Consul intentions say it"},
+		{[]IdentitySource{{Source: "header", Header: "X Caller", Trusted: []string{"10.0.0.0/8"}}}, `from header "X Caller": not a valid header name`},
+		{[]IdentitySource{{Source: "header", Header: "X-Caller:", Trusted: []string{"10.0.0.0/8"}}}, `from header "X-Caller:": not a valid header name`},
 	} {
 		err := (&Identity{From: tc.from}).Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -321,6 +323,16 @@ func TestIdentityRejectsBadSettings(t *testing.T) {
 		id := &Identity{From: []IdentitySource{{Source: "mtls"}}, TrustDomains: []string{domain}}
 		if err := id.Validate(); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("trust_domain %q", domain)) {
 			t.Errorf("trust_domain %q: error %v, want one naming it", domain, err)
+		}
+	}
+}
+
+func TestIdentityRefusesAnEmptyCallerName(t *testing.T) {
+	mtls, td := []IdentitySource{{Source: "mtls"}}, []string{"td.consul"}
+	for _, id := range []*Identity{{From: mtls, TrustDomains: td, Allow: []string{"web", ""}}, {From: mtls, TrustDomains: td, Deny: []string{""}}} {
+		err := id.Validate()
+		if err == nil || !strings.Contains(err.Error(), `"": an empty name is no caller`) {
+			t.Errorf("allow %q deny %q: error %v, want one refusing the empty name", id.Allow, id.Deny, err)
 		}
 	}
 }

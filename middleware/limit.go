@@ -1,6 +1,7 @@
 package middleware
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -13,6 +14,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"golang.org/x/time/rate"
+
+	"github.com/caddymesh/caddymesh/internal/bounds"
 )
 
 func init() {
@@ -22,6 +25,17 @@ func init() {
 // maxLimitKeys caps the keys a limit keeps, so that a flood of distinct
 // keys cannot exhaust memory.
 const maxLimitKeys = 1 << 16
+
+// Bounds of a limit's options: a rate from one a day to a billion a
+// second, a burst up to a second of that, other counts up to a million,
+// a queue wait up to 1h.
+const (
+	minRate         = rate.Limit(1.0 / (24 * 60 * 60))
+	maxRate         = rate.Limit(1_000_000_000)
+	maxLimitCount   = 1_000_000
+	minQueueTimeout = time.Millisecond
+	maxQueueTimeout = time.Hour
+)
 
 // Limit shapes traffic per key: a token bucket caps the rate, and a cap on
 // requests in flight, with a bounded queue before it, caps concurrency.
@@ -39,21 +53,22 @@ type Limit struct {
 	Key string `json:"key,omitempty"`
 
 	// Requests allowed per unit of time, on average, such as 100/s, 6000/m
-	// or 5/100ms. Default: no rate limit.
+	// or 5/100ms; from 1/24h to 1000000000/s. Default: no rate limit.
 	Rate string `json:"rate,omitempty"`
 
-	// Requests allowed at once above the rate. Default: one second's worth
-	// of the rate, at least 1.
+	// Requests allowed at once above the rate, from 1 to 1,000,000,000.
+	// Default: one second's worth of the rate, at least 1.
 	Burst int `json:"burst,omitempty"`
 
-	// Requests in flight at most. Default: no cap.
+	// Requests in flight at most, from 1 to 1,000,000. Default: no cap.
 	Concurrency int `json:"concurrency,omitempty"`
 
-	// Requests that may wait for a place when concurrency is reached;
-	// beyond, they are refused. Default: 0.
+	// Requests that may wait for a place when concurrency is reached, up
+	// to 1,000,000; beyond, they are refused. Default: 0.
 	Queue int `json:"queue,omitempty"`
 
-	// How long a request may wait in the queue. Default: 1s.
+	// How long a request may wait in the queue, from 1ms to 1h; only with
+	// a queue. Default: 1s.
 	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
 
 	perSecond rate.Limit
@@ -91,7 +106,7 @@ func (l *Limit) Provision(ctx caddy.Context) error {
 	if l.Burst == 0 {
 		l.Burst = max(1, int(l.perSecond))
 	}
-	if l.QueueTimeout == 0 {
+	if l.QueueTimeout == 0 && l.Queue > 0 {
 		l.QueueTimeout = caddy.Duration(time.Second)
 	}
 	l.now = now
@@ -123,16 +138,18 @@ func (l *Limit) Validate() error {
 	switch {
 	case l.Rate == "" && l.Concurrency == 0:
 		return errors.New("mesh_limit: set a rate, a concurrency, or both")
-	case l.Burst < 0:
-		return fmt.Errorf("mesh_limit: burst %d: must not be negative", l.Burst)
-	case l.Concurrency < 0:
-		return fmt.Errorf("mesh_limit: concurrency %d: must not be negative", l.Concurrency)
-	case l.Queue < 0:
-		return fmt.Errorf("mesh_limit: queue %d: must not be negative", l.Queue)
 	case l.Queue > 0 && l.Concurrency == 0:
 		return fmt.Errorf("mesh_limit: queue %d: needs a concurrency to wait for", l.Queue)
-	case l.QueueTimeout < 0:
-		return fmt.Errorf("mesh_limit: queue_timeout %s: must not be negative", time.Duration(l.QueueTimeout))
+	case l.QueueTimeout != 0 && l.Queue == 0:
+		return fmt.Errorf("mesh_limit: queue_timeout %s: needs a queue to wait in", time.Duration(l.QueueTimeout))
+	}
+	if err := cmp.Or(
+		bounds.CheckOrZero("burst", l.Burst, 1, int(maxRate)), // a second of the fastest rate
+		bounds.CheckOrZero("concurrency", l.Concurrency, 1, maxLimitCount),
+		bounds.Check("queue", l.Queue, 0, maxLimitCount),
+		bounds.DurationOrZero("queue_timeout", l.QueueTimeout, minQueueTimeout, maxQueueTimeout),
+	); err != nil {
+		return fmt.Errorf("mesh_limit: %w", err)
 	}
 	return nil
 }
@@ -154,7 +171,11 @@ func parseRate(s string) (rate.Limit, error) {
 			return 0, fmt.Errorf("mesh_limit: rate %q: unknown unit of time %q", s, per)
 		}
 	}
-	return rate.Limit(n / unit.Seconds()), nil
+	perSecond := rate.Limit(n / unit.Seconds())
+	if perSecond < minRate || perSecond > maxRate {
+		return 0, fmt.Errorf("mesh_limit: rate %q: must be from 1/24h to %d/s", s, int(maxRate))
+	}
+	return perSecond, nil
 }
 
 // ServeHTTP admits the request within its key's limits, or refuses it.

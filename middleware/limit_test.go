@@ -260,11 +260,17 @@ func TestLimitRejectsBadSettings(t *testing.T) {
 		{Limit{Rate: "0/s"}, `rate "0/s"`},
 		{Limit{Rate: "5/fortnight"}, `rate "5/fortnight": unknown unit of time "fortnight"`},
 		{Limit{Rate: "5/-1s"}, `unknown unit of time "-1s"`},
-		{Limit{Rate: "5/s", Burst: -1}, "burst -1: must not be negative"},
-		{Limit{Concurrency: -2}, "concurrency -2: must not be negative"},
-		{Limit{Concurrency: 1, Queue: -1}, "queue -1: must not be negative"},
+		{Limit{Rate: "1/25h"}, `rate "1/25h": must be from 1/24h to 1000000000/s`},
+		{Limit{Rate: "0.0000001/2000000h"}, `rate "0.0000001/2000000h": must be from 1/24h`},
+		{Limit{Rate: "2000000000/s"}, `rate "2000000000/s": must be from 1/24h to 1000000000/s`},
+		{Limit{Rate: "5/s", Burst: -1}, "burst -1: must be from 1 to 1000000000"},
+		{Limit{Rate: "5/s", Burst: 1_000_000_001}, "burst 1000000001: must be from 1 to 1000000000"},
+		{Limit{Concurrency: -2}, "concurrency -2: must be from 1 to 1000000"},
+		{Limit{Concurrency: 1, Queue: -1}, "queue -1: must be from 0 to 1000000"},
 		{Limit{Rate: "5/s", Queue: 3}, "queue 3: needs a concurrency"},
-		{Limit{Concurrency: 1, QueueTimeout: -1}, "queue_timeout -1ns: must not be negative"},
+		{Limit{Concurrency: 1, Queue: 1, QueueTimeout: -1}, "queue_timeout -1ns: must be from 1ms to 1h0m0s"},
+		{Limit{Concurrency: 1, Queue: 1, QueueTimeout: caddy.Duration(2 * time.Hour)}, "queue_timeout 2h0m0s: must be from 1ms to 1h0m0s"},
+		{Limit{Concurrency: 1, QueueTimeout: caddy.Duration(time.Second)}, "queue_timeout 1s: needs a queue to wait in"},
 	} {
 		err := tc.limit.Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

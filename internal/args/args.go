@@ -3,6 +3,7 @@
 package args
 
 import (
+	"slices"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -78,5 +79,33 @@ func parse[T any](d *caddyfile.Dispenser, dst *T, convert func(string) (T, error
 		return d.Errf("%s '%s': %s", option, arg, what)
 	}
 	*dst = value
+	return nil
+}
+
+// Block keeps track of the options given in one block, so that an option
+// that takes a single value cannot be given twice: the second would
+// otherwise silently replace the first.
+type Block struct {
+	repeatable []string
+	lines      map[string]int // option: the line it was first given on
+}
+
+// NewBlock tracks a block whose options are all single-valued but for
+// repeatable.
+func NewBlock(repeatable ...string) *Block {
+	return &Block{repeatable: repeatable, lines: make(map[string]int)}
+}
+
+// Check refuses the option at d when it is single-valued and was given
+// before in the block, naming it and both lines.
+func (b *Block) Check(d *caddyfile.Dispenser) error {
+	option := d.Val()
+	if slices.Contains(b.repeatable, option) {
+		return nil
+	}
+	if line, seen := b.lines[option]; seen {
+		return d.Errf("option '%s' given twice (first on line %d): it takes one value", option, line)
+	}
+	b.lines[option] = d.Line()
 	return nil
 }
