@@ -76,20 +76,27 @@ func TestRouterProxiesAsFabio(t *testing.T) {
 
 // TestRouterCleansPathsAsFabio sends the requests of Fabio's
 // TestProxyPathNormalization through its routes: Fabio cleans the path it
-// routes on and sends upstream.
+// routes on and sends upstream. Fabio's test has a root route only, these
+// routes have more: /foo%2Fbar is /foo/bar, the strip route's.
 func TestRouterCleansPathsAsFabio(t *testing.T) {
 	base := fabioRouter(t)
 	for _, tc := range []struct{ path, want string }{
-		{"/foo%2Fbar", "fabio-root fabio.test /foo/bar"},               // percent-encoded path
-		{"/foo/../bar", "fabio-prepend fabio.test /foo/bar"},           // path with traversal: routed as /bar
-		{"/foo//bar", "fabio-strip fabio.test /bar"},                   // double slashes: routed as /foo/bar
-		{"/api%2F..%2Fv2//users/", "fabio-root fabio.test /v2/users/"}, // complex path
-		{"/api/users/", "fabio-both fabio.test /v2/users/"},            // trailing slash preserved
-		{"/x/../hostcustom", "fabio-hostcustom foo.com /hostcustom"},   // a decision on the cleaned path
+		{"/foo%2Fbar", "fabio-strip fabio.test /bar"},                // percent-encoded path
+		{"/foo/../bar", "fabio-prepend fabio.test /foo/bar"},         // path with traversal: routed as /bar
+		{"/foo//bar", "fabio-strip fabio.test /bar"},                 // double slashes: routed as /foo/bar
+		{"/api/users/", "fabio-both fabio.test /v2/users/"},          // trailing slash preserved
+		{"/x/../hostcustom", "fabio-hostcustom foo.com /hostcustom"}, // a decision on the cleaned path
 		{"/hostdst/../hostcustom", "fabio-hostcustom foo.com /hostcustom"},
 	} {
 		if status, body := get(base+tc.path, "fabio.test"); status != http.StatusOK || body != tc.want {
 			t.Errorf("%s: %d %q, want %q", tc.path, status, body, tc.want)
 		}
+	}
+	// Fabio unescapes %2F and routes /api%2F..%2Fv2//users/ as /v2/users/;
+	// with Consul's default (KEEP_UNCHANGED) a path whose escaped slashes
+	// would decode into dot segments has two meanings, and is refused (the
+	// README's table for people coming from Fabio).
+	if status, _ := get(base+"/api%2F..%2Fv2//users/", "fabio.test"); status != http.StatusBadRequest {
+		t.Errorf("/api%%2F..%%2Fv2//users/: %d, want 400", status)
 	}
 }

@@ -26,7 +26,7 @@ func (id *Identity) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	block := args.NewBlock("from", "allow", "deny")
+	block := args.NewBlock("from", "allow", "deny", "trust_domain")
 	for d.NextBlock(0) {
 		if err := block.Check(d); err != nil {
 			return err

@@ -216,22 +216,32 @@ func TestConsulFaults(t *testing.T) {
 }
 
 // Scenario 5: configs reloaded through the admin API under load, by
-// caddymesh and, for comparison, by stock Caddy with static upstreams. No
-// request is answered with an error, caddymesh drops no more connections
-// than stock Caddy in the same run (within a margin: the drops are Go's
-// HTTP server's, and their number follows the machine's load), and
-// goroutines, watches and memory come back to where they were. The long
-// form also bounds the drops of each.
+// caddymesh and, for comparison, by stock Caddy with static upstreams, side
+// by side: both fronts take their load and their reloads at the same time,
+// so that both see the same machine. No request is answered with an error,
+// caddymesh drops no more connections than stock Caddy in the same run
+// (within a margin: the drops are Go's HTTP server's, and their number
+// follows the machine's load), and goroutines, watches and memory come back
+// to where they were. The long form also bounds the drops of each.
 func TestReloadsUnderLoad(t *testing.T) {
 	migrateRequestsOnReload(t)
 	agent := startAgent(t)
 	ids, addrs := startRegisteredBackends(t, agent, 3)
 	const reloads = 200
-	caddymesh := readme(agent.Addr)
-	stock := readme("")
-	stock.Static = addrs
-	stockDropped := reloadUnderLoad(t, "stock Caddy, static upstreams", stock, ids, reloads)
-	meshDropped := reloadUnderLoad(t, "caddymesh `dynamic consul`", caddymesh, ids, reloads)
+	stockConfig := readme("")
+	stockConfig.Static = addrs
+	stock := startReloading(t, "stock Caddy, static upstreams", stockConfig, ids)
+	caddymesh := startReloading(t, "caddymesh `dynamic consul`", readme(agent.Addr), ids)
+	client := newClient(t)
+	stock.load = loadgen.Start(client, rate, stock.f.url+"/")
+	caddymesh.load = loadgen.Start(client, rate, caddymesh.f.url+"/")
+	for range reloads {
+		stock.reload(t)
+		caddymesh.reload(t)
+		time.Sleep(50 * time.Millisecond)
+	}
+	stockDropped := stock.finish(t, client, reloads)
+	meshDropped := caddymesh.finish(t, client, reloads)
 	if limit := 2*stockDropped + reloads/10; meshDropped > limit {
 		t.Errorf("caddymesh dropped %d connections across %d reloads, stock Caddy %d: want at most %d (twice stock's, plus one per 10 reloads)",
 			meshDropped, reloads, stockDropped, limit)
@@ -261,64 +271,83 @@ func migrateRequestsOnReload(t *testing.T) {
 // answered with an error and that its goroutines, watches and live heap
 // come back, and returns how many connections were dropped with no answer.
 // The long form also fails on more than one drop per 10 reloads.
-func reloadUnderLoad(t *testing.T, name string, config proxyConfig, ids []string, reloads int) int {
+// reloading is a front of scenario 5, reloaded under load: what it held
+// before the reloads, and its load.
+type reloading struct {
+	name   string
+	config proxyConfig
+	f      *front
+	port   int
+	load   *loadgen.Run
+
+	goroutinesBefore int
+	heapBefore       int64
+	watchesBefore    []string
+}
+
+// reloadKeepalive shortens how long Caddy keeps the idle upstream
+// connections of a replaced config (2 minutes by default), so that they
+// are gone when the goroutines are counted.
+const reloadKeepalive = 3 * time.Second
+
+// startReloading starts a front, warms it up with reloads (the first ones
+// start what lives across configs) and measures what it holds.
+func startReloading(t *testing.T, name string, config proxyConfig, ids []string) *reloading {
 	t.Helper()
-	// Caddy keeps the idle upstream connections of a replaced config until
-	// their keep-alive ends (2 minutes by default); shortened here so that
-	// they are gone when the goroutines are counted.
-	const keepalive = 3 * time.Second
-	config.Keepalive = keepalive.String()
-	var port int
-	f := startFront(t, func(p int, admin string) string { port = p; return config.caddyfile(p, admin) }, "/")
-	reload := func() {
-		config.Generation++
-		f.reload(t, config.caddyfile(port, f.admin))
+	config.Keepalive = reloadKeepalive.String()
+	r := &reloading{name: name, config: config}
+	r.f = startFront(t, func(p int, admin string) string { r.port = p; return config.caddyfile(p, admin) }, "/")
+	for range 10 {
+		r.reload(t)
 	}
-	// settled reloads once more and, after the keep-alive, measures.
-	settled := func() (goroutines int, heap int64, watches []string) {
-		reload()
-		time.Sleep(keepalive + time.Second)
-		return f.goroutines(t), f.heapAfterGC(t), f.watches(t)
-	}
-	for range 10 { // warm up: the first reloads start what lives across configs
-		reload()
-	}
-	awaitRouted(t, f, ids)
-	goroutinesBefore, heapBefore, watchesBefore := settled()
+	awaitRouted(t, r.f, ids)
+	r.goroutinesBefore, r.heapBefore, r.watchesBefore = r.settled(t)
+	return r
+}
 
-	client := newClient(t)
-	load := loadgen.Start(client, rate, f.url+"/")
-	for range reloads {
-		reload()
-		time.Sleep(50 * time.Millisecond)
-	}
-	result := load.Stop()
+// reload loads the front's config anew, one generation on.
+func (r *reloading) reload(t *testing.T) {
+	r.config.Generation++
+	r.f.reload(t, r.config.caddyfile(r.port, r.f.admin))
+}
+
+// settled reloads once more and, after the keep-alive, measures.
+func (r *reloading) settled(t *testing.T) (goroutines int, heap int64, watches []string) {
+	r.reload(t)
+	time.Sleep(reloadKeepalive + time.Second)
+	return r.f.goroutines(t), r.f.heapAfterGC(t), r.f.watches(t)
+}
+
+// finish stops the load, records the row, checks that nothing leaked, and
+// returns the connections dropped.
+func (r *reloading) finish(t *testing.T, client *http.Client, reloads int) int {
+	t.Helper()
+	result := r.load.Stop()
 	client.CloseIdleConnections()
-	goroutinesAfter, heapAfter, watchesAfter := settled()
-
-	record(t, fmt.Sprintf("5. %d config reloads through the admin API, %s", reloads, name), result, fmt.Sprintf(
+	goroutinesAfter, heapAfter, watchesAfter := r.settled(t)
+	record(t, fmt.Sprintf("5. %d config reloads through the admin API, %s", reloads, r.name), result, fmt.Sprintf(
 		"%d connections dropped; goroutines %d → %d, watches %d → %d, live heap %.1f → %.1f MB",
-		result.Unanswered, goroutinesBefore, goroutinesAfter, len(watchesBefore), len(watchesAfter),
-		float64(heapBefore)/1e6, float64(heapAfter)/1e6))
+		result.Unanswered, r.goroutinesBefore, goroutinesAfter, len(r.watchesBefore), len(watchesAfter),
+		float64(r.heapBefore)/1e6, float64(heapAfter)/1e6))
 	if answered := result.Failed - result.Unanswered; answered > 0 {
-		t.Errorf("%s: %d requests answered with an error across reloads; first: %v", name, answered, result.Failures)
+		t.Errorf("%s: %d requests answered with an error across reloads; first: %v", r.name, answered, result.Failures)
 	}
 	// Go's HTTP server, stock Caddy's too, closes with no answer a fresh
 	// connection whose first request it reads while shutting down
 	// (golang/go#75591): now and then a connection dropped at a reload,
 	// more often on a busy machine.
 	if *full && result.Unanswered > max(3, reloads/10) {
-		t.Errorf("%s: %d connections dropped across %d reloads; first: %v", name, result.Unanswered, reloads, result.Failures)
+		t.Errorf("%s: %d connections dropped across %d reloads; first: %v", r.name, result.Unanswered, reloads, result.Failures)
 	}
-	if !slices.Equal(watchesBefore, watchesAfter) {
-		t.Errorf("%s: watches %v before the reloads, %v after", name, watchesBefore, watchesAfter)
+	if !slices.Equal(r.watchesBefore, watchesAfter) {
+		t.Errorf("%s: watches %v before the reloads, %v after", r.name, r.watchesBefore, watchesAfter)
 	}
-	if goroutinesAfter > goroutinesBefore+2 {
-		t.Errorf("%s: %d goroutines before the reloads, %d after:\n%s", name, goroutinesBefore, goroutinesAfter,
-			f.adminRequest(t, http.MethodGet, "/debug/pprof/goroutine?debug=1", "", ""))
+	if goroutinesAfter > r.goroutinesBefore+2 {
+		t.Errorf("%s: %d goroutines before the reloads, %d after:\n%s", r.name, r.goroutinesBefore, goroutinesAfter,
+			r.f.adminRequest(t, http.MethodGet, "/debug/pprof/goroutine?debug=1", "", ""))
 	}
-	if heapAfter > heapBefore*3/2+1<<20 {
-		t.Errorf("%s: live heap %d bytes before the reloads, %d after", name, heapBefore, heapAfter)
+	if heapAfter > r.heapBefore*3/2+1<<20 {
+		t.Errorf("%s: live heap %d bytes before the reloads, %d after", r.name, r.heapBefore, heapAfter)
 	}
 	return result.Unanswered
 }
