@@ -204,8 +204,7 @@ func startIntentionsWatch(destination string, conn connection) (*intentionsWatch
 	w := &intentionsWatch{poller: p, destination: destination}
 	p.query, p.apply = w.query, w.apply
 	p.wait = func() time.Duration { return defaultWait }
-	p.start()
-	return w, nil
+	return w, p.start()
 }
 
 // Destruct stops the watch. The usage pool calls it when the last user
@@ -219,7 +218,7 @@ func (w *intentionsWatch) query(_ context.Context, q *api.QueryOptions) (intenti
 	if err := w.readAgentDefault(); err != nil {
 		return intentionsAnswer{}, nil, err
 	}
-	q.AllowStale = true
+	q.AllowStale = !w.asksLeader()
 	match := &api.IntentionMatch{By: api.IntentionMatchDestination, Names: []string{w.destination}}
 	found, meta, err := w.client.Connect().IntentionMatch(match, q)
 	if err != nil {

@@ -34,6 +34,9 @@ const (
 	maxWait     = 10 * time.Minute
 )
 
+// maxHoldLast bounds hold_last.
+const maxHoldLast = 5 * time.Minute
+
 // firstAnswerTimeout bounds how long provisioning waits for Consul's first
 // answer, so that traffic does not start on an empty set.
 const firstAnswerTimeout = 3 * time.Second
@@ -95,6 +98,13 @@ type ConsulUpstreams struct {
 	// most of a service fails its checks, the checks are more likely wrong
 	// than the service. 0 turns it off. Default: 0.
 	PanicThreshold int `json:"panic_threshold,omitempty"`
+
+	// How long to keep serving the last healthy instances when Consul's
+	// answer drops them all at once, as a client agent's graceful leave
+	// (a rolling upgrade of Consul agents) does until its services register
+	// again; a real scale to zero takes effect after it. 0 turns it off.
+	// Default: 10s; at most 5m.
+	HoldLast *caddy.Duration `json:"hold_last,omitempty"`
 
 	// For a service name with placeholders: how many services it watches
 	// at most at once; requests for others get no upstreams until one is
@@ -185,6 +195,7 @@ func (cu *ConsulUpstreams) watch(service string) (*serviceWatch, error) {
 		key := watchKey{
 			endpoint: cu.conn.endpoint, service: service, datacenter: dc, filter: cu.filter,
 			health: cu.Health, near: cu.Near, consistency: cu.Consistency, wait: time.Duration(cu.Wait),
+			holdLast: time.Duration(*cu.HoldLast),
 		}
 		value, _, err := watchers.LoadOrNew(key, func() (caddy.Destructor, error) {
 			w, err := newWatcher(key, cu.conn)
@@ -192,8 +203,7 @@ func (cu *ConsulUpstreams) watch(service string) (*serviceWatch, error) {
 				return nil, err
 			}
 			w.tags, w.userFilter = cu.Tags, cu.Filter
-			w.start()
-			return w, nil
+			return w, w.start()
 		})
 		if err != nil {
 			return nil, errors.Join(err, sw.release())
@@ -268,6 +278,8 @@ func (cu *ConsulUpstreams) validate() error {
 		return fmt.Errorf("consul upstreams: wait %s: must not be negative", time.Duration(cu.Wait))
 	case time.Duration(cu.Wait) > maxWait:
 		return fmt.Errorf("consul upstreams: wait %s: must be at most %s", time.Duration(cu.Wait), maxWait)
+	case cu.HoldLast != nil && (*cu.HoldLast < 0 || time.Duration(*cu.HoldLast) > maxHoldLast):
+		return fmt.Errorf("consul upstreams: hold_last %s: must be from 0 to %s", time.Duration(*cu.HoldLast), maxHoldLast)
 	case cu.PanicThreshold < 0 || cu.PanicThreshold > 100:
 		return fmt.Errorf("consul upstreams: panic_threshold %d: must be between 0 and 100", cu.PanicThreshold)
 	case cu.MaxServices < 0:
@@ -301,6 +313,9 @@ func (cu *ConsulUpstreams) setDefaults() {
 	}
 	if cu.Wait == 0 {
 		cu.Wait = caddy.Duration(defaultWait)
+	}
+	if cu.HoldLast == nil {
+		cu.HoldLast = new(caddy.Duration(defaultHoldLast))
 	}
 	cu.MaxServices = cmp.Or(cu.MaxServices, defaultMaxServices)
 	cu.IdleTimeout = cmp.Or(cu.IdleTimeout, caddy.Duration(defaultIdleTimeout))
