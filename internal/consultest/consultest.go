@@ -204,20 +204,16 @@ func (a *Agent) Kill() { a.kill() }
 // Leave stops the agent with SIGTERM, as a supervisor does: a client
 // agent leaves the cluster gracefully (leave_on_terminate is the default
 // on clients), taking its node and services out of the catalog.
-func (a *Agent) Leave() {
-	if a.cmd == nil || a.cmd.Process == nil {
-		return
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	<-a.exited
-	a.cmd = nil
-}
+func (a *Agent) Leave() { a.signal(syscall.SIGTERM) }
 
-func (a *Agent) kill() {
+func (a *Agent) kill() { a.signal(syscall.SIGKILL) }
+
+// signal sends sig to the running agent and waits for it to exit.
+func (a *Agent) signal(sig syscall.Signal) {
 	if a.cmd == nil || a.cmd.Process == nil {
 		return
 	}
-	_ = a.cmd.Process.Signal(syscall.SIGKILL)
+	_ = a.cmd.Process.Signal(sig)
 	<-a.exited
 	a.cmd = nil
 }
