@@ -92,6 +92,8 @@ type watchView struct {
 	ConsulIndex     uint64          `json:"consul_index"`
 	LastSync        *time.Time      `json:"last_sync,omitempty"`
 	Staleness       string          `json:"staleness"`
+	KnownLeader     bool            `json:"known_leader"`
+	HoldingLast     *time.Time      `json:"holding_last,omitempty"`
 	LastError       string          `json:"last_error,omitempty"`
 	FailingSince    *time.Time      `json:"failing_since,omitempty"`
 	Healthy         int             `json:"healthy"`
@@ -123,7 +125,10 @@ func (w *watcher) view(users int) watchView {
 		Health: w.key.health, Consistency: w.key.consistency, Near: w.key.near, Consul: w.key.address,
 		Routes: users, ConsulIndex: status.index, LastError: status.err, Instances: []pool.Instance{},
 	}
-	v.Staleness = status.staleness().Round(time.Millisecond).String()
+	leader := w.leaderState()
+	v.Staleness = status.staleness(time.Now(), leader).Round(time.Millisecond).String()
+	v.KnownLeader = status.knownLeader(leader)
+	v.HoldingLast = w.holding.Load()
 	if !status.syncedAt.IsZero() {
 		v.LastSync = &status.syncedAt
 	}

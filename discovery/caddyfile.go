@@ -3,6 +3,7 @@ package discovery
 import (
 	"strconv"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -21,6 +22,7 @@ import (
 //	    near            _agent|<node>
 //	    consistency     default|stale|cached
 //	    wait            <duration>
+//	    hold_last       <duration>
 //	    panic_threshold <0..100>
 //	    max_services    <n>
 //	    idle_timeout    <duration>
@@ -59,6 +61,9 @@ func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = args.String(d, &cu.Consistency)
 		case "wait":
 			err = args.Duration(d, &cu.Wait)
+		case "hold_last":
+			cu.HoldLast = new(caddy.Duration)
+			err = args.Duration(d, cu.HoldLast)
 		case "panic_threshold":
 			err = args.Int(d, &cu.PanicThreshold)
 		case "max_services":

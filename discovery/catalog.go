@@ -43,8 +43,7 @@ func takeCatalog(key catalogKey, conn connection) (*catalogWatch, error) {
 		c := &catalogWatch{poller: p, key: key}
 		p.query, p.apply = c.query, c.apply
 		p.wait = func() time.Duration { return defaultWait }
-		p.start()
-		return c, nil
+		return c, p.start()
 	})
 	if err != nil {
 		return nil, err
@@ -65,7 +64,7 @@ func (c *catalogWatch) Destruct() error {
 }
 
 func (c *catalogWatch) query(_ context.Context, q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
-	q.Datacenter, q.Filter, q.AllowStale = c.key.datacenter, c.key.filter, true
+	q.Datacenter, q.Filter, q.AllowStale = c.key.datacenter, c.key.filter, !c.asksLeader()
 	return c.client.Catalog().Services(q)
 }
 

@@ -20,6 +20,10 @@ const (
 	// eventConsulRecovered: a watch's queries succeed again; data also has
 	// the outage's duration.
 	eventConsulRecovered = "mesh.consul_recovered"
+	// eventHoldingLast: Consul's answer dropped every healthy instance of a
+	// watched service at once, and the last ones are kept for hold_last;
+	// data also has how many are held and until when.
+	eventHoldingLast = "mesh.holding_last"
 )
 
 // eventSink is an events app and the context to emit through it with.

@@ -231,8 +231,7 @@ func startIntentionsWatch(destination string, conn connection) (*intentionsWatch
 	w := &intentionsWatch{poller: p, destination: destination}
 	p.query, p.apply = w.query, w.apply
 	p.wait = func() time.Duration { return defaultWait }
-	p.start()
-	return w, nil
+	return w, p.start()
 }
 
 // Destruct stops the watch. The usage pool calls it when the last user
@@ -243,7 +242,7 @@ func (w *intentionsWatch) Destruct() error {
 }
 
 func (w *intentionsWatch) query(_ context.Context, q *api.QueryOptions) (intentionsAnswer, *api.QueryMeta, error) {
-	q.AllowStale = true
+	q.AllowStale = !w.asksLeader()
 	match := &api.IntentionMatch{By: api.IntentionMatchDestination, Names: []string{w.destination}}
 	found, meta, err := w.client.Connect().IntentionMatch(match, q)
 	if err != nil {

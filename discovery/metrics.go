@@ -18,6 +18,7 @@ type meshMetrics struct {
 	queries  *prometheus.CounterVec
 	duration prometheus.Histogram
 	updates  *prometheus.CounterVec
+	holds    *prometheus.CounterVec
 	state    stateCollector
 }
 
@@ -37,6 +38,10 @@ func newMeshMetrics() *meshMetrics {
 			Namespace: namespace, Subsystem: subsystem, Name: "snapshot_updates_total",
 			Help: "Changes of a watched service's instances.",
 		}, []string{"service"}),
+		holds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: subsystem, Name: "holds_total",
+			Help: "Times a watch kept serving its last healthy instances when Consul's answer dropped them all at once (hold_last).",
+		}, []string{"service"}),
 		state: newStateCollector(namespace + "_" + subsystem),
 	}
 }
@@ -48,7 +53,7 @@ func (m *meshMetrics) register(ctx caddy.Context) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{m.queries, m.duration, m.updates, m.state} {
+	for _, c := range []prometheus.Collector{m.queries, m.duration, m.updates, m.holds, m.state} {
 		if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 			return err
 		}
@@ -69,6 +74,10 @@ func (m *meshMetrics) countUpdate(service string) {
 	m.updates.WithLabelValues(service).Inc()
 }
 
+func (m *meshMetrics) countHold(service string) {
+	m.holds.WithLabelValues(service).Inc()
+}
+
 // stateCollector reports, at each scrape, the current state of watches
 // and registrations.
 type stateCollector struct {
@@ -81,12 +90,12 @@ func newStateCollector(prefix string) stateCollector {
 			"Instances of watched services by state (healthy, warning, critical, maintenance), summed over a service's watches.",
 			[]string{"service", "state"}, nil),
 		age: prometheus.NewDesc(prefix+"_snapshot_age_seconds",
-			"How stale a watched service's instances may be: 0 while its watch is healthy, the time since Consul last answered while it fails (the stalest of a service's watches).",
+			"How old a watched service's instances may be: the time since Consul last confirmed them (an answer, or a blocking query in flight while the datacenter has a leader), plus the answering server's lag behind its leader; the stalest of a service's watches.",
 			[]string{"service"}, nil),
 		watchers: prometheus.NewDesc(prefix+"_watchers",
 			"Consul watches running.", nil, nil),
 		registrations: prometheus.NewDesc(prefix+"_registrations",
-			"Instances this Caddy keeps registered in Consul, by service and state (registering, registered, failing).",
+			"Instances this Caddy keeps registered in Consul, by service and state (registering, registered, agent_only, failing).",
 			[]string{"service", "state"}, nil),
 	}
 }
@@ -105,10 +114,11 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	instances := make(map[serviceState]int)
 	ages := make(map[string]time.Duration)
 	count := 0
+	now := time.Now()
 	forEachWatcher(func(w *watcher, _ int) {
 		count++
 		service := w.key.service
-		ages[service] = max(ages[service], w.status.Load().staleness())
+		ages[service] = max(ages[service], w.status.Load().staleness(now, w.leaderState()))
 		a := w.current.Load()
 		if a == nil {
 			return

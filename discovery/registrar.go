@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"reflect"
 	"slices"
@@ -19,9 +20,15 @@ import (
 // Registration states, as the admin API and metrics show them.
 const (
 	stateRegistering = "registering" // not yet in Consul, or being updated
-	stateRegistered  = "registered"  // in Consul
-	stateFailing     = "failing"     // Consul refuses or cannot be reached; retrying
+	stateRegistered  = "registered"  // the servers' catalog has it, passing
+	stateAgentOnly   = "agent_only"  // the local agent has it, the servers' catalog does not
+	stateFailing     = "failing"     // Consul refuses it, cannot be reached, or its check fails; retrying
 )
+
+// syncGrace is how long after registering the servers' catalog may lack
+// the instance before it counts as agent_only: the agent syncs it within
+// milliseconds.
+const syncGrace = 5 * time.Second
 
 // deregisterTimeout bounds taking an instance out of Consul at shutdown.
 const deregisterTimeout = 5 * time.Second
@@ -43,6 +50,7 @@ type registrar struct {
 	wanted atomic.Pointer[wantedRegistration]
 	status atomic.Pointer[registrationStatus]
 	logger func() *zap.Logger
+	pacer  *pacer
 
 	interrupt atomic.Pointer[context.CancelFunc] // cuts the current wait short
 	cancel    context.CancelFunc
@@ -136,14 +144,20 @@ func (w *wantedRegistration) same(other *wantedRegistration) bool {
 
 func startRegistrar(want *wantedRegistration) *registrar {
 	ctx, cancel := context.WithCancel(context.Background())
+	r := newRegistrar(want, realClock)
+	r.cancel = cancel
+	go r.run(ctx)
+	return r
+}
+
+func newRegistrar(want *wantedRegistration, c clock) *registrar {
 	r := &registrar{
 		logger: func() *zap.Logger { return caddy.Log().Named("mesh.register") },
-		cancel: cancel,
+		pacer:  newPacer(c),
 		done:   make(chan struct{}),
 	}
 	r.wanted.Store(want)
-	r.setStatus(stateRegistering, nil)
-	go r.run(ctx)
+	r.status.Store(&registrationStatus{State: stateRegistering, Since: c.now()})
 	return r
 }
 
@@ -161,84 +175,179 @@ func (r *registrar) log() *zap.Logger {
 	return r.logger().With(zap.String("service", spec.Name), zap.String("id", spec.ID))
 }
 
+// setStatus records where the registration stands; a change of state
+// is logged once, with its reason.
 func (r *registrar) setStatus(state string, err error) {
-	status := &registrationStatus{State: state, Since: time.Now()}
+	previous := r.status.Load()
+	if previous.State == state && (err == nil || previous.Error == err.Error()) {
+		return
+	}
+	status := &registrationStatus{State: state, Since: r.pacer.clock.now()}
 	if err != nil {
 		status.Error = err.Error()
 	}
 	r.status.Store(status)
+	if previous.State == state {
+		return // same state, another reason: not worth a log line
+	}
+	switch state {
+	case stateRegistered:
+		r.log().Info("registered: the servers' catalog has the instance, passing")
+	case stateAgentOnly:
+		r.log().Warn("the local agent has the instance but the servers' catalog does not: callers may not see it, or see a stale entry", zap.Error(err))
+	case stateFailing:
+		r.log().Warn("registration failing; retrying in the background", zap.Error(err))
+	}
 }
 
+// run registers the instance and keeps it registered, paced like the
+// watchers: rate-limited, and backing off while registering or keeping
+// fails.
 func (r *registrar) run(ctx context.Context) {
 	defer close(r.done)
-	failures := 0
-	for ctx.Err() == nil {
+	for r.pacer.ready(ctx) {
 		want := r.wanted.Load()
-		if err := r.register(ctx, want); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			if failures++; failures == 1 {
-				r.log().Warn("registering in consul failed; retrying in the background", zap.Error(err))
-			}
+		err := r.register(ctx, want)
+		if err == nil {
+			err = r.keep(ctx, want)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
 			r.setStatus(stateFailing, err)
-			if !sleep(ctx, backoff(failures)) {
+			if !r.pacer.failed(ctx) {
 				return
 			}
-			continue
 		}
-		if failures > 0 {
-			r.log().Info("registered in consul after failures", zap.Int("failures", failures))
-		} else {
-			r.log().Info("registered in consul")
-		}
-		failures = 0
-		r.setStatus(stateRegistered, nil)
-		r.keep(ctx, want)
 	}
 }
 
 // register puts the instance into the agent, replacing any checks it had.
 func (r *registrar) register(ctx context.Context, want *wantedRegistration) error {
 	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true, Token: want.conn.token}
-	return want.client.Agent().ServiceRegisterOpts(want.spec.agentRegistration(), opts.WithContext(ctx))
+	err := want.client.Agent().ServiceRegisterOpts(want.spec.agentRegistration(), opts.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("registering with the agent: %w", err)
+	}
+	return nil
 }
 
-// keep watches the registered instance with blocking queries, reporting
-// its TTL check, and returns when it must be registered again: the agent
-// lost it, failed to answer, or the registration changed.
-func (r *registrar) keep(ctx context.Context, want *wantedRegistration) {
+// keep reports the instance's TTL check, makes sure the agent still has
+// it, and follows the servers' catalog entry with blocking queries. It
+// returns nil when the instance must be registered again (the agent lost
+// it, or the registration changed), an error when the agent fails.
+func (r *registrar) keep(ctx context.Context, want *wantedRegistration) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r.interrupt.Store(&cancel)
 	if r.wanted.Load() != want { // changed before interrupt was set
-		return
+		return nil
 	}
+	registered := r.pacer.clock.now()
+	var nodeID string
+	var askedNode bool
 	check := want.spec.Check
 	wait := 5 * time.Minute
 	if check.TTL {
 		wait = time.Duration(check.Interval) / 2
 	}
-	var hash string
-	for {
-		q := &api.QueryOptions{WaitHash: hash, WaitTime: wait, Token: want.conn.token}
+	var index uint64
+	for r.pacer.ready(ctx) {
+		q := &api.QueryOptions{Token: want.conn.token}
 		if check.TTL {
 			err := want.client.Agent().UpdateTTLOpts("service:"+want.spec.ID, "reported by caddymesh", api.HealthPassing, q.WithContext(ctx))
 			if err != nil {
-				return
+				return fmt.Errorf("reporting the TTL check: %w", err)
 			}
 		}
-		timeout, stop := context.WithTimeout(ctx, wait+wait/16+requestSlack)
-		_, meta, err := want.client.Agent().Service(want.spec.ID, q.WithContext(timeout))
-		stop()
-		if err != nil {
+		if _, _, err := want.client.Agent().Service(want.spec.ID, q.WithContext(ctx)); err != nil {
 			if gone := (api.StatusError{}); errors.As(err, &gone) && gone.Code == http.StatusNotFound {
-				r.log().Warn("consul no longer has this instance; registering it again")
+				r.log().Warn("the agent no longer has this instance; registering it again")
+				return nil
 			}
-			return
+			return fmt.Errorf("asking the agent: %w", err)
 		}
-		hash = meta.LastContentHash
+		r.pacer.succeeded()
+		if !askedNode {
+			nodeID, askedNode = r.agentNodeID(ctx, want), true
+		}
+		inGrace := r.pacer.clock.now().Sub(registered) < syncGrace
+		entries, next, err := r.catalogEntries(ctx, want, index, wait, inGrace)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			r.setStatus(stateAgentOnly, fmt.Errorf("the servers cannot be asked: %w", err))
+			index = 0
+			if !r.pacer.failed(ctx) {
+				return nil
+			}
+			continue
+		}
+		index = nextIndex(index, next)
+		state, reason := catalogState(entries, nodeID)
+		if state == stateAgentOnly && inGrace {
+			state, reason = stateRegistering, nil
+		}
+		r.setStatus(state, reason)
 	}
+	return nil
+}
+
+// catalogEntries asks the servers (through the agent) for the instance's
+// catalog entries with their checks, blocking from index; within the sync
+// grace, no longer than the grace, so as to judge in time.
+func (r *registrar) catalogEntries(ctx context.Context, want *wantedRegistration, index uint64, wait time.Duration, inGrace bool) ([]*api.ServiceEntry, uint64, error) {
+	if inGrace {
+		wait = min(wait, syncGrace)
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait+wait/16+requestSlack)
+	defer cancel()
+	q := &api.QueryOptions{
+		Token: want.conn.token, WaitIndex: index, WaitTime: wait,
+		Filter: fmt.Sprintf("Service.ID == %q", want.spec.ID),
+	}
+	entries, meta, err := want.client.Health().Service(want.spec.Name, "", false, q.WithContext(ctx))
+	if err != nil {
+		return nil, 0, err
+	}
+	return entries, meta.LastIndex, nil
+}
+
+// agentNodeID is the local agent's node ID, which tells its catalog entry
+// from a stale one under the same node name; "" when the token may not
+// read it (agent:read), and then entries are not told apart.
+func (r *registrar) agentNodeID(ctx context.Context, want *wantedRegistration) string {
+	var self struct{ Config struct{ NodeID string } }
+	q := (&api.QueryOptions{Token: want.conn.token}).WithContext(ctx)
+	if _, err := want.client.Raw().Query("/v1/agent/self", &self, q); err != nil {
+		r.log().Info("cannot read the agent's node ID (agent:read); a stale catalog entry of this instance will not be told from its own", zap.Error(err))
+		return ""
+	}
+	return self.Config.NodeID
+}
+
+// catalogState judges the servers' entries of the instance: registered
+// when one is on the agent's node and passes; agent_only when none is, or
+// only one under another node ID (the servers refuse this agent: see the
+// README); failing when its checks do not pass.
+func catalogState(entries []*api.ServiceEntry, nodeID string) (string, error) {
+	if len(entries) == 0 {
+		return stateAgentOnly, errors.New("the servers' catalog does not list the instance: the agent has not synced it to them")
+	}
+	for _, e := range entries {
+		if nodeID != "" && e.Node.ID != nodeID {
+			continue
+		}
+		if status := e.Checks.AggregatedStatus(); status != api.HealthPassing {
+			return stateFailing, fmt.Errorf("the servers' catalog has the instance with its checks %s", status)
+		}
+		return stateRegistered, nil
+	}
+	e := entries[0]
+	return stateAgentOnly, fmt.Errorf("the servers' catalog lists the instance under node %q with ID %s, not this agent's node ID %s: the servers refuse this agent's updates (restarted with a new data dir?)",
+		e.Node.Node, e.Node.ID, nodeID)
 }
 
 // deregister stops the registrar and takes the instance out of Consul.
@@ -246,6 +355,10 @@ func (r *registrar) deregister() {
 	r.cancel()
 	<-r.done
 	want := r.wanted.Load()
+	if status := r.status.Load(); status.State == stateAgentOnly {
+		r.log().Warn("deregistering an instance the servers' catalog may still list; callers may keep sending to it (see the README)",
+			zap.String("reason", status.Error))
+	}
 	defer want.http.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), deregisterTimeout)
 	defer cancel()

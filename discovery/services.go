@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -72,10 +73,11 @@ func (sw *serviceWatch) noAnswer() error {
 }
 
 // choose picks the snapshot to serve: that of the first datacenter with a
-// healthy instance, or, when none has one, of the first where panic mode
-// finds instances; nil when no datacenter has answered yet.
+// healthy instance, preferring one whose last instances are not merely held
+// (hold_last), or, when none has one, of the first where panic mode finds
+// instances; nil when no datacenter has answered yet.
 func (sw *serviceWatch) choose() *pool.Snapshot {
-	var first *answer
+	var first, held *answer
 	for _, w := range sw.watchers {
 		a := w.current.Load()
 		if a == nil {
@@ -85,8 +87,14 @@ func (sw *serviceWatch) choose() *pool.Snapshot {
 			first = a
 		}
 		if len(a.healthy.Instances) > 0 {
-			return sw.servable(a)
+			if w.holding.Load() == nil {
+				return sw.servable(a)
+			}
+			held = cmp.Or(held, a)
 		}
+	}
+	if held != nil {
+		return sw.servable(held)
 	}
 	for _, w := range sw.watchers {
 		if a := w.current.Load(); a != nil && sw.panics(a) {

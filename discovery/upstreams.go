@@ -47,6 +47,9 @@ const (
 	maxResolveTimeout = time.Minute
 )
 
+// maxHoldLast bounds hold_last.
+const maxHoldLast = 5 * time.Minute
+
 // firstAnswerTimeout bounds how long provisioning waits for Consul's first
 // answer, so that traffic does not start on an empty set.
 const firstAnswerTimeout = 3 * time.Second
@@ -108,6 +111,13 @@ type ConsulUpstreams struct {
 	// most of a service fails its checks, the checks are more likely wrong
 	// than the service. 0 turns it off. Default: 0.
 	PanicThreshold int `json:"panic_threshold,omitempty"`
+
+	// How long to keep serving the last healthy instances when Consul's
+	// answer drops them all at once, as a client agent's graceful leave
+	// (a rolling upgrade of Consul agents) does until its services register
+	// again; a real scale to zero takes effect after it. 0 turns it off.
+	// Default: 10s; at most 5m.
+	HoldLast *caddy.Duration `json:"hold_last,omitempty"`
 
 	// For a service name with placeholders: how many services it watches
 	// at most at once, from 1 to 65536; requests for others get no
@@ -200,6 +210,7 @@ func (cu *ConsulUpstreams) watch(service string) (*serviceWatch, error) {
 		key := watchKey{
 			endpoint: cu.conn.endpoint, service: service, datacenter: dc, filter: cu.filter,
 			health: cu.Health, near: cu.Near, consistency: cu.Consistency, wait: time.Duration(cu.Wait),
+			holdLast: time.Duration(*cu.HoldLast),
 		}
 		value, _, err := watchers.LoadOrNew(key, func() (caddy.Destructor, error) {
 			w, err := newWatcher(key, cu.conn)
@@ -207,8 +218,7 @@ func (cu *ConsulUpstreams) watch(service string) (*serviceWatch, error) {
 				return nil, err
 			}
 			w.tags, w.userFilter = cu.Tags, cu.Filter
-			w.start()
-			return w, nil
+			return w, w.start()
 		})
 		if err != nil {
 			return nil, errors.Join(err, sw.release())
@@ -290,6 +300,7 @@ func (cu *ConsulUpstreams) validate() error {
 		bounds.CheckOrZero("max_services", cu.MaxServices, 1, maxMaxServices),
 		bounds.DurationOrZero("idle_timeout", cu.IdleTimeout, minIdleTimeout, maxIdleTimeout),
 		bounds.DurationOrZero("resolve_timeout", cu.ResolveTimeout, minResolveTimeout, maxResolveTimeout),
+		holdLastInBounds(cu.HoldLast),
 	); err != nil {
 		return fmt.Errorf("consul upstreams: %w", err)
 	}
@@ -308,6 +319,15 @@ func (cu *ConsulUpstreams) validate() error {
 	return nil
 }
 
+// holdLastInBounds checks hold_last, whose 0 turns holding off rather than
+// meaning the default.
+func holdLastInBounds(holdLast *caddy.Duration) error {
+	if holdLast == nil {
+		return nil
+	}
+	return bounds.Duration("hold_last", *holdLast, 0, maxHoldLast)
+}
+
 func (cu *ConsulUpstreams) setDefaults() {
 	if cu.Health == "" {
 		cu.Health = healthPassing
@@ -317,6 +337,9 @@ func (cu *ConsulUpstreams) setDefaults() {
 	}
 	if cu.Wait == 0 {
 		cu.Wait = caddy.Duration(defaultWait)
+	}
+	if cu.HoldLast == nil {
+		cu.HoldLast = new(caddy.Duration(defaultHoldLast))
 	}
 	cu.MaxServices = cmp.Or(cu.MaxServices, defaultMaxServices)
 	cu.IdleTimeout = cmp.Or(cu.IdleTimeout, caddy.Duration(defaultIdleTimeout))

@@ -14,10 +14,9 @@ import (
 	"github.com/caddymesh/caddymesh/internal/pool"
 )
 
-// distrustEmptyFor is how long after an outage an answer with no healthy
-// instance is not believed while the last good set had some: a restarted
-// agent answers empty until its services re-register.
-const distrustEmptyFor = 30 * time.Second
+// defaultHoldLast is how long a watch keeps serving its last healthy
+// instances when Consul's answer drops them all at once (hold_last).
+const defaultHoldLast = 10 * time.Second
 
 // watchers holds one watcher per watch key, shared by every source and every
 // config that watches the same thing; a watcher stops when its last user
@@ -51,6 +50,7 @@ type watchKey struct {
 	near        string
 	consistency string
 	wait        time.Duration
+	holdLast    time.Duration
 }
 
 // answer is the last good state of a watched service, replaced whole.
@@ -68,18 +68,19 @@ type answer struct {
 // blocking queries on a goroutine of its own. Readers call current.Load.
 type watcher struct {
 	*poller[[]*api.ServiceEntry]
-	key           watchKey
-	distrustEmpty time.Duration
-	current       atomic.Pointer[answer]
+	key     watchKey
+	current atomic.Pointer[answer]
+	// holding is when the hold of the last healthy instances ends, while
+	// one lasts.
+	holding atomic.Pointer[time.Time]
 	// tags and userFilter are the configured tags and filter that key.filter
 	// combines, for the admin API.
 	tags       []string
 	userFilter string
 
 	// the poller goroutine's own state
-	distrustEmptyUntil time.Time
-	holdingLastGood    bool
-	knownEmpty         bool
+	holdUntil  time.Time // end of the current hold; zero if none
+	knownEmpty bool
 }
 
 // newWatcher returns a watcher ready to start.
@@ -88,9 +89,8 @@ func newWatcher(key watchKey, conn connection) (*watcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &watcher{poller: p, key: key, distrustEmpty: distrustEmptyFor}
+	w := &watcher{poller: p, key: key}
 	p.query, p.wait, p.apply = w.query, w.waitTime, w.apply
-	p.recovered = func() { w.distrustEmptyUntil = time.Now().Add(w.distrustEmpty) }
 	return w, nil
 }
 
@@ -106,16 +106,16 @@ func (w *watcher) query(_ context.Context, q *api.QueryOptions) ([]*api.ServiceE
 	q.Datacenter = w.key.datacenter
 	q.Filter = w.key.filter
 	q.Near = w.key.near
-	q.AllowStale = w.key.consistency == consistencyStale
-	q.UseCache = w.key.consistency == consistencyCached
+	q.AllowStale = w.key.consistency == consistencyStale && !w.asksLeader()
+	q.UseCache = w.key.consistency == consistencyCached && !w.asksLeader()
 	return w.client.Health().Service(w.key.service, "", false, q)
 }
 
 // waitTime is the next query's wait: the configured one, cut short while
-// an empty answer is held back, so as to believe it in time.
+// the last instances are held, so as to believe an empty answer in time.
 func (w *watcher) waitTime() time.Duration {
-	if d := time.Until(w.distrustEmptyUntil); d > 0 && w.holdingLastGood {
-		return min(w.key.wait, d)
+	if !w.holdUntil.IsZero() {
+		return min(w.key.wait, max(w.holdUntil.Sub(w.clock.now()), time.Millisecond))
 	}
 	return w.key.wait
 }
@@ -126,7 +126,7 @@ func (w *watcher) apply(entries []*api.ServiceEntry) {
 	w.noteEmptiness(len(entries) == 0)
 	found := classify(entries, w.key.health)
 	previous := w.current.Load()
-	if w.distrusts(found, previous) {
+	if w.holds(found, previous) {
 		return
 	}
 	var before answer
@@ -149,17 +149,55 @@ func (w *watcher) apply(entries []*api.ServiceEntry) {
 	emit(eventUpstreamsChanged, w.eventData(map[string]any{"healthy": healthy, "total": total}))
 }
 
-// distrusts reports whether an answer with no healthy instance, right after
-// an outage, should be held back in favour of the last good one.
-func (w *watcher) distrusts(found classified, previous *answer) bool {
-	hold := len(found.healthy) == 0 && previous != nil && len(previous.healthy.Instances) > 0 &&
-		time.Now().Before(w.distrustEmptyUntil)
-	if hold && !w.holdingLastGood {
-		w.log().Warn("consul answers with no healthy instance right after an outage; keeping the last known instances for now",
-			zap.Time("until", w.distrustEmptyUntil))
+// holds reports whether to keep serving the last healthy instances instead
+// of an answer where every instance vanished at once (none left, not even
+// failing or in maintenance): a client agent that leaves gracefully takes
+// every instance registered through it out of the catalog until they
+// register again, and a restarted agent answers empty until they do. Right
+// after an outage an answer with no healthy instance at all is held too.
+// The hold lasts hold_last, and after an outage at least until the
+// distrust ends; a real scale to zero takes effect after it. Failing
+// checks are never held: they are Consul's word on health.
+func (w *watcher) holds(found classified, previous *answer) bool {
+	now := w.clock.now()
+	vanished := len(found.all) == 0 && found.maintenance == 0
+	afterOutage := now.Before(w.distrustUntil)
+	if len(found.healthy) > 0 || !vanished && !afterOutage || previous == nil || len(previous.healthy.Instances) == 0 {
+		if !w.holdUntil.IsZero() {
+			w.log().Info("healthy instances are back; no longer holding the last ones")
+			w.endHold()
+		}
+		return false
 	}
-	w.holdingLastGood = hold
-	return hold
+	if w.holdUntil.IsZero() {
+		until := latest(now.Add(w.key.holdLast), w.distrustUntil)
+		if !now.Before(until) {
+			return false
+		}
+		w.startHold(until, len(previous.healthy.Instances))
+	}
+	if now.Before(w.holdUntil) {
+		return true
+	}
+	w.log().Warn("still no healthy instance once hold_last has passed; believing consul")
+	w.endHold()
+	return false
+}
+
+// startHold starts holding the last healthy instances, of which there are
+// held, until until: logged, counted and announced.
+func (w *watcher) startHold(until time.Time, held int) {
+	w.holdUntil = until
+	w.holding.Store(&until)
+	w.log().Warn("consul answers with no healthy instance where it had some, all at once or right after an outage; keeping the last ones for now",
+		zap.Int("held", held), zap.Time("until", until))
+	metrics.countHold(w.key.service)
+	emit(eventHoldingLast, w.eventData(map[string]any{"held": held, "until": until.Format(time.RFC3339Nano)}))
+}
+
+func (w *watcher) endHold() {
+	w.holdUntil = time.Time{}
+	w.holding.Store(nil)
 }
 
 // noteEmptiness warns, once per change, when Consul knows no instance of the

@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -29,11 +30,14 @@ type reply struct {
 	index     uint64   // X-Consul-Index
 	instances []string // IDs of passing instances, each on port 80 of 10.0.0.<n>
 	hang      bool     // never answer: hold the request until the client gives up
+	noLeader  bool     // X-Consul-KnownLeader: false
 }
 
 // seen is one request the fake received.
 type seen struct {
 	index, token, wait string
+	stale              bool
+	at                 time.Time // on the watcher's clock, when it has a fake one
 }
 
 // fakeConsul answers health queries from a script; past its end, it holds
@@ -46,10 +50,12 @@ type fakeConsul struct {
 	seen   []seen
 	always *reply        // when set, answers every request past the script
 	gate   chan struct{} // when set, each scripted answer waits for step
+	leader string        // what /v1/status/leader answers
+	clock  *fakeClock    // the watcher's, when set
 }
 
 func newFakeConsul(t *testing.T, script ...reply) *fakeConsul {
-	f := &fakeConsul{t: t, script: script}
+	f := &fakeConsul{t: t, script: script, leader: "127.0.0.1:8300"}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -73,13 +79,24 @@ func (f *fakeConsul) step() {
 }
 
 func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/v1/status/leader" {
+		f.mu.Lock()
+		leader := f.leader
+		f.mu.Unlock()
+		json.NewEncoder(w).Encode(leader)
+		return
+	}
 	if !strings.HasPrefix(r.URL.Path, "/v1/health/service/") {
 		http.NotFound(w, r)
 		return
 	}
 	f.mu.Lock()
 	n := len(f.seen)
-	f.seen = append(f.seen, seen{index: r.URL.Query().Get("index"), token: r.Header.Get("X-Consul-Token"), wait: r.URL.Query().Get("wait")})
+	s := seen{index: r.URL.Query().Get("index"), token: r.Header.Get("X-Consul-Token"), wait: r.URL.Query().Get("wait"), stale: r.URL.Query().Has("stale")}
+	if f.clock != nil {
+		s.at = f.clock.now()
+	}
+	f.seen = append(f.seen, s)
 	var rep reply
 	switch {
 	case n < len(f.script):
@@ -107,6 +124,8 @@ func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("X-Consul-Index", strconv.FormatUint(rep.index, 10))
+	w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(!rep.noLeader))
+	w.Header().Set("X-Consul-LastContact", "0")
 	json.NewEncoder(w).Encode(entriesOf(rep.instances))
 }
 
@@ -138,9 +157,15 @@ func (f *fakeConsul) awaitRequests(n int) {
 // watch starts a watcher of service web on the fake, logging into the
 // returned observer.
 func (f *fakeConsul) watch(token string) (*watcher, *observer.ObservedLogs) {
+	return f.watchWith(token, 0, nil)
+}
+
+// watchWith starts a watcher of service web on the fake with hold_last
+// holdLast and, when c is set, c as its clock.
+func (f *fakeConsul) watchWith(token string, holdLast time.Duration, c *fakeClock) (*watcher, *observer.ObservedLogs) {
 	key := watchKey{
 		endpoint: endpoint{address: f.srv.URL}, service: "web",
-		health: healthPassing, consistency: consistencyStale, wait: time.Second,
+		health: healthPassing, consistency: consistencyStale, wait: time.Second, holdLast: holdLast,
 	}
 	w, err := newWatcher(key, connection{endpoint: key.endpoint, token: token})
 	if err != nil {
@@ -148,8 +173,13 @@ func (f *fakeConsul) watch(token string) (*watcher, *observer.ObservedLogs) {
 	}
 	core, logs := observer.New(zap.DebugLevel)
 	w.logger = func() *zap.Logger { return zap.New(core) }
-	w.distrustEmpty = 300 * time.Millisecond
-	w.start()
+	w.distrust = 300 * time.Millisecond
+	if c != nil {
+		f.clock, w.clock = c, c.clock()
+	}
+	if err := w.start(); err != nil {
+		f.t.Fatal(err)
+	}
 	f.t.Cleanup(func() { w.Destruct() })
 	return w, logs
 }
@@ -246,12 +276,13 @@ func TestWatcherServesLastGoodSetThroughErrors(t *testing.T) {
 	if got := healthyIDs(w); strings.Join(got, ",") != "a,b" {
 		t.Errorf("during the outage healthy = %v, want the last good a,b", got)
 	}
-	if status := w.status.Load(); status.staleness() <= 0 || status.err == "" {
-		t.Errorf("during the outage: staleness %s, error %q; want both reported", status.staleness(), status.err)
+	if status := w.status.Load(); status.staleness(time.Now(), w.leaderState()) <= 0 || status.err == "" {
+		t.Errorf("during the outage: staleness %s, error %q; want both reported", status.staleness(time.Now(), w.leaderState()), status.err)
 	}
 	f.awaitRequests(7)
-	if status := w.status.Load(); status.staleness() != 0 || status.err != "" || status.index != 50 {
-		t.Errorf("after the outage: staleness %s, error %q, index %d; want 0, none, 50", status.staleness(), status.err, status.index)
+	meshtest.Eventually(t, 5*time.Second, "the leader check has found the leader", func() bool { return w.leaderState().known })
+	if status := w.status.Load(); status.staleness(time.Now(), w.leaderState()) != 0 || status.err != "" || status.index != 50 {
+		t.Errorf("after the outage: staleness %s, error %q, index %d; want 0, none, 50", status.staleness(time.Now(), w.leaderState()), status.err, status.index)
 	}
 	if got := healthyIDs(w); strings.Join(got, ",") != "a,b,c" {
 		t.Errorf("after the outage healthy = %v, want a,b,c", got)
@@ -268,25 +299,42 @@ func TestWatcherServesLastGoodSetThroughErrors(t *testing.T) {
 }
 
 func TestWatcherBacksOffOnErrors(t *testing.T) {
-	f := newFakeConsul(t)
-	f.always = &reply{status: http.StatusInternalServerError}
-	f.watch("")
-	time.Sleep(time.Second)
-	// Backoff pauses are at least 25, 50, 100, 200, 400 ms...: at most 6
-	// queries fit in a second. Without backoff the rate limit would allow 11.
-	if n := len(f.requests()); n > 6 {
-		t.Errorf("%d queries in 1s against a failing Consul, want at most 6", n)
+	failure := reply{status: http.StatusInternalServerError}
+	f := newFakeConsul(t, failure, failure, failure, failure, failure, failure, failure, failure) // then hangs
+	f.watchWith("", 0, newFakeClock(true))
+	f.awaitRequests(9)
+	// Between the k-th failure and the next query: the k-th backoff, from
+	// half of min(50ms·2^(k-1), 2s) up to all of it, plus at most one
+	// rate-limit interval.
+	requests := f.requests()
+	for k := 1; k < len(requests); k++ {
+		gap := requests[k].at.Sub(requests[k-1].at)
+		full := min(retryBase<<(k-1), retryMax)
+		if gap < full/2 || gap > full+queryInterval+time.Millisecond { // a limiter rounds to the nanosecond
+			t.Errorf("after failure %d the watcher waited %s, want from %s to %s", k, gap, full/2, full+queryInterval)
+		}
 	}
 }
 
 func TestWatcherRateLimitsChurn(t *testing.T) {
-	f := newFakeConsul(t)
-	f.always = &reply{index: 1, instances: []string{"a"}} // a new index on every answer
-	f.watch("")
-	time.Sleep(time.Second)
-	// A burst of 2, then one query per 100ms.
-	if n := len(f.requests()); n > 2+10+1 {
-		t.Errorf("%d queries in 1s against a churning Consul, want at most 13", n)
+	var script []reply
+	for i := range 12 {
+		script = append(script, reply{index: uint64(10 + i), instances: []string{"a"}}) // a new index every time
+	}
+	f := newFakeConsul(t, script...) // then hangs
+	f.watchWith("", 0, newFakeClock(true))
+	f.awaitRequests(13)
+	// A burst of 2, then one query per interval, never fewer, never more.
+	requests := f.requests()
+	for k := 1; k < len(requests); k++ {
+		gap := requests[k].at.Sub(requests[k-1].at)
+		want := queryInterval
+		if k < queryBurst {
+			want = 0
+		}
+		if gap < want-time.Millisecond || gap > want+time.Millisecond {
+			t.Errorf("query %d came %s after the one before, want %s", k+1, gap, want)
+		}
 	}
 }
 
@@ -310,7 +358,7 @@ func TestWatcherDistrustsEmptyAnswerAfterOutage(t *testing.T) {
 		if got := healthyIDs(w); strings.Join(got, ",") != "b" {
 			t.Errorf("healthy = %v, want b as soon as it is registered", got)
 		}
-		if n := countLogs(logs, "right after an outage"); n != 1 {
+		if n := countLogs(logs, "older index"); n != 1 {
 			t.Errorf("holding logged %d times, want once", n)
 		}
 	})
@@ -412,5 +460,206 @@ func TestWatcherGoroutineEndsWithDestruct(t *testing.T) {
 	w.Destruct()
 	if n := meshtest.Goroutines(loop); n != before {
 		t.Errorf("%d watch loops after Destruct, want %d", n, before)
+	}
+}
+
+// fakeClock is a poller's clock in tests: it moves only when told, or,
+// when advance is set, by every sleep of the poller, which returns at once.
+type fakeClock struct {
+	mu      sync.Mutex
+	t       time.Time
+	advance bool
+}
+
+func newFakeClock(advance bool) *fakeClock {
+	return &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), advance: advance}
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+func (c *fakeClock) sleep(ctx context.Context, d time.Duration) bool {
+	if c.advance {
+		c.add(d)
+	}
+	return ctx.Err() == nil
+}
+
+func (c *fakeClock) clock() clock { return clock{now: c.now, sleep: c.sleep} }
+
+func TestWatcherDoesNotRollBackAfterAnOutage(t *testing.T) {
+	failure := reply{status: http.StatusInternalServerError}
+	t.Run("an older answer waits for the leader's", func(t *testing.T) {
+		f := newGatedFakeConsul(t,
+			reply{index: 10242, instances: []string{"a", "b"}},
+			failure,
+			reply{index: 7993, instances: []string{"old"}},          // a server replaying its log
+			reply{index: 10250, instances: []string{"a", "b", "c"}}, // the leader
+		)
+		w, logs := f.watch("")
+		f.awaitRequests(1)
+		f.step()
+		f.step()
+		f.step()
+		if got := strings.Join(healthyIDs(w), ","); got != "a,b" {
+			t.Errorf("after an older answer healthy = %s, want what was served, a,b", got)
+		}
+		leader := f.requests()[3]
+		if leader.stale || leader.index != "" {
+			t.Errorf("the query after the older answer: stale %v, index %q; want the leader, at once", leader.stale, leader.index)
+		}
+		f.step()
+		if got := strings.Join(healthyIDs(w), ","); got != "a,b,c" {
+			t.Errorf("after the leader's answer healthy = %s, want a,b,c", got)
+		}
+		if !f.requests()[4].stale {
+			t.Error("after the leader's answer the watch still asks the leader, want stale queries again")
+		}
+		if n := countLogs(logs, "older index"); n != 1 {
+			t.Errorf("older answer logged %d times, want once", n)
+		}
+	})
+	t.Run("believed once the distrust has passed", func(t *testing.T) {
+		c := newFakeClock(false)
+		f := newGatedFakeConsul(t,
+			reply{index: 100, instances: []string{"a"}},
+			failure,
+			reply{index: 50, instances: []string{"old"}},
+			failure, // the leader does not answer
+			reply{index: 51, instances: []string{"old"}},
+		)
+		w, _ := f.watchWith("", 0, c)
+		f.awaitRequests(1)
+		f.step()
+		f.step() // recovered at c's time: distrust for 300ms
+		c.add(299 * time.Millisecond)
+		f.step()
+		f.step()
+		if got := strings.Join(healthyIDs(w), ","); got != "a" {
+			t.Errorf("within the distrust healthy = %s, want a", got)
+		}
+		c.add(time.Millisecond)
+		f.step() // the leader answers
+		if got := strings.Join(healthyIDs(w), ","); got != "old" {
+			t.Errorf("from the leader healthy = %s, want old", got)
+		}
+	})
+}
+
+func TestWatcherHoldsTheLastInstancesWhenAllGoAtOnce(t *testing.T) {
+	const holdLast = 10 * time.Second
+	c := newFakeClock(false)
+	f := newGatedFakeConsul(t,
+		reply{index: 10, instances: []string{"a", "b"}},
+		reply{index: 11}, // the agent they registered through left
+		reply{index: 12},
+		reply{index: 13},
+		reply{index: 14, instances: []string{"c"}},
+		reply{index: 15},
+	)
+	w, logs := f.watchWith("", holdLast, c)
+	f.awaitRequests(1)
+	f.step()
+	f.step()
+	if got := strings.Join(healthyIDs(w), ","); got != "a,b" || w.holding.Load() == nil {
+		t.Fatalf("after all went at once: healthy %s, holding %v; want a,b held", got, w.holding.Load())
+	}
+	if until := *w.holding.Load(); !until.Equal(c.now().Add(holdLast)) {
+		t.Errorf("held until %s, want hold_last from now, %s", until, c.now().Add(holdLast))
+	}
+	c.add(holdLast - time.Millisecond)
+	f.step()
+	if got := strings.Join(healthyIDs(w), ","); got != "a,b" {
+		t.Errorf("just before hold_last healthy = %s, want a,b still", got)
+	}
+	if wait := f.requests()[3].wait; wait != "1ms" {
+		t.Errorf("query 1ms before the hold ends waited %s, want 1ms: the rest of the hold", wait)
+	}
+	c.add(time.Millisecond)
+	f.step()
+	if got := healthyIDs(w); len(got) != 0 || w.holding.Load() != nil {
+		t.Errorf("at hold_last healthy = %v, holding %v; want the empty answer believed", got, w.holding.Load())
+	}
+	f.step()
+	f.step()
+	if got := healthyIDs(w); len(got) != 1 || w.holding.Load() == nil {
+		t.Errorf("c alone went: healthy %v, holding %v; want c held", got, w.holding.Load())
+	}
+	if n := countLogs(logs, "all at once"); n != 2 {
+		t.Errorf("holds logged %d times, want 2", n)
+	}
+}
+
+func TestWatcherHoldLastOffBelievesEmptyAnswers(t *testing.T) {
+	f := newGatedFakeConsul(t, reply{index: 10, instances: []string{"a"}}, reply{index: 11})
+	w, _ := f.watch("")
+	f.awaitRequests(1)
+	f.step()
+	f.step()
+	if got := healthyIDs(w); len(got) != 0 || w.holding.Load() != nil {
+		t.Errorf("hold_last 0: healthy %v, holding %v; want the empty answer believed", got, w.holding.Load())
+	}
+}
+
+func TestStaleness(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	answered := watchStatus{syncedAt: t0, confirmedAt: t0, answerLeader: true}
+	stale := answered
+	stale.lastContact = 40 * time.Millisecond
+	failing := answered
+	failing.err, failing.confirmedAt = "connection refused", at(20*time.Second)
+	noLeaderEver := watchStatus{syncedAt: t0}
+	tests := []struct {
+		name   string
+		status watchStatus
+		leader leaderState
+		now    time.Time
+		want   time.Duration
+	}{
+		{"nothing answered yet", watchStatus{}, leaderState{}, at(time.Minute), 0},
+		{"a blocking query in flight with a leader is current", answered,
+			leaderState{checked: at(50 * time.Second), known: true, lastFound: at(50 * time.Second)}, at(time.Minute), 0},
+		{"plus the server's last contact in stale mode", stale,
+			leaderState{checked: at(50 * time.Second), known: true, lastFound: at(50 * time.Second)}, at(time.Minute), 40 * time.Millisecond},
+		{"without a leader, since the leader was last found", answered,
+			leaderState{checked: at(50 * time.Second), lastFound: at(40 * time.Second)}, at(time.Minute), 20 * time.Second},
+		{"without a leader since before the answer, since the answer", answered,
+			leaderState{checked: at(50 * time.Second)}, at(time.Minute), time.Minute},
+		{"failing, since Consul last confirmed, not since it last answered", failing,
+			leaderState{checked: at(50 * time.Second), known: true, lastFound: at(50 * time.Second)}, at(time.Minute), 40 * time.Second},
+		{"answered but never with a leader, since the answer", noLeaderEver,
+			leaderState{checked: at(time.Second)}, at(time.Minute), time.Minute},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.status.staleness(tt.now, &tt.leader); got != tt.want {
+				t.Errorf("staleness = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestWatcherSeesNoLeaderWhileBlocking(t *testing.T) {
+	f := newFakeConsul(t, reply{index: 10, instances: []string{"a"}, noLeader: true}) // then blocks
+	f.leader = ""
+	w, _ := f.watch("")
+	f.awaitRequests(2)
+	meshtest.Eventually(t, 5*time.Second, "the leader check has run", func() bool { return !w.leaderState().checked.IsZero() })
+	status := w.status.Load()
+	if status.knownLeader(w.leaderState()) {
+		t.Error("known_leader is true without a leader")
+	}
+	if d := status.staleness(time.Now().Add(time.Minute), w.leaderState()); d < time.Minute {
+		t.Errorf("a minute on without a leader, staleness %s, want at least a minute", d)
 	}
 }

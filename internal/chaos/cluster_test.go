@@ -136,6 +136,8 @@ type proxyConfig struct {
 	Keepalive string
 	// Generation tells configs apart, so that each reload is a real one.
 	Generation int
+	// HoldLast, when set, is the source's hold_last.
+	HoldLast string
 }
 
 // readme is the front's config with the retries the README documents.
@@ -163,6 +165,10 @@ var frontCaddyfile = template.Must(template.New("front").Funcs(template.FuncMap{
 		lb_policy round_robin
 {{- else}}
 		dynamic consul ` + service + `
+{{- with .HoldLast}} {
+			hold_last {{.}}
+		}
+{{- end}}
 		lb_policy smooth_weighted
 {{- end}}
 		lb_retries {{.Retries}}

@@ -53,6 +53,10 @@ type Options struct {
 	// ManagementToken, when set, turns ACLs on with a default policy of
 	// deny, and is the token of the agent and of Client.
 	ManagementToken string
+	// ClientOf, when set, makes the agent a client agent (not a server, its
+	// state in a data dir) that joins ClientOf's datacenter, as an agent on
+	// an application's host runs.
+	ClientOf *Agent
 }
 
 // Agent is a Consul dev agent (a single server, state in memory) on free
@@ -65,13 +69,16 @@ type Agent struct {
 	// Datacenter is the agent's datacenter.
 	Datacenter string
 
-	hcl    []string
-	token  string
-	binary string
-	ports  ports
-	logDir string
-	cmd    *exec.Cmd
-	exited chan error
+	hcl     []string
+	token   string
+	server  *Agent // the server a client agent joins; nil for a dev agent
+	node    string
+	dataDir string
+	binary  string
+	ports   ports
+	logDir  string
+	cmd     *exec.Cmd
+	exited  chan error
 }
 
 type ports struct{ http, serfLAN, serfWAN, server int }
@@ -89,7 +96,11 @@ func Start(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{Datacenter: opts.Datacenter, hcl: opts.HCL, token: opts.ManagementToken, binary: binary, logDir: logDir}
+	a := &Agent{Datacenter: opts.Datacenter, hcl: opts.HCL, token: opts.ManagementToken, binary: binary, logDir: logDir,
+		server: opts.ClientOf, node: "node-" + opts.Datacenter, dataDir: filepath.Join(logDir, "data")}
+	if a.server != nil {
+		a.Datacenter, a.node = a.server.Datacenter, "client-"+filepath.Base(logDir)
+	}
 	if a.token != "" {
 		a.hcl = append(a.hcl, fmt.Sprintf(`acl { enabled = true, default_policy = "deny", tokens { initial_management = %q, agent = %q } }`, a.token, a.token))
 	}
@@ -116,9 +127,13 @@ func (a *Agent) launch() error {
 		return err
 	}
 	defer logFile.Close()
-	args := []string{"agent", "-dev",
+	args := []string{"agent", "-dev"}
+	if a.server != nil {
+		args = []string{"agent", "-data-dir", a.dataDir, "-retry-join", net.JoinHostPort("127.0.0.1", strconv.Itoa(a.server.ports.serfLAN))}
+	}
+	args = append(args,
 		"-bind", "127.0.0.1", "-client", "127.0.0.1",
-		"-node", "node-" + a.Datacenter, "-datacenter", a.Datacenter,
+		"-node", a.node, "-datacenter", a.Datacenter,
 		"-http-port", strconv.Itoa(a.ports.http),
 		"-serf-lan-port", strconv.Itoa(a.ports.serfLAN),
 		"-serf-wan-port", strconv.Itoa(a.ports.serfWAN),
@@ -127,7 +142,7 @@ func (a *Agent) launch() error {
 		"-log-level", "warn",
 		"-hcl", `disable_update_check = true`,
 		"-hcl", `limits { http_max_conns_per_client = 10000 }`,
-	}
+	)
 	for _, hcl := range a.hcl {
 		args = append(args, "-hcl", hcl)
 	}
@@ -166,7 +181,7 @@ func (a *Agent) awaitLeader(timeout time.Duration) error {
 		}
 		leader, err := a.Client.Status().Leader()
 		if err == nil && leader != "" {
-			checks, _, err := a.Client.Health().Node("node-"+a.Datacenter, nil)
+			checks, _, err := a.Client.Health().Node(a.node, nil)
 			if err == nil && len(checks) > 0 && checks.AggregatedStatus() == api.HealthPassing {
 				return nil
 			}
@@ -183,19 +198,28 @@ func (a *Agent) Stop() {
 }
 
 // Kill kills the agent hard, as a crash would, keeping its ports for
-// Restart. Its state, in memory, is lost.
+// Restart. A dev agent's state, in memory, is lost.
 func (a *Agent) Kill() { a.kill() }
 
-func (a *Agent) kill() {
+// Leave stops the agent with SIGTERM, as a supervisor does: a client
+// agent leaves the cluster gracefully (leave_on_terminate is the default
+// on clients), taking its node and services out of the catalog.
+func (a *Agent) Leave() { a.signal(syscall.SIGTERM) }
+
+func (a *Agent) kill() { a.signal(syscall.SIGKILL) }
+
+// signal sends sig to the running agent and waits for it to exit.
+func (a *Agent) signal(sig syscall.Signal) {
 	if a.cmd == nil || a.cmd.Process == nil {
 		return
 	}
-	_ = a.cmd.Process.Signal(syscall.SIGKILL)
+	_ = a.cmd.Process.Signal(sig)
 	<-a.exited
 	a.cmd = nil
 }
 
-// Restart starts a killed agent again on the same ports, empty.
+// Restart starts a stopped agent again on the same ports: a dev agent
+// empty, a client agent with its data dir.
 func (a *Agent) Restart() error {
 	a.kill()
 	return a.launch()
