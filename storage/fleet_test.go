@@ -2,14 +2,17 @@ package storage
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -28,21 +31,23 @@ var fleet = flag.Bool("fleet", false, "run the fleet tests against Pebble (make 
 type gateway struct {
 	*meshtest.CaddyProcess
 	httpsPort int
+	admin     string
 }
 
 // startFleet starts n Caddy processes sharing one HTTP port (SO_REUSEPORT)
 // and a consul_kv storage, each serving on-demand TLS from Pebble on a
 // port of its own.
-func startFleet(t *testing.T, n int) ([]gateway, *pebbletest.Pebble) {
-	httpPort := meshtest.FreePort()
-	pebble := pebbletest.Start(t, httpPort, meshtest.FreePort())
+// Pebble validates HTTP-01 on challengePort, which is the fleet's HTTP
+// port unless the test puts something in between.
+func startFleet(t *testing.T, n, httpPort, challengePort int) ([]gateway, *pebbletest.Pebble) {
+	pebble := pebbletest.Start(t, challengePort, meshtest.FreePort())
 	ask := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	t.Cleanup(ask.Close)
 	prefix := "fleet/" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	var gateways []gateway
 	for i := range n {
-		g := gateway{httpsPort: meshtest.FreePort()}
 		admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(meshtest.FreePort()))
+		g := gateway{httpsPort: meshtest.FreePort(), admin: admin}
 		caddyfile := filepath.Join(t.TempDir(), "Caddyfile")
 		err := os.WriteFile(caddyfile, fmt.Appendf(nil, `{
 	admin %s
@@ -106,7 +111,8 @@ func TestFleetOrdersOnceAndServesOneCertificate(t *testing.T) {
 	if !*fleet {
 		t.Skip("a fleet test: run with -fleet (make fleet)")
 	}
-	gateways, pebble := startFleet(t, 3)
+	httpPort := meshtest.FreePort()
+	gateways, pebble := startFleet(t, 3, httpPort, httpPort)
 	serials := make([]string, len(gateways))
 	errs := make([]error, len(gateways))
 	var wg sync.WaitGroup
@@ -128,4 +134,123 @@ func TestFleetOrdersOnceAndServesOneCertificate(t *testing.T) {
 		}
 	}
 	t.Logf("one order; all three serve serial %s", serials[0])
+}
+
+// TestFleetTakesOverFromAKilledLockHolder kills, with SIGKILL, the gateway
+// holding the issuance lock while Pebble validates its challenge: another
+// gateway takes the lock once Consul invalidates the dead one's session
+// (within twice the TTL) and finishes the certificate.
+func TestFleetTakesOverFromAKilledLockHolder(t *testing.T) {
+	if !*fleet {
+		t.Skip("a fleet test: run with -fleet (make fleet)")
+	}
+	httpPort := meshtest.FreePort()
+	gate := newGatedProxy(t, httpPort)
+	gateways, pebble := startFleet(t, 3, httpPort, gate.port)
+	for _, g := range gateways {
+		go g.serial(5 * time.Second) // asks every gateway for the host; the holder's challenge waits at the gate
+	}
+	select {
+	case <-gate.hit:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("pebble never validated a challenge\n%s", pebble.Log())
+	}
+	holder := -1
+	for i, g := range gateways {
+		if locks := g.issuanceLocks(t); locks > 0 {
+			holder = i
+		}
+	}
+	if holder < 0 {
+		t.Fatal("no gateway holds the issuance lock while its challenge is validated")
+	}
+	gateways[holder].Kill()
+	killed := time.Now()
+	gate.open()
+	var survivors []string
+	for i, g := range gateways {
+		if i == holder {
+			continue
+		}
+		serial, err := g.serial(2*sessionTTL + 20*time.Second)
+		if err != nil {
+			t.Fatalf("gateway %d after the holder was killed: %v\n%s\npebble:\n%s", i, err, g.Log(), pebble.Log())
+		}
+		survivors = append(survivors, serial)
+	}
+	took := time.Since(killed)
+	t.Logf("holder %d killed; the others serve serial %s %s after", holder, survivors[0], took.Round(time.Millisecond))
+	if bound := 2*sessionTTL + 5*time.Second; took > bound {
+		t.Errorf("took %v after the kill, want within twice the session TTL plus 5s (%v)", took, bound)
+	}
+	if survivors[0] != survivors[1] {
+		t.Errorf("survivors serve serials %s and %s, want one certificate", survivors[0], survivors[1])
+	}
+}
+
+// issuanceLocks counts the certificate issuance locks g holds, from its
+// admin API.
+func (g gateway) issuanceLocks(t *testing.T) int {
+	resp, err := meshtest.Client.Get("http://" + g.admin + "/mesh/storage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var views []storageView
+	if err := json.NewDecoder(resp.Body).Decode(&views); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, v := range views {
+		for _, l := range v.Locks {
+			if strings.HasPrefix(l.Name, "issue_cert_") {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// gatedProxy forwards TCP connections to a port once opened; until then
+// connections wait, and the first one is reported on hit.
+type gatedProxy struct {
+	port     int
+	hit      chan struct{}
+	opened   chan struct{}
+	hitOnce  sync.Once
+	openOnce sync.Once
+}
+
+func newGatedProxy(t *testing.T, target int) *gatedProxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	p := &gatedProxy{port: l.Addr().(*net.TCPAddr).Port, hit: make(chan struct{}), opened: make(chan struct{})}
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go p.forward(conn, target)
+		}
+	}()
+	return p
+}
+
+func (p *gatedProxy) open() { p.openOnce.Do(func() { close(p.opened) }) }
+
+func (p *gatedProxy) forward(conn net.Conn, target int) {
+	defer conn.Close()
+	p.hitOnce.Do(func() { close(p.hit) })
+	<-p.opened
+	upstream, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(target)))
+	if err != nil {
+		return
+	}
+	defer upstream.Close()
+	go io.Copy(upstream, conn)
+	io.Copy(conn, upstream)
 }
