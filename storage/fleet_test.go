@@ -147,8 +147,19 @@ func TestFleetTakesOverFromAKilledLockHolder(t *testing.T) {
 	httpPort := meshtest.FreePort()
 	gate := newGatedProxy(t, httpPort)
 	gateways, pebble := startFleet(t, 3, httpPort, gate.port)
-	for _, g := range gateways {
-		go g.serial(5 * time.Second) // asks every gateway for the host; the holder's challenge waits at the gate
+	// Every gateway is asked for the host at once, and keeps waiting: the
+	// holder's challenge waits at the gate, the others wait for the lock.
+	type answer struct {
+		serial string
+		err    error
+	}
+	answers := make([]chan answer, len(gateways))
+	for i, g := range gateways {
+		answers[i] = make(chan answer, 1)
+		go func() {
+			serial, err := g.serial(2*sessionTTL + 40*time.Second)
+			answers[i] <- answer{serial, err}
+		}()
 	}
 	select {
 	case <-gate.hit:
@@ -168,15 +179,18 @@ func TestFleetTakesOverFromAKilledLockHolder(t *testing.T) {
 	killed := time.Now()
 	gate.open()
 	var survivors []string
-	for i, g := range gateways {
+	for i := range gateways {
 		if i == holder {
 			continue
 		}
-		serial, err := g.serial(2*sessionTTL + 20*time.Second)
-		if err != nil {
-			t.Fatalf("gateway %d after the holder was killed: %v\n%s\npebble:\n%s", i, err, g.Log(), pebble.Log())
+		a := <-answers[i]
+		if a.err != nil {
+			for j, other := range gateways {
+				t.Logf("gateway %d's log:\n%s", j, other.Log())
+			}
+			t.Fatalf("gateway %d after the holder was killed: %v\npebble:\n%s", i, a.err, pebble.Log())
 		}
-		survivors = append(survivors, serial)
+		survivors = append(survivors, a.serial)
 	}
 	took := time.Since(killed)
 	t.Logf("holder %d killed; the others serve serial %s %s after", holder, survivors[0], took.Round(time.Millisecond))
