@@ -200,7 +200,9 @@ func (s *ConsulKV) acquire(ctx context.Context, name string, wait bool) (bool, e
 }
 
 // awaitRelease waits, with blocking queries, until the lock key has no
-// holder, and returns the index to wait from next time.
+// holder, and returns the index to wait from next time: 0 once the key is
+// free, since Consul may still refuse it for the lock delay, and a wait on
+// a free key's index would block until the next change.
 func (s *ConsulKV) awaitRelease(ctx context.Context, key string, index uint64, retries *rate.Limiter) (uint64, error) {
 	for {
 		if err := retries.Wait(ctx); err != nil {
@@ -218,7 +220,7 @@ func (s *ConsulKV) awaitRelease(ctx context.Context, key string, index uint64, r
 			index = meta.LastIndex
 		}
 		if pair == nil || pair.Session == "" {
-			return index, nil
+			return 0, nil
 		}
 	}
 }

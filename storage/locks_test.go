@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
 
@@ -200,4 +202,25 @@ func TestAdminShowsLocksHeld(t *testing.T) {
 	if err := serveStorage(rec, httptest.NewRequest(http.MethodPost, "/mesh/storage", nil)); err == nil {
 		t.Error("POST /mesh/storage: no error")
 	}
+}
+
+// TestLockTakenAfterTheLockDelay: a holder's session (here another
+// client's, with a lock delay of 1s) invalidated leaves the key free but
+// refused for its lock delay; the waiter must try again, not wait on the
+// free key for a change that never comes.
+func TestLockTakenAfterTheLockDelay(t *testing.T) {
+	b := newStorage(t, &ConsulKV{Prefix: "locks-delay"})
+	session, _, err := agent.Client.Session().Create(&api.SessionEntry{TTL: "10s", LockDelay: time.Second, Behavior: api.SessionBehaviorDelete}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, err := agent.Client.KV().Acquire(&api.KVPair{Key: "locks-delay/locks/x", Session: session}, nil); !ok || err != nil {
+		t.Fatalf("acquiring as another client: %v, %v", ok, err)
+	}
+	done := lockAsync(context.Background(), b, "x")
+	assertWaiting(t, done, "b")
+	if _, err := agent.Client.Session().Destroy(session, nil); err != nil {
+		t.Fatal(err)
+	}
+	awaitLock(t, done, "b")
 }
