@@ -10,7 +10,7 @@ CADDY_VERSION = v2.11.9
 # module proxy for caddymesh, which is not published.
 LOCAL_MODULE  = github.com/caddymesh/caddymesh@v0.0.0-00010101000000-000000000000=.
 
-.PHONY: build consul demo sidecars test bench bench-proxies chaos clean
+.PHONY: build consul demo sidecars test fleet bench bench-proxies chaos clean
 
 ## build: ./caddy, a stock Caddy with caddymesh built in by xcaddy
 build: caddy
@@ -36,6 +36,10 @@ test: consul
 	if [ -n "$$unformatted" ]; then echo "not gofmt-formatted:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -race ./...
+
+## fleet: three Caddy processes sharing consul_kv get one certificate from Pebble (HTTP-01 for real)
+fleet: consul
+	$(GO) test -count 1 -v -run TestFleet ./storage/ -args -fleet
 
 ## bench: the benchmarks behind BENCHMARKS.md, each beside its peer
 bench: consul

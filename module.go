@@ -22,6 +22,9 @@
 //   - http.handlers.mesh_router: the routes services declare in Consul
 //     (Fabio's urlprefix- tags, or meta), served without reloads; with
 //     tls.permission.mesh, on-demand TLS for the hosts they declare.
+//   - caddy.storage.consul_kv: certificates and ACME locks in Consul's KV
+//     store, shared by a fleet of Caddy instances (Caddyfile: `storage
+//     consul_kv`); admin.api.mesh_storage: GET /mesh/storage.
 //
 // It plugs into Caddy's reverse_proxy rather than replacing it, so retries,
 // passive health checks, transports, WebSockets, header manipulation,
@@ -58,4 +61,6 @@ import (
 	_ "github.com/caddymesh/caddymesh/lbpolicy"
 	// The sidecar's HTTP handlers.
 	_ "github.com/caddymesh/caddymesh/middleware"
+	// Certificate storage in Consul KV.
+	_ "github.com/caddymesh/caddymesh/storage"
 )

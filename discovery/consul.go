@@ -249,6 +249,31 @@ func (c connection) checkTLSFiles() error {
 	return nil
 }
 
+// NewConsulClient returns a client of Consul's API for settings layered
+// over the mesh app's Consul settings, Consul's environment variables and
+// the default address, resolved as for every caddymesh module. The client
+// sends the ACL token with every request; closeIdle closes its idle
+// connections. It serves modules outside this package (the consul_kv
+// storage) until the connection code moves into a package of its own.
+func NewConsulClient(ctx caddy.Context, settings *ConsulConfig) (client *api.Client, closeIdle func(), err error) {
+	appConsul, err := appConsulConfig(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := resolveConnection(settings, appConsul)
+	if err != nil {
+		return nil, nil, err
+	}
+	client, httpClient, err := conn.newClient()
+	if err != nil {
+		return nil, nil, err
+	}
+	if conn.token != "" {
+		client.AddHeader("X-Consul-Token", conn.token)
+	}
+	return client, httpClient.CloseIdleConnections, nil
+}
+
 // newClient returns an API client for the connection and the HTTP client
 // beneath it, whose idle connections the caller closes when done. The token
 // is not part of the client: callers send it with each query.
