@@ -104,12 +104,12 @@ func TestLeastLatencySelect(t *testing.T) {
 			t.Errorf("selections %v: want the 190 µs upstream ahead of the 210 µs one, which still gets some", counts)
 		}
 	})
-	t.Run("unmeasured_upstreams_start_at_the_default", func(t *testing.T) {
+	t.Run("an_idle_unmeasured_upstream_is_probed", func(t *testing.T) {
 		upstreams := upstreamsNamed("new-a", "known-b")
 		ll := newTestLeastLatency(t)
-		measured(ll, upstreams[1:], 40*time.Millisecond) // slower than the 30 ms default
+		measured(ll, upstreams[1:], 100*time.Microsecond)
 		if counts := selections(ll, upstreams, caddyRequest(""), 100); counts["new-a:80"] != 100 {
-			t.Errorf("selections %v, want all 100 to the unmeasured upstream", counts)
+			t.Errorf("selections %v, want all 100 to the unmeasured upstream, with nothing in flight", counts)
 		}
 	})
 	t.Run("consul_weights_divide_the_cost", func(t *testing.T) {

@@ -17,7 +17,9 @@ import (
 // The cost of sending an upstream one more request is its estimate times
 // its requests in flight plus one, divided by its weight (tower's
 // Weighted): a power-of-two-choices policy sends the request to the
-// cheaper of two upstreams.
+// cheaper of two upstreams. An upstream with no sample yet is probed at
+// once: idle, it costs nothing; with requests in flight, the default
+// estimate for each (Finagle).
 //
 // Failures count (linkerd2-proxy#4537): a connection error or a 5xx or
 // 429 answered fast must not make an upstream look fast, so a failure
@@ -85,8 +87,16 @@ func (p peakEWMA) weight(s *sample, now time.Duration) float64 {
 
 // cost returns the cost of sending an upstream with estimate e, inFlight
 // requests in flight and the given weight (at least 1) one more request.
+// An upstream with no sample yet costs nothing while it has no request in
+// flight, so a new upstream gets a request at once, and the default for
+// each request in flight after that, until it answers (Finagle's penalty
+// for a node with no history).
 func (p peakEWMA) cost(e *estimate, now time.Duration, inFlight, weight int) float64 {
-	return p.current(e, now) * float64(inFlight+1) / float64(weight)
+	s := e.last.Load()
+	if s.measured {
+		inFlight++
+	}
+	return p.decayed(s, now) * float64(inFlight) / float64(weight)
 }
 
 // observe records a round trip that took rtt and succeeded, at time now.

@@ -92,6 +92,15 @@ func TestPeakEWMA(t *testing.T) {
 			t.Errorf("cost %v, want 4 ms × (3+1) / 2 = 8", got)
 		}
 	})
+	t.Run("an_upstream_with_no_sample_is_free_until_it_has_a_request_in_flight", func(t *testing.T) {
+		e := newEstimate(p)
+		if got := p.cost(e, 0, 0, 1); got != 0 {
+			t.Errorf("idle: cost %v ms, want 0", ms(got))
+		}
+		if got := ms(p.cost(e, 0, 2, 1)); got != 60 {
+			t.Errorf("two in flight: cost %v ms, want 2 × the 30 ms default", got)
+		}
+	})
 	t.Run("a_fast_failure_is_a_penalty_not_a_fast_sample", func(t *testing.T) {
 		e := newEstimate(p)
 		p.observe(e, 2*time.Millisecond, 0)
