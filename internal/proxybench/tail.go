@@ -104,7 +104,7 @@ func runDegrading(agent *consultest.Agent, paths []string) {
 	defer stop()
 	fmt.Printf("\nThe first of %d backends %s slower from %s to %s of a %s run; shares in windows of %s\n\n",
 		tailBackends, *slowness, degradeAfter, degradeAfter+degradeFor, degradeRun, shareWindow)
-	fmt.Println("| setup | share before | share while slow | its share below 2% after | share back to 10% after recovery, after | share in the last 10s |")
+	fmt.Println("| setup | share before | share while slow | below 2% after the slowdown, after | back to 10% after recovery, after | share in the last 10s |")
 	fmt.Println("|-------|-------------:|-----------------:|-------------------------:|----------------------------------------:|----------------------:|")
 	for _, s := range []setup{leastLatency, leastConn, roundRobin} {
 		slow.Store(false)
@@ -115,8 +115,8 @@ func runDegrading(agent *consultest.Agent, paths []string) {
 		t := newTimeline(result, "degrade-0")
 		fmt.Printf("| %s | %.1f%% | %.1f%% | %s | %s | %.1f%% |\n", s.name,
 			100*t.share(0, degradeAfter), 100*t.share(degradeAfter, degradeAfter+degradeFor),
-			t.firstWindow(degradeAfter, func(share float64) bool { return share < 0.02 }),
-			t.firstWindow(degradeAfter+degradeFor, func(share float64) bool { return share >= 0.10 }),
+			t.firstWindow(degradeAfter, degradeAfter+degradeFor, func(share float64) bool { return share < 0.02 }),
+			t.firstWindow(degradeAfter+degradeFor, degradeRun, func(share float64) bool { return share >= 0.10 }),
 			100*t.share(degradeRun-10*time.Second, degradeRun))
 	}
 }
@@ -151,10 +151,10 @@ func (t timeline) share(from, to time.Duration) float64 {
 	return float64(backend) / float64(max(all, 1))
 }
 
-// firstWindow returns how long after from the first window ends in which
-// the backend's share satisfies ok, or "never".
-func (t timeline) firstWindow(from time.Duration, ok func(share float64) bool) string {
-	for w := int(from / shareWindow); w < len(t.all); w++ {
+// firstWindow returns how long after from the first window before to ends
+// in which the backend's share satisfies ok, or "never".
+func (t timeline) firstWindow(from, to time.Duration, ok func(share float64) bool) string {
+	for w := int(from / shareWindow); w < min(int(to/shareWindow), len(t.all)); w++ {
 		if start := time.Duration(w) * shareWindow; ok(t.share(start, start+shareWindow)) {
 			return (start + shareWindow - from).String()
 		}
@@ -176,12 +176,12 @@ func runFastFailure(agent *consultest.Agent, paths []string) {
 	})
 	defer stop()
 	fmt.Printf("\nThe first of %d backends answers 503 at once; open loop, %d requests/s for %s per setup\n\n", tailBackends, *rate, *duration)
-	fmt.Println("| setup | requests | answered 503 (share to the failing backend) | p99 |")
-	fmt.Println("|-------|---------:|---------------------------------------------:|----:|")
+	fmt.Println("| setup | requests | answered 503 (share to the failing backend) | unanswered | p99 |")
+	fmt.Println("|-------|---------:|---------------------------------------------:|-----------:|----:|")
 	for _, s := range []setup{leastLatency, leastConn, roundRobin} {
 		result := measureTail(s, b, paths, *duration, nil)
-		fmt.Printf("| %s | %d | %.2f%% | %s |\n", s.name, result.Sent,
-			100*float64(result.Failed)/float64(max(result.Sent, 1)), result.Quantiles()[1])
+		fmt.Printf("| %s | %d | %.2f%% | %d | %s |\n", s.name, result.Sent,
+			100*float64(result.Failed-result.Unanswered)/float64(max(result.Sent, 1)), result.Unanswered, result.Quantiles()[1])
 	}
 }
 
