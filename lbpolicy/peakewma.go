@@ -36,8 +36,8 @@ type peakEWMA struct {
 
 // failurePenalty is the round-trip time a failure counts as: Linkerd's
 // base penalty. With the default decay of 10s, an upstream whose answer
-// failed gets no request for about a minute while its peers answer in
-// milliseconds, then one that probes it.
+// failed gets no request for a minute or two while its peers answer
+// within a millisecond, then one that probes it.
 const failurePenalty = 5 * time.Second
 
 // maxRetryAfter caps how long a Retry-After holds a penalty (Linkerd's cap).
