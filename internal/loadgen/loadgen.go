@@ -44,7 +44,9 @@ type Result struct {
 
 // Answer is a 200 answer: its body, and when its request was due.
 type Answer struct {
-	Due  time.Duration
+	// Due is when the request was due, from the start of the run.
+	Due time.Duration
+	// Body is the answer's body.
 	Body string
 }
 
