@@ -50,6 +50,7 @@ bench: consul
 	$(GO) test -run '^$$' -bench Select -benchmem -count 6 ./lbpolicy/ > .work/select.txt
 	$(BENCHSTAT) -col /policy -filter '/policy:(smooth_weighted OR round_robin OR weighted_round_robin)' .work/select.txt
 	$(BENCHSTAT) -col /policy -filter '/policy:(consistent_hash OR consistent_hash_bounded_load OR ip_hash OR uri_hash OR header)' .work/select.txt
+	$(BENCHSTAT) -col /policy -filter '/policy:(least_latency OR least_conn OR random_choose_2)' .work/select.txt
 	$(GO) test -run '^$$' -bench Preselect -benchmem ./lbpolicy/ | grep -E '^Benchmark'
 	$(GO) test -run '^$$' -bench Build -benchmem ./lbpolicy/ | grep -E '^Benchmark'
 	$(GO) test -count 1 -run 'TestRingBalance|TestBoundedLoadsWithZipf' -v ./lbpolicy/ | grep -E 'peak|moved'
@@ -70,7 +71,8 @@ chaos: consul
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 
 ## bench-proxies: stock Caddy, caddymesh, nginx and HAProxy side by side, the proxy alone on core 0,
-## clients over HTTP/1.1 then HTTP/2; then tail latency with one slow backend (installs nginx, HAProxy,
+## clients over HTTP/1.1 then HTTP/2; then tail latency with one slow, one degrading and one failing
+## backend (installs nginx, HAProxy,
 ## wrk and h2load from Debian when missing)
 bench-proxies: build consul
 	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null && command -v h2load >/dev/null || \

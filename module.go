@@ -11,6 +11,8 @@
 //   - http.reverse_proxy.selection_policies.consistent_hash: a weighted
 //     consistent-hash ring with bounded loads (Caddyfile:
 //     `lb_policy consistent_hash`).
+//   - http.reverse_proxy.selection_policies.least_latency: peak-EWMA with
+//     the power of two choices (Caddyfile: `lb_policy least_latency`).
 //   - http.handlers.mesh_identity, mesh_breaker, mesh_limit: who is calling
 //     and may they, circuit breaking, traffic shaping (Caddyfile directives
 //     of the same names).

@@ -3,22 +3,10 @@ package discovery
 import (
 	"net/http"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/caddymesh/caddymesh/internal/pool"
 )
-
-// enclosingProxy returns the reverse_proxy handler that ctx is provisioning
-// a module for, or nil when the module is not one of a reverse_proxy's.
-func enclosingProxy(ctx caddy.Context) *reverseproxy.Handler {
-	lineage := ctx.Modules() // ..., the reverse_proxy handler, the module being provisioned
-	if len(lineage) < 2 {
-		return nil
-	}
-	h, _ := lineage[len(lineage)-2].(*reverseproxy.Handler)
-	return h
-}
 
 // preselectorOf returns the selection policy of h when it can preselect;
 // Caddy provisions the policy of a reverse_proxy before its upstream source.

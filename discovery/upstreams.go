@@ -179,7 +179,7 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 		return err
 	}
 	cu.filter = cu.fullFilter()
-	cu.preselector = preselectorOf(enclosingProxy(ctx))
+	cu.preselector = preselectorOf(pool.EnclosingProxy(ctx))
 	cu.datacenters = cu.Datacenters
 	if len(cu.datacenters) == 0 {
 		cu.datacenters = []string{cu.conn.datacenter}

@@ -35,6 +35,9 @@ func benchmarkPolicies(b *testing.B, upstreams reverseproxy.UpstreamPool) map[st
 		"smooth_weighted":              &SmoothWeighted{Weights: weights},
 		"consistent_hash":              provisioned(b, &ConsistentHash{Key: "{http.request.header.X-User}"}),
 		"consistent_hash_bounded_load": provisioned(b, &ConsistentHash{Key: "{http.request.header.X-User}", BoundedLoad: 1.25}),
+		"least_latency":                newTestLeastLatency(b),
+		"least_conn":                   &reverseproxy.LeastConnSelection{},
+		"random_choose_2":              &reverseproxy.RandomChoiceSelection{Choose: 2},
 		"round_robin":                  &reverseproxy.RoundRobinSelection{},
 		"weighted_round_robin":         wrr,
 		"ip_hash":                      &reverseproxy.IPHashSelection{},
@@ -61,6 +64,7 @@ func BenchmarkSelect(b *testing.B) {
 		for _, name := range []string{
 			"smooth_weighted", "round_robin", "weighted_round_robin",
 			"consistent_hash", "consistent_hash_bounded_load", "ip_hash", "uri_hash", "header",
+			"least_latency", "least_conn", "random_choose_2",
 		} {
 			policy := policies[name]
 			b.Run(fmt.Sprintf("upstreams=%d/mode=serial/policy=%s", n, name), func(b *testing.B) {

@@ -80,6 +80,37 @@ func (ch *ConsistentHash) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:
+//
+//	lb_policy least_latency {
+//	    decay       <duration>
+//	    default_rtt <duration>
+//	}
+func (ll *LeastLatency) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the policy's name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "decay":
+			err = args.Duration(d, &ll.Decay)
+		case "default_rtt":
+			err = args.Duration(d, &ll.DefaultRTT)
+		default:
+			return d.Errf("unrecognized least_latency option '%s'", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := ll.Validate(); err != nil {
+		return d.Err(err.Error())
+	}
+	return nil
+}
+
 // parseWeights reads the dial-address and weight pairs of a weight line.
 func parseWeights(d *caddyfile.Dispenser, weights *Weights) error {
 	pairs := d.RemainingArgs()
@@ -125,4 +156,5 @@ func parseFallback(d *caddyfile.Dispenser, raw *json.RawMessage) error {
 var (
 	_ caddyfile.Unmarshaler = (*SmoothWeighted)(nil)
 	_ caddyfile.Unmarshaler = (*ConsistentHash)(nil)
+	_ caddyfile.Unmarshaler = (*LeastLatency)(nil)
 )

@@ -165,6 +165,7 @@ func TestSelectDoesNotAllocate(t *testing.T) {
 		"consistent_hash client ip":    provisioned(t, &ConsistentHash{}),
 		"consistent_hash header":       provisioned(t, &ConsistentHash{Key: "{http.request.header.X-User}"}),
 		"consistent_hash bounded load": provisioned(t, &ConsistentHash{BoundedLoad: 1.25}),
+		"least_latency":                newTestLeastLatency(t),
 	}
 	for name, policy := range policies {
 		policy.Select(upstreams, r, nil) // builds

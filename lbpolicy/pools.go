@@ -1,9 +1,10 @@
 // Package lbpolicy holds caddymesh's selection policies for Caddy's
-// reverse_proxy: smooth_weighted (nginx's smooth weighted round robin) and
-// consistent_hash (a weighted consistent-hash ring with bounded loads).
+// reverse_proxy: smooth_weighted (nginx's smooth weighted round robin),
+// consistent_hash (a weighted consistent-hash ring with bounded loads) and
+// least_latency (peak-EWMA with the power of two choices).
 //
-// Both build a structure for a pool of upstreams once, and pick from it in
-// O(1) with no allocation. They work with any upstreams: static ones, those
+// Each builds a structure for a pool of upstreams once, and picks from it
+// in O(1) with no allocation. They work with any upstreams: static ones, those
 // of the consul source (whose weights they use), and those of Caddy's other
 // dynamic sources.
 package lbpolicy

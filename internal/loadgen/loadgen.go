@@ -37,6 +37,17 @@ type Result struct {
 	Latencies []time.Duration
 	// ByBody counts the 200 answers by body.
 	ByBody map[string]int
+	// Answers are the 200 answers in the order they came, each with the
+	// time it was due, from the start of the run.
+	Answers []Answer
+}
+
+// Answer is a 200 answer: its body, and when its request was due.
+type Answer struct {
+	// Due is when the request was due, from the start of the run.
+	Due time.Duration
+	// Body is the answer's body.
+	Body string
 }
 
 // Percentile returns the latency below which a fraction q (0..1) of the
@@ -73,6 +84,8 @@ type Run struct {
 	slots  chan struct{}
 	flight sync.WaitGroup
 
+	start time.Time
+
 	mu     sync.Mutex
 	result Result
 }
@@ -83,7 +96,7 @@ func Start(client *http.Client, rate int, urls ...string) *Run {
 	r := &Run{
 		client: client, urls: urls,
 		stop: make(chan struct{}), done: make(chan struct{}), slots: make(chan struct{}, maxOutstanding),
-		result: Result{ByBody: make(map[string]int)},
+		result: Result{ByBody: make(map[string]int)}, start: time.Now(),
 	}
 	go r.schedule(time.Second / time.Duration(rate))
 	return r
@@ -92,7 +105,7 @@ func Start(client *http.Client, rate int, urls ...string) *Run {
 // schedule launches a request every interval, on a fixed timetable.
 func (r *Run) schedule(interval time.Duration) {
 	defer close(r.done)
-	due := time.Now()
+	due := r.start
 	for i := 0; ; i++ {
 		select {
 		case <-r.stop:
@@ -137,6 +150,7 @@ func (r *Run) record(due, end time.Time, err error, status int, body string) {
 		r.fail(fmt.Sprintf("%s: status %d: %.80s", due.Format("15:04:05.000"), status, body))
 	default:
 		r.result.ByBody[body]++
+		r.result.Answers = append(r.result.Answers, Answer{Due: due.Sub(r.start), Body: body})
 	}
 }
 

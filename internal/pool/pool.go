@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"sync/atomic"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
 // Instance is one instance of a service as discovery saw it.
@@ -114,4 +116,17 @@ func AttachPreselection(r *http.Request, p *Preselection) {
 func PreselectionOf(r *http.Request) *Preselection {
 	p, _ := caddyhttp.GetVar(r.Context(), varName).(*Preselection)
 	return p
+}
+
+// EnclosingProxy returns the reverse_proxy handler that ctx is
+// provisioning a module of (its source or policy, or a policy's fallback),
+// or nil when the module is not one of a reverse_proxy's.
+func EnclosingProxy(ctx caddy.Context) *reverseproxy.Handler {
+	lineage := ctx.Modules() // ..., the reverse_proxy handler, ..., the module being provisioned
+	for i := len(lineage) - 2; i >= 0; i-- {
+		if h, ok := lineage[i].(*reverseproxy.Handler); ok {
+			return h
+		}
+	}
+	return nil
 }

@@ -1,0 +1,183 @@
+package lbpolicy
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddymesh/caddymesh/internal/pool"
+)
+
+func init() {
+	caddy.RegisterModule(new(LeastLatency))
+}
+
+// LeastLatency sends each request to the cheaper of two upstreams drawn at
+// random (the power of two choices), an upstream's cost being its
+// peak-EWMA round-trip time times its requests in flight plus one,
+// divided by its weight: Finagle's and Linkerd's balancer. A slow upstream
+// loses nearly every draw at once, and is tried again when its estimate
+// has decayed.
+//
+// The estimate of an upstream jumps to any round trip slower than it and
+// otherwise moves towards new ones with weight exp(-Δt/decay). A failed
+// round trip (a connection error, a timeout, a 5xx or a 429, however fast)
+// counts as 5 seconds; a Retry-After on a 429 or 503 holds that until the
+// time it says. Weights are Consul's for upstreams of the consul source,
+// else 1; weight 0 means never. Unavailable upstreams (Caddy's passive
+// health checks, request limits) are skipped.
+//
+// The policy measures round trips by wrapping the transport of its
+// reverse_proxy, whichever it is (the round trip lasts until the response
+// headers, as Caddy's upstream latency does); it must therefore be the
+// selection policy of a reverse_proxy, or the fallback of one. Estimates
+// are kept per upstream address, shared by the proxies of the same decay
+// and default_rtt, and survive config reloads. A selection reads two
+// estimates and takes no lock.
+type LeastLatency struct {
+	// How fast an estimate forgets: the time constant of its exponential
+	// decay. A slow upstream that recovered gets traffic back after about
+	// decay × ln(slow/fast round trip). From 100ms to 1h. Default: 10s.
+	Decay caddy.Duration `json:"decay,omitempty"`
+
+	// The estimate of an upstream with no measurement yet, decaying like
+	// any other until its first round trip replaces it. From 1µs to 1m.
+	// Default: 30ms.
+	DefaultRTT caddy.Duration `json:"default_rtt,omitempty"`
+
+	estimator peakEWMA
+	table     *estimates
+	pools     builtFor[*latencyPool]
+	// ownTransport is the transport the policy gave its proxy, which had
+	// none; nil when the proxy had its own.
+	ownTransport *reverseproxy.HTTPTransport
+}
+
+// Defaults and bounds of the options.
+const (
+	defaultDecay      = 10 * time.Second
+	defaultDefaultRTT = 30 * time.Millisecond
+	minDecay          = 100 * time.Millisecond
+	maxDecay          = time.Hour
+	minDefaultRTT     = time.Microsecond
+	maxDefaultRTT     = time.Minute
+)
+
+// CaddyModule returns the Caddy module information.
+func (*LeastLatency) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.selection_policies.least_latency",
+		New: func() caddy.Module { return new(LeastLatency) },
+	}
+}
+
+// Provision fills defaults, takes the estimates of its configuration and
+// wraps the transport of its reverse_proxy to measure round trips. Caddy
+// loads a reverse_proxy's configured transport before its selection
+// policy (TestLeastLatencyMeasuresEveryTransport pins it).
+func (ll *LeastLatency) Provision(ctx caddy.Context) error {
+	proxy := pool.EnclosingProxy(ctx)
+	if proxy == nil {
+		return errors.New("least_latency: must be the selection policy of a reverse_proxy, whose round trips it measures")
+	}
+	ll.estimator = peakEWMA{
+		decay:      float64(cmp.Or(time.Duration(ll.Decay), defaultDecay)),
+		defaultRTT: cmp.Or(time.Duration(ll.DefaultRTT), defaultDefaultRTT),
+	}
+	table, err := takeEstimates(ll.estimator)
+	if err != nil {
+		return fmt.Errorf("least_latency: %v", err)
+	}
+	ll.table = table
+	return ll.measure(ctx, proxy)
+}
+
+// Validate rejects options out of range, naming them.
+func (ll *LeastLatency) Validate() error {
+	decay, rtt := time.Duration(ll.Decay), time.Duration(ll.DefaultRTT)
+	switch {
+	case decay != 0 && (decay < minDecay || decay > maxDecay):
+		return fmt.Errorf("least_latency: decay %v: must be from %v to %v", decay, minDecay, maxDecay)
+	case rtt != 0 && (rtt < minDefaultRTT || rtt > maxDefaultRTT):
+		return fmt.Errorf("least_latency: default_rtt %v: must be from %v to %v", rtt, minDefaultRTT, maxDefaultRTT)
+	}
+	return nil
+}
+
+// Cleanup lets go of the estimates, and closes the idle connections of
+// the transport the policy made.
+func (ll *LeastLatency) Cleanup() error {
+	if ll.table != nil {
+		releaseEstimates(ll.estimator)
+	}
+	if ll.ownTransport != nil {
+		return ll.ownTransport.Cleanup()
+	}
+	return nil
+}
+
+// Select returns the cheaper of two available upstreams drawn at random,
+// or nil when none is available.
+func (ll *LeastLatency) Select(upstreams reverseproxy.UpstreamPool, r *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
+	lp := ll.pools.get(upstreams, r, nil, ll.build)
+	now := clock()
+	first, second := twoChoices(len(upstreams), func(i int) bool {
+		return lp.weights[i] > 0 && upstreams[i].Available()
+	})
+	switch {
+	case first < 0:
+		return nil
+	case second >= 0 && ll.cost(lp, upstreams, second, now) < ll.cost(lp, upstreams, first, now):
+		return upstreams[second]
+	}
+	return upstreams[first]
+}
+
+// cost returns the cost of sending upstreams[i] one more request at time
+// now.
+func (ll *LeastLatency) cost(lp *latencyPool, upstreams reverseproxy.UpstreamPool, i int, now time.Duration) float64 {
+	return ll.estimator.cost(&lp.estimate(i).estimate, now, upstreams[i].NumRequests(), lp.weights[i])
+}
+
+// latencyPool is a pool's estimates and weights, in the order of its
+// upstreams.
+type latencyPool struct {
+	table     *estimates
+	dials     []string
+	estimates []atomic.Pointer[tracked]
+	weights   []int
+}
+
+// build looks up the estimates of a pool's upstreams.
+func (ll *LeastLatency) build(dials []string, weights []int) *latencyPool {
+	lp := &latencyPool{table: ll.table, dials: dials, weights: weights, estimates: make([]atomic.Pointer[tracked], len(dials))}
+	for i, dial := range dials {
+		lp.estimates[i].Store(ll.table.lookup(dial))
+	}
+	return lp
+}
+
+// estimate returns the estimate of upstream i, looking it up again if the
+// table dropped it.
+func (lp *latencyPool) estimate(i int) *tracked {
+	e := lp.estimates[i].Load()
+	if e.dropped.Load() {
+		e = lp.table.lookup(lp.dials[i])
+		lp.estimates[i].Store(e)
+	}
+	return e
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*LeastLatency)(nil)
+	_ caddy.Validator       = (*LeastLatency)(nil)
+	_ caddy.CleanerUpper    = (*LeastLatency)(nil)
+	_ reverseproxy.Selector = (*LeastLatency)(nil)
+)
