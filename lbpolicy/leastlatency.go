@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/caddymesh/caddymesh/internal/bounds"
 	"github.com/caddymesh/caddymesh/internal/pool"
 )
 
@@ -100,12 +101,11 @@ func (ll *LeastLatency) Provision(ctx caddy.Context) error {
 
 // Validate rejects options out of range, naming them.
 func (ll *LeastLatency) Validate() error {
-	decay, rtt := time.Duration(ll.Decay), time.Duration(ll.DefaultRTT)
-	switch {
-	case decay != 0 && (decay < minDecay || decay > maxDecay):
-		return fmt.Errorf("least_latency: decay %v: must be from %v to %v", decay, minDecay, maxDecay)
-	case rtt != 0 && (rtt < minDefaultRTT || rtt > maxDefaultRTT):
-		return fmt.Errorf("least_latency: default_rtt %v: must be from %v to %v", rtt, minDefaultRTT, maxDefaultRTT)
+	if err := cmp.Or(
+		bounds.DurationOrZero("decay", ll.Decay, minDecay, maxDecay),
+		bounds.DurationOrZero("default_rtt", ll.DefaultRTT, minDefaultRTT, maxDefaultRTT),
+	); err != nil {
+		return fmt.Errorf("least_latency: %w", err)
 	}
 	return nil
 }
