@@ -17,6 +17,7 @@ import (
 // application answers with its name, then the Host and the path it was
 // asked for. It returns the router's base URL.
 func fabioRouter(t *testing.T) string {
+	registered := map[string]bool{} // the dial addresses of this test's applications
 	for service, declaration := range map[string]string{
 		"fabio-strip":      "/foo/bar strip=/foo",         // TestProxyStripsPath
 		"fabio-prepend":    "/bar prepend=/foo",           // TestProxyPrependsPath
@@ -32,6 +33,7 @@ func fabioRouter(t *testing.T) string {
 			fmt.Fprintf(w, "%s %s %s", service, r.Host, r.URL.EscapedPath())
 		}))
 		t.Cleanup(app.Close)
+		registered[app.Listener.Addr().String()] = true
 		agent.Register(t, consultest.Instance{Service: service, ID: service + "-1", Port: app.Listener.Addr().(*net.TCPAddr).Port,
 			Tags: []string{"urlprefix-" + declaration, "fabio"}})
 		t.Cleanup(func() { agent.Client.Agent().ServiceDeregister(service + "-1") })
@@ -39,9 +41,19 @@ func fabioRouter(t *testing.T) string {
 	p := meshtest.FreePort()
 	meshtest.Load(t, fmt.Sprintf("{\n\t%s\n}\n", meshtest.Globals())+routerSite(p, "require_tag fabio"), "caddyfile")
 	base := fmt.Sprintf("http://127.0.0.1:%d", p)
-	meshtest.Eventually(t, propagation, "the 9 routes", func() bool {
+	// The routes of an earlier test of the same services may still be
+	// there: wait for these applications' instances.
+	meshtest.Eventually(t, propagation, "the 9 routes, to this test's applications", func() bool {
 		tables := routeTables(t)
-		return len(tables) == 1 && len(tables[0].Routes) == 9 && len(tables[0].Rejected) == 0
+		if len(tables) != 1 || len(tables[0].Routes) != 9 || len(tables[0].Rejected) != 0 {
+			return false
+		}
+		for _, r := range tables[0].Routes {
+			if len(r.Instances) != 1 || !registered[r.Instances[0]] {
+				return false
+			}
+		}
+		return true
 	})
 	return base
 }
