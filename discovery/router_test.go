@@ -4,18 +4,23 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddymesh/caddymesh/internal/consultest"
 	"github.com/caddymesh/caddymesh/internal/meshtest"
+	"github.com/caddymesh/caddymesh/internal/pebbletest"
 )
 
 // routerSite is a site served by mesh_router over the test agent.
@@ -170,63 +175,123 @@ func TestRouterDialsHTTPSUpstreams(t *testing.T) {
 	})
 }
 
-// TestRouterHostsGetCertificatesOnDemand serves mesh_router over on-demand
-// TLS with Caddy's internal issuer, as production does with ACME: a host a
-// service declares gets a certificate at its first handshake, and an
-// undeclared one gets none.
-func TestRouterHostsGetCertificatesOnDemand(t *testing.T) {
-	storage := t.TempDir()
-	httpsPort := meshtest.FreePort()
+// loadOnDemandRouter loads a Caddy that serves mesh_router on httpsPort
+// over on-demand TLS allowed by permission mesh, with the global options
+// and sites given.
+func loadOnDemandRouter(t *testing.T, httpsPort int, globals, sites string) {
 	meshtest.Load(t, fmt.Sprintf(`{
 	%s
-	storage file_system %s
-	http_port %d
-	local_certs
-	skip_install_trust
+	%s
 	on_demand_tls {
 		permission mesh
 	}
 }
-https://:%[4]d {
+https://:%d {
 	tls {
 		on_demand
 	}
 	mesh_router {
 		consul {
-			address %[5]s
+			address %s
 		}
 	}
 }
-*.wild.test:%[4]d {
-	mesh_router {
-		consul {
-			address %[5]s
-		}
-	}
+%s`, meshtest.Globals(), globals, httpsPort, agent.Addr, sites), "caddyfile")
 }
-`, meshtest.Globals(), storage, meshtest.FreePort(), httpsPort, agent.Addr), "caddyfile")
-	registerEcho(t, "rt-ondemand", "ondemand-1", []string{"urlprefix-ondemand.test/"}, nil)
+
+// TestRouterHostsGetCertificatesOnDemand serves mesh_router over on-demand
+// TLS with certificates from Pebble, which validates its challenges for
+// real on Caddy's own ports (HTTP-01 on the HTTP port, TLS-ALPN-01 on the
+// HTTPS one; Caddy chooses): a host a service declares gets a certificate
+// at its first handshake, an undeclared one gets none and Pebble sees no
+// order, and a host declared later gets one with no reload.
+func TestRouterHostsGetCertificatesOnDemand(t *testing.T) {
+	httpPort, httpsPort := meshtest.FreePort(), meshtest.FreePort()
+	pebble := pebbletest.Start(t, httpPort, httpsPort)
+	loadOnDemandRouter(t, httpsPort, fmt.Sprintf(`storage file_system %s
+	http_port %d
+	acme_ca %s
+	acme_ca_root %s`, t.TempDir(), httpPort, pebble.Directory, pebble.RootFile), "")
+	// Hosts of this run only: Caddy's certificate cache outlives a config,
+	// and would serve another run's certificates (with -count).
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
+	declared, later := "ondemand-"+run+".test", "later-"+run+".test"
+	registerEcho(t, "rt-ondemand", "ondemand-1", []string{"urlprefix-" + declared + "/"}, nil)
 	meshtest.Eventually(t, propagation, "the route to be declared", func() bool {
 		tables := routeTables(t)
-		return len(tables) == 2 && len(tables[0].Routes) == 1 && len(tables[1].Routes) == 1
+		return len(tables) == 1 && len(tables[0].Routes) == 1
 	})
+	client := tlsClient(t, pebble.Roots(t), httpsPort)
 
-	client := internalTLSClient(t, storage, httpsPort)
-	if status, body := fetch(client, "https://ondemand.test/hello"); body != "ondemand-1 /hello" {
-		t.Errorf("declared host answered %d %q", status, body)
+	if names := issuedBy(t, pebble, client, declared, "ondemand-1 /"); !slices.Equal(names, []string{declared}) {
+		t.Errorf("the declared host was served a certificate for %v", names)
 	}
-	if status, body := fetch(client, "https://later.test/"); status != 0 || !strings.Contains(body, "tls") {
+	if orders := pebble.Orders(); orders != 1 {
+		t.Errorf("pebble took %d orders for one declared host, want 1", orders)
+	}
+	if status, body := fetch(client, "https://"+later+"/"); status != 0 || !strings.Contains(body, "tls") {
 		t.Fatalf("undeclared host answered %d %q, want no certificate", status, body)
 	}
+	if orders := pebble.Orders(); orders != 1 {
+		t.Errorf("pebble took %d orders after a handshake for an undeclared host, want still 1", orders)
+	}
+
 	// Declared later, with no reload, the host gets its certificate.
-	registerEcho(t, "rt-later", "later-1", []string{"urlprefix-later.test/"}, nil)
+	registerEcho(t, "rt-later", "later-1", []string{"urlprefix-" + later + "/"}, nil)
 	meshtest.Eventually(t, propagation, "a certificate for the host declared later", func() bool {
-		_, body := fetch(client, "https://later.test/")
+		_, body := fetch(client, "https://"+later+"/")
 		return body == "later-1 /"
 	})
+	if names := issuedBy(t, pebble, client, later, "later-1 /"); !slices.Equal(names, []string{later}) {
+		t.Errorf("the host declared later was served a certificate for %v", names)
+	}
+	if orders, issued := pebble.Orders(), pebble.Serials(); orders != 2 || len(issued) != 2 {
+		t.Errorf("pebble took %d orders and issued %q for two declared hosts, want two of each", orders, issued)
+	}
+}
 
-	// A wildcard route under a site that has a wildcard certificate is
-	// served with it: nothing is obtained per host.
+// issuedBy GETs https://host/ with client, which trusts pebble's root,
+// expecting body, waits until pebble's log shows it issued the serial
+// served, and returns the names of the certificate.
+func issuedBy(t *testing.T, pebble *pebbletest.Pebble, client *http.Client, host, body string) []string {
+	t.Helper()
+	resp, err := client.Get("https://" + host + "/")
+	if err != nil {
+		t.Fatalf("%s: %v\npebble:\n%s", host, err, pebble.Log())
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(got) != body {
+		t.Errorf("%s answered %q %v, want %q", host, got, err, body)
+	}
+	// Pebble logs the serial before it answers, but its log reaches the
+	// test through a pipe.
+	serial := hex.EncodeToString(resp.TLS.PeerCertificates[0].SerialNumber.Bytes())
+	meshtest.Eventually(t, propagation, host+"'s serial "+serial+" in pebble's log", func() bool {
+		return slices.Contains(pebble.Serials(), serial)
+	})
+	return resp.TLS.PeerCertificates[0].DNSNames
+}
+
+// TestRouterWildcardHostsGetTheSiteCertificate serves a wildcard route
+// under a site that has a wildcard certificate: its hosts are served that
+// certificate, and nothing is obtained per host. It runs on Caddy's
+// internal issuer, as an ACME CA issues a wildcard certificate only over
+// the DNS-01 challenge, which the test's DNS server does not answer.
+func TestRouterWildcardHostsGetTheSiteCertificate(t *testing.T) {
+	storage, httpsPort := t.TempDir(), meshtest.FreePort()
+	loadOnDemandRouter(t, httpsPort, fmt.Sprintf(`storage file_system %s
+	http_port %d
+	local_certs
+	skip_install_trust`, storage, meshtest.FreePort()), fmt.Sprintf(`*.wild.test:%d {
+	mesh_router {
+		consul {
+			address %s
+		}
+	}
+}
+`, httpsPort, agent.Addr))
+	client := internalTLSClient(t, storage, httpsPort)
 	registerEcho(t, "rt-wild", "wild-1", []string{"urlprefix-*.wild.test/"}, nil)
 	meshtest.Eventually(t, propagation, "the wildcard route", func() bool {
 		_, body := fetch(client, "https://a.wild.test/x")
@@ -242,15 +307,20 @@ https://:%[4]d {
 	}
 }
 
-// internalTLSClient is a client that trusts the root of Caddy's internal
-// CA, kept in storage, and sends every request to the HTTPS port, on
-// loopback, whatever the host.
+// internalTLSClient is tlsClient trusting the root of Caddy's internal
+// CA, kept in storage.
 func internalTLSClient(t *testing.T, storage string, port int) *http.Client {
 	roots := x509.NewCertPool()
 	root, err := os.ReadFile(filepath.Join(storage, "pki", "authorities", "local", "root.crt"))
 	if err != nil || !roots.AppendCertsFromPEM(root) {
 		t.Fatalf("Caddy's internal root: %v", err)
 	}
+	return tlsClient(t, roots, port)
+}
+
+// tlsClient is a client that trusts roots and sends every request to the
+// HTTPS port, on loopback, whatever the host.
+func tlsClient(t *testing.T, roots *x509.CertPool, port int) *http.Client {
 	client := &http.Client{Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots},
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -7,8 +7,12 @@ package pebbletest
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,7 +34,8 @@ type Pebble struct {
 	// certificate, for Caddy's acme_ca_root.
 	RootFile string
 
-	log *syncBuffer
+	management string
+	log        *syncBuffer
 }
 
 // Start runs Pebble, validating HTTP-01 on httpPort and TLS-ALPN-01 on
@@ -52,9 +57,10 @@ func Start(t testing.TB, httpPort, tlsPort int) *Pebble {
 		t.Fatal(err)
 	}
 	p := &Pebble{
-		Directory: "https://" + listen + "/dir",
-		RootFile:  filepath.Join(module, "test/certs/pebble.minica.pem"),
-		log:       new(syncBuffer),
+		Directory:  "https://" + listen + "/dir",
+		RootFile:   filepath.Join(module, "test/certs/pebble.minica.pem"),
+		management: management,
+		log:        new(syncBuffer),
 	}
 	cmd := exec.Command(binary, "-config", configFile, "-dnsserver", dnsAddr, "-strict=false")
 	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
@@ -87,6 +93,32 @@ func (p *Pebble) Serials() []string {
 		}
 	}
 	return serials
+}
+
+// Roots is the pool of the root that signs the certificates Pebble issues,
+// which Pebble generates at start and serves on its management API: a
+// client trusting only it verifies that a certificate came from Pebble.
+func (p *Pebble) Roots(t testing.TB) *x509.CertPool {
+	t.Helper()
+	pem, err := os.ReadFile(p.RootFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	management := x509.NewCertPool()
+	management.AppendCertsFromPEM(pem)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: management}}}
+	defer client.CloseIdleConnections()
+	resp, err := client.Get("https://" + p.management + "/roots/0")
+	if err != nil {
+		t.Fatalf("pebble's root: %v", err)
+	}
+	defer resp.Body.Close()
+	root, err := io.ReadAll(resp.Body)
+	roots := x509.NewCertPool()
+	if err != nil || resp.StatusCode != http.StatusOK || !roots.AppendCertsFromPEM(root) {
+		t.Fatalf("pebble's root: %s %v %q", resp.Status, err, root)
+	}
+	return roots
 }
 
 // Log is what Pebble wrote so far.
