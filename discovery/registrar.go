@@ -273,7 +273,11 @@ func (r *registrar) keep(ctx context.Context, want *wantedRegistration) error {
 			nodeID, askedNode = r.agentNodeID(ctx, want), true
 		}
 		inGrace := r.pacer.clock.now().Sub(registered) < syncGrace
-		entries, next, err := r.catalogEntries(ctx, want, index, wait, inGrace)
+		judgeBy := wait
+		if inGrace { // judge in time
+			judgeBy = min(wait, syncGrace)
+		}
+		entries, next, err := r.catalogEntries(ctx, want, index, judgeBy)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -296,12 +300,8 @@ func (r *registrar) keep(ctx context.Context, want *wantedRegistration) error {
 }
 
 // catalogEntries asks the servers (through the agent) for the instance's
-// catalog entries with their checks, blocking from index; within the sync
-// grace, no longer than the grace, so as to judge in time.
-func (r *registrar) catalogEntries(ctx context.Context, want *wantedRegistration, index uint64, wait time.Duration, inGrace bool) ([]*api.ServiceEntry, uint64, error) {
-	if inGrace {
-		wait = min(wait, syncGrace)
-	}
+// catalog entries with their checks, blocking from index for up to wait.
+func (r *registrar) catalogEntries(ctx context.Context, want *wantedRegistration, index uint64, wait time.Duration) ([]*api.ServiceEntry, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, wait+wait/16+requestSlack)
 	defer cancel()
 	q := &api.QueryOptions{

@@ -133,23 +133,35 @@ func (r *Registration) validate() error {
 	if r.ID != "" && !svcname.Valid(r.ID) { // a path segment of the deregister call
 		return fmt.Errorf("mesh register %s: id %q: %s", r.Name, r.ID, svcname.Rule)
 	}
-	err := cmp.Or(
+	if err := r.checkSettings(); err != nil {
+		return fmt.Errorf("mesh register %s: %w", r.Name, err)
+	}
+	return nil
+}
+
+// checkSettings checks the port, drain, weights, address and check.
+func (r *Registration) checkSettings() error {
+	if err := cmp.Or(
 		bounds.Check("port", r.Port, 1, 65535),
 		bounds.DurationOrZero("drain", r.Drain, minDrain, maxDrain),
-	)
-	if w := r.Weights; w != nil && err == nil {
-		err = cmp.Or(bounds.Check("weights passing", w.Passing, 1, maxRegisteredWeight), bounds.Check("weights warning", w.warning(), 0, maxRegisteredWeight))
+	); err != nil {
+		return err
 	}
-	if r.Address != "" && err == nil {
-		if err = checkHostOnly(r.Address); err != nil {
-			err = fmt.Errorf("address %q: %v", r.Address, err)
+	if w := r.Weights; w != nil {
+		if err := cmp.Or(
+			bounds.Check("weights passing", w.Passing, 1, maxRegisteredWeight),
+			bounds.Check("weights warning", w.warning(), 0, maxRegisteredWeight),
+		); err != nil {
+			return err
 		}
 	}
-	if r.Check != nil && err == nil {
-		err = r.Check.validate()
+	if r.Address != "" {
+		if err := checkHostOnly(r.Address); err != nil {
+			return fmt.Errorf("address %q: %v", r.Address, err)
+		}
 	}
-	if err != nil {
-		return fmt.Errorf("mesh register %s: %w", r.Name, err)
+	if r.Check != nil {
+		return r.Check.validate()
 	}
 	return nil
 }

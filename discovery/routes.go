@@ -8,7 +8,6 @@ import (
 	"os"
 	pathpkg "path"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -130,7 +129,7 @@ func isCleanPathPrefix(prefix string) bool {
 func checkHost(host string) error {
 	name, port, hasPort := strings.Cut(host, ":")
 	if hasPort {
-		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strings.HasPrefix(name, "*.") {
+		if checkPort(port) != nil || strings.HasPrefix(name, "*.") {
 			return fmt.Errorf("host %q: a port is from 1 to 65535, after a name or an address (not a wildcard)", host)
 		}
 	}

@@ -71,7 +71,7 @@ type watcher struct {
 	key     watchKey
 	current atomic.Pointer[answer]
 	// holding is when the hold of the last healthy instances ends, while
-	// one lasts.
+	// one lasts; only the poller goroutine writes it.
 	holding atomic.Pointer[time.Time]
 	// tags and userFilter are the configured tags and filter that key.filter
 	// combines, for the admin API.
@@ -79,7 +79,6 @@ type watcher struct {
 	userFilter string
 
 	// the poller goroutine's own state
-	holdUntil  time.Time // end of the current hold; zero if none
 	knownEmpty bool
 }
 
@@ -114,8 +113,8 @@ func (w *watcher) query(_ context.Context, q *api.QueryOptions) ([]*api.ServiceE
 // waitTime is the next query's wait: the configured one, cut short while
 // the last instances are held, so as to believe an empty answer in time.
 func (w *watcher) waitTime() time.Duration {
-	if !w.holdUntil.IsZero() {
-		return min(w.key.wait, max(w.holdUntil.Sub(w.clock.now()), time.Millisecond))
+	if !w.holdUntil().IsZero() {
+		return min(w.key.wait, max(w.holdUntil().Sub(w.clock.now()), time.Millisecond))
 	}
 	return w.key.wait
 }
@@ -163,20 +162,20 @@ func (w *watcher) holds(found classified, previous *answer) bool {
 	vanished := len(found.all) == 0 && found.maintenance == 0
 	afterOutage := now.Before(w.distrustUntil)
 	if len(found.healthy) > 0 || !vanished && !afterOutage || previous == nil || len(previous.healthy.Instances) == 0 {
-		if !w.holdUntil.IsZero() {
+		if !w.holdUntil().IsZero() {
 			w.log().Info("healthy instances are back; no longer holding the last ones")
 			w.endHold()
 		}
 		return false
 	}
-	if w.holdUntil.IsZero() {
+	if w.holdUntil().IsZero() {
 		until := latest(now.Add(w.key.holdLast), w.distrustUntil)
 		if !now.Before(until) {
 			return false
 		}
 		w.startHold(until, len(previous.healthy.Instances))
 	}
-	if now.Before(w.holdUntil) {
+	if now.Before(w.holdUntil()) {
 		return true
 	}
 	w.log().Warn("still no healthy instance once hold_last has passed; believing consul")
@@ -187,7 +186,6 @@ func (w *watcher) holds(found classified, previous *answer) bool {
 // startHold starts holding the last healthy instances, of which there are
 // held, until until: logged, counted and announced.
 func (w *watcher) startHold(until time.Time, held int) {
-	w.holdUntil = until
 	w.holding.Store(&until)
 	w.log().Warn("consul answers with no healthy instance where it had some, all at once or right after an outage; keeping the last ones for now",
 		zap.Int("held", held), zap.Time("until", until))
@@ -196,8 +194,15 @@ func (w *watcher) startHold(until time.Time, held int) {
 }
 
 func (w *watcher) endHold() {
-	w.holdUntil = time.Time{}
 	w.holding.Store(nil)
+}
+
+// holdUntil is when the current hold ends; zero if none.
+func (w *watcher) holdUntil() time.Time {
+	if until := w.holding.Load(); until != nil {
+		return *until
+	}
+	return time.Time{}
 }
 
 // noteEmptiness warns, once per change, when Consul knows no instance of the

@@ -67,11 +67,6 @@ func (p peakEWMA) start(e *estimate, now time.Duration) {
 	e.last.Store(&sample{rtt: float64(p.defaultRTT), at: now})
 }
 
-// current returns e's estimate at time now, in nanoseconds.
-func (p peakEWMA) current(e *estimate, now time.Duration) float64 {
-	return p.decayed(e.last.Load(), now)
-}
-
 // decayed returns the estimate s stands for at time now.
 func (p peakEWMA) decayed(s *sample, now time.Duration) float64 {
 	return s.rtt * p.weight(s, now)

@@ -159,3 +159,8 @@ func TestPeakEWMA(t *testing.T) {
 		}
 	})
 }
+
+// current returns e's estimate at time now, in nanoseconds.
+func (p peakEWMA) current(e *estimate, now time.Duration) float64 {
+	return p.decayed(e.last.Load(), now)
+}

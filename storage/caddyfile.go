@@ -22,7 +22,11 @@ func (s *ConsulKV) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	block := args.NewBlock()
 	for d.NextBlock(0) {
+		if err := block.Check(d); err != nil {
+			return err
+		}
 		var err error
 		switch d.Val() {
 		case "prefix":

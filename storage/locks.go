@@ -82,13 +82,14 @@ func (ls *locks) goRenew(renew func()) error {
 	return nil
 }
 
-// hold records l as held, unless the storage is stopping.
-func (ls *locks) hold(l *lease) bool {
+// hold records l as held since acquired, unless the storage is stopping.
+func (ls *locks) hold(l *lease, acquired time.Time) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if ls.ctx.Err() != nil {
 		return false
 	}
+	l.acquired = acquired // under the lock: GET /mesh/storage reads it
 	ls.held[l.name] = l
 	return true
 }
@@ -179,8 +180,7 @@ func (s *ConsulKV) acquire(ctx context.Context, name string, wait bool) (bool, e
 	var index uint64
 	for {
 		ok, _, err := s.client.KV().Acquire(&api.KVPair{Key: l.key, Value: value, Session: l.session}, write(ctx))
-		if err == nil && ok && s.locks.hold(l) {
-			l.acquired = time.Now()
+		if err == nil && ok && s.locks.hold(l, time.Now()) {
 			return true, nil
 		}
 		if err == nil && ok { // the storage stopped meanwhile
