@@ -59,6 +59,8 @@ bench: consul
 	$(BENCHSTAT) -col /router -filter '.name:RouteMatch' .work/gateway.txt
 	$(GO) test -run '^$$' -bench Handler -benchmem -count 6 ./middleware/ > .work/handlers.txt
 	$(BENCHSTAT) -col /handler .work/handlers.txt
+	$(GO) test -run '^$$' -bench NormalizeRequest -benchmem -count 6 ./internal/urlpath/ > .work/urlpath.txt
+	$(BENCHSTAT) -col /by .work/urlpath.txt
 	$(MAKE) bench-proxies
 
 ## chaos: the resilience suite's long form (RESILIENCE.md); `make test` runs its short form

@@ -374,3 +374,13 @@ func TestGatewayCaddyfileExample(t *testing.T) {
 		t.Errorf("a host no service declares answered %d %q, want no certificate", status, body)
 	}
 }
+
+// TestRouterRefusesLeastLatency pins what the README says: least_latency
+// cannot find mesh_router's proxies to measure, and the load says so.
+func TestRouterRefusesLeastLatency(t *testing.T) {
+	site := routerSite(meshtest.FreePort(), "proxy {\n\t\t\tlb_policy least_latency\n\t\t}")
+	got := meshtest.LoadError(t, fmt.Sprintf("{\n\t%s\n}\n", meshtest.Globals())+site, "caddyfile")
+	if !strings.Contains(got, "least_latency: must be the selection policy of a reverse_proxy") {
+		t.Errorf("load error %q, want least_latency's", got)
+	}
+}
