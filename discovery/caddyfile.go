@@ -27,6 +27,7 @@ import (
 //	    max_services    <n>
 //	    idle_timeout    <duration>
 //	    resolve_timeout <duration>
+//	    chain
 //	    consul {
 //	        ...
 //	    }
@@ -34,7 +35,7 @@ import (
 //
 // tag is repeatable; every tag listed must be present. max_services,
 // idle_timeout and resolve_timeout are for a service named by
-// placeholders.
+// placeholders. chain follows the service's discovery chain.
 func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the source's name
 	if !d.AllArgs(&cu.Service) {
@@ -75,6 +76,8 @@ func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "consul":
 			cu.Consul = new(ConsulConfig)
 			err = cu.Consul.UnmarshalCaddyfile(d)
+		case "chain":
+			err = args.Flag(d, &cu.Chain)
 		default:
 			return d.Errf("unrecognized consul upstreams option '%s'", d.Val())
 		}

@@ -19,7 +19,9 @@ type meshMetrics struct {
 	duration prometheus.Histogram
 	updates  *prometheus.CounterVec
 	holds    *prometheus.CounterVec
-	state    stateCollector
+	// chainRequests counts attempts by the chain target they went to.
+	chainRequests *prometheus.CounterVec
+	state         stateCollector
 }
 
 func newMeshMetrics() *meshMetrics {
@@ -42,6 +44,10 @@ func newMeshMetrics() *meshMetrics {
 			Namespace: namespace, Subsystem: subsystem, Name: "holds_total",
 			Help: "Times a watch kept serving its last healthy instances when Consul's answer dropped them all at once (hold_last).",
 		}, []string{"service"}),
+		chainRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: subsystem, Name: "chain_requests_total",
+			Help: "Attempts (retries included) sent by a discovery chain, by service and by the chain target chosen (a target ID of the chain, such as v2.web.default.default.dc1).",
+		}, []string{"service", "target"}),
 		state: newStateCollector(namespace + "_" + subsystem),
 	}
 }
@@ -53,7 +59,7 @@ func (m *meshMetrics) register(ctx caddy.Context) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{m.queries, m.duration, m.updates, m.holds, m.state} {
+	for _, c := range []prometheus.Collector{m.queries, m.duration, m.updates, m.holds, m.chainRequests, m.state} {
 		if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 			return err
 		}

@@ -138,10 +138,21 @@ type ConsulUpstreams struct {
 	// field by field.
 	Consul *ConsulConfig `json:"consul,omitempty"`
 
+	// Follow the service's discovery chain, as Consul compiles it from its
+	// service-router, service-splitter and service-resolver config entries
+	// (in the first datacenter), for each request: the router's routes, the
+	// splitter's weights, the resolver's subsets, redirect and failover
+	// targets, with the routes' PrefixRewrite and request header actions.
+	// Tags and filter apply to every target; what Caddy cannot honour per
+	// request is listed by GET /mesh/chains/<service> under not_honoured.
+	// The service name must be fixed. Default: off.
+	Chain bool `json:"chain,omitempty"`
+
 	conn        connection
 	datacenters []string
 	filter      string
 	static      *serviceWatch // the service, when its name is fixed
+	chain       *chainSource  // the service's discovery chain, with chain
 	lazy        *lazyServices // the services, when the name has placeholders
 	serviceName reqkey.Func   // evaluates a name with placeholders
 	preselector pool.Preselector
@@ -183,6 +194,9 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 	cu.datacenters = cu.Datacenters
 	if len(cu.datacenters) == 0 {
 		cu.datacenters = []string{cu.conn.datacenter}
+	}
+	if cu.Chain {
+		return cu.provisionChain(ctx)
 	}
 	if hasPlaceholders(cu.Service) {
 		cu.serviceName = reqkey.Compile(cu.Service)
@@ -236,6 +250,9 @@ func (cu *ConsulUpstreams) Cleanup() error {
 	if cu.lazy != nil {
 		return cu.lazy.releaseAll()
 	}
+	if cu.chain != nil {
+		return cu.chain.release()
+	}
 	if cu.static != nil {
 		return cu.static.release()
 	}
@@ -251,6 +268,9 @@ func (cu *ConsulUpstreams) Cleanup() error {
 // the upstreams are the few candidates the policy names for r (see
 // pool.Preselector).
 func (cu *ConsulUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
+	if cu.chain != nil {
+		return cu.chain.upstreams(r, cu.preselector)
+	}
 	sw := cu.static
 	if cu.lazy != nil {
 		if sw = cu.lazy.get(r, cu.serviceName(r)); sw == nil {
@@ -291,6 +311,8 @@ func (cu *ConsulUpstreams) validate() error {
 	case cu.Consistency != "" && cu.Consistency != consistencyDefault &&
 		cu.Consistency != consistencyStale && cu.Consistency != consistencyCached:
 		return fmt.Errorf("consul upstreams: consistency %q: must be default, stale or cached", cu.Consistency)
+	case cu.Chain && hasPlaceholders(cu.Service):
+		return fmt.Errorf("consul upstreams: chain needs a fixed service name, not %q", cu.Service)
 	case !hasPlaceholders(cu.Service) && (cu.MaxServices != 0 || cu.IdleTimeout != 0 || cu.ResolveTimeout != 0):
 		return fmt.Errorf("consul upstreams: max_services, idle_timeout and resolve_timeout are for a service name with placeholders, not %q", cu.Service)
 	}

@@ -289,7 +289,7 @@ func NormalizeRequest(header http.Header, r *http.Request, action EscapedSlashes
 	if normal == escaped {
 		return 0, nil
 	}
-	if err := setPath(r, normal); err != nil {
+	if err := SetPath(r, normal); err != nil {
 		return http.StatusBadRequest, err
 	}
 	if unescaped && action == UnescapeAndRedirect {
@@ -305,9 +305,9 @@ func NormalizeRequest(header http.Header, r *http.Request, action EscapedSlashes
 // errRedirected is why a request is answered with a redirect.
 var errRedirected = errors.New("redirected to the path with its escaped slashes unescaped")
 
-// setPath sets r's path to escaped, a normalized path, keeping URL.Path,
+// SetPath sets r's path to escaped, a normalized path, keeping URL.Path,
 // URL.RawPath and RequestURI consistent, as Caddy's rewrite handler does.
-func setPath(r *http.Request, escaped string) error {
+func SetPath(r *http.Request, escaped string) error {
 	path, err := url.PathUnescape(escaped)
 	if err != nil {
 		return ErrBadEscape

@@ -1,0 +1,407 @@
+package discovery
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddymesh/caddymesh/internal/pool"
+)
+
+// The types below are the parts of Consul's compiled discovery chain
+// (GET /v1/discovery-chain/<service>) that caddymesh evaluates. They follow
+// api.CompiledDiscoveryChain, adding what the api package leaves out of
+// Consul's answer: a split's Definition (its header actions) and a target's
+// Partition and Peer.
+
+// compiledChain is Consul's compiled discovery chain of a service.
+type compiledChain struct {
+	ServiceName string
+	Namespace   string
+	Partition   string
+	Datacenter  string
+	Protocol    string
+	Default     bool
+	StartNode   string
+	Nodes       map[string]*chainNode
+	Targets     map[string]*chainTargetDef
+}
+
+// chainNode is a router, splitter or resolver node of a compiled chain.
+type chainNode struct {
+	Type         string
+	Name         string
+	Routes       []*api.DiscoveryRoute
+	Splits       []*chainSplitDef
+	Resolver     *chainResolverDef
+	LoadBalancer *api.LoadBalancer
+}
+
+// chainResolverDef is the resolver of a resolver node.
+type chainResolverDef struct {
+	Target         string
+	Failover       *api.DiscoveryFailover
+	RequestTimeout time.Duration // in nanoseconds in Consul's answer
+}
+
+// chainSplitDef is one leg of a splitter node.
+type chainSplitDef struct {
+	Weight     float32
+	NextNode   string
+	Definition *api.ServiceSplit
+}
+
+// chainTargetDef is a target of a compiled chain: a service subset in a
+// datacenter, found with a filter.
+type chainTargetDef struct {
+	ID            string
+	Service       string
+	ServiceSubset string
+	Namespace     string
+	Partition     string
+	Datacenter    string
+	Peer          string
+	External      bool
+	MeshGateway   api.MeshGatewayConfig
+	Subset        api.ServiceResolverSubset
+}
+
+// targetPool gives the current instances of a chain target: the shared
+// health watch of its service, subset and datacenter.
+type targetPool interface {
+	choose() *pool.Snapshot
+}
+
+// poolFor returns the pool of a target, taking its health watch.
+type poolFor func(target *chainTargetDef) (targetPool, error)
+
+// chainCompiler turns a compiled chain into the immutable structure that
+// requests evaluate (an evaluator), once per version of the chain.
+type chainCompiler struct {
+	chain       *compiledChain
+	poolFor     poolFor
+	counters    *prometheus.CounterVec // requests by target; nil in tests
+	targets     map[string]*chainTarget
+	resolvers   map[string]*chainResolver
+	notHonoured []string
+}
+
+// compileChain compiles chain for requests, taking each target's pool
+// from poolFor.
+func compileChain(chain *compiledChain, poolFor poolFor, counters *prometheus.CounterVec) (*evaluator, error) {
+	if chain == nil {
+		return nil, errors.New("consul answered no discovery chain")
+	}
+	c := &chainCompiler{chain: chain, poolFor: poolFor, counters: counters,
+		targets: map[string]*chainTarget{}, resolvers: map[string]*chainResolver{}}
+	start, ok := chain.Nodes[chain.StartNode]
+	if !ok {
+		return nil, fmt.Errorf("discovery chain of %q: start node %q is missing", chain.ServiceName, chain.StartNode)
+	}
+	ev := &evaluator{service: chain.ServiceName}
+	var err error
+	switch start.Type {
+	case api.DiscoveryGraphNodeTypeRouter:
+		ev.routes, err = c.routes(start)
+	default:
+		route := chainRoute{match: routeMatch{prefix: "/"}}
+		if route.legs, err = c.legs(start); err == nil {
+			ev.routes = []chainRoute{route}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("discovery chain of %q: %w", chain.ServiceName, err)
+	}
+	ev.finish(c)
+	return ev, nil
+}
+
+// routes compiles the routes of a router node, in order.
+func (c *chainCompiler) routes(router *chainNode) ([]chainRoute, error) {
+	routes := make([]chainRoute, len(router.Routes))
+	for i, def := range router.Routes {
+		if def == nil || def.Definition == nil {
+			return nil, fmt.Errorf("route %d has no definition", i)
+		}
+		route := &routes[i]
+		var err error
+		if route.match, err = compileMatch(def.Definition.Match); err != nil {
+			return nil, fmt.Errorf("route %d: %w", i, err)
+		}
+		c.destination(route, i, def.Definition.Destination)
+		next, ok := c.chain.Nodes[def.NextNode]
+		if !ok {
+			return nil, fmt.Errorf("route %d: node %q is missing", i, def.NextNode)
+		}
+		if route.legs, err = c.legs(next); err != nil {
+			return nil, fmt.Errorf("route %d: %w", i, err)
+		}
+	}
+	return routes, nil
+}
+
+// destination compiles the actions of route i's destination, and notes
+// those Caddy cannot honour per route.
+func (c *chainCompiler) destination(route *chainRoute, i int, dest *api.ServiceRouteDestination) {
+	if dest == nil {
+		return
+	}
+	route.prefixRewrite = dest.PrefixRewrite
+	route.request = compileHeaderOps(dest.RequestHeaders)
+	route.response = compileHeaderOps(dest.ResponseHeaders)
+	where := fmt.Sprintf("route %d: ", i)
+	c.noteIf(dest.RequestTimeout != 0, where+"RequestTimeout (reverse_proxy's transport timeouts are per handler)")
+	c.noteIf(dest.IdleTimeout != 0, where+"IdleTimeout (reverse_proxy's transport timeouts are per handler)")
+	c.noteIf(dest.NumRetries != 0 || dest.RetryOnConnectFailure || len(dest.RetryOn) > 0 || len(dest.RetryOnStatusCodes) > 0,
+		where+"NumRetries, RetryOn, RetryOnConnectFailure, RetryOnStatusCodes (reverse_proxy's retries are per handler: lb_retries, lb_try_duration, lb_retry_match)")
+	c.noteHeaderFormatters(where, dest.RequestHeaders, dest.ResponseHeaders)
+}
+
+// legs compiles the node a route leads to: a splitter's legs, or the one
+// leg of a resolver.
+func (c *chainCompiler) legs(node *chainNode) ([]chainLeg, error) {
+	c.noteLoadBalancer(node)
+	switch node.Type {
+	case api.DiscoveryGraphNodeTypeResolver:
+		res, err := c.resolver(node)
+		if err != nil {
+			return nil, err
+		}
+		return []chainLeg{{resolver: res, weight: splitScale * 100}}, nil
+	case api.DiscoveryGraphNodeTypeSplitter:
+		return c.splits(node)
+	default:
+		return nil, fmt.Errorf("node %q has unexpected type %q", node.Name, node.Type)
+	}
+}
+
+// splits compiles a splitter's legs. Weights are kept in hundredths of a
+// percent, as Consul's own Envoy integration scales them.
+func (c *chainCompiler) splits(splitter *chainNode) ([]chainLeg, error) {
+	legs := make([]chainLeg, 0, len(splitter.Splits))
+	for i, split := range splitter.Splits {
+		next, ok := c.chain.Nodes[split.NextNode]
+		if !ok || next.Type != api.DiscoveryGraphNodeTypeResolver {
+			return nil, fmt.Errorf("split %d of %q: node %q is not a resolver", i, splitter.Name, split.NextNode)
+		}
+		c.noteLoadBalancer(next)
+		res, err := c.resolver(next)
+		if err != nil {
+			return nil, err
+		}
+		leg := chainLeg{resolver: res, weight: uint32(split.Weight * splitScale)}
+		if def := split.Definition; def != nil {
+			leg.request = compileHeaderOps(def.RequestHeaders)
+			leg.response = compileHeaderOps(def.ResponseHeaders)
+			c.noteHeaderFormatters(fmt.Sprintf("split %d of %q: ", i, splitter.Name), def.RequestHeaders, def.ResponseHeaders)
+		}
+		legs = append(legs, leg)
+	}
+	if len(legs) == 0 {
+		return nil, fmt.Errorf("splitter %q has no splits", splitter.Name)
+	}
+	return legs, nil
+}
+
+// resolver compiles a resolver node: its target, then its failover
+// targets in order. Resolvers are shared by the routes and legs that lead
+// to them.
+func (c *chainCompiler) resolver(node *chainNode) (*chainResolver, error) {
+	if res, ok := c.resolvers[node.Name]; ok {
+		return res, nil
+	}
+	if node.Resolver == nil {
+		return nil, fmt.Errorf("resolver node %q has no resolver", node.Name)
+	}
+	ids := []string{node.Resolver.Target}
+	if fo := node.Resolver.Failover; fo != nil {
+		ids = append(ids, fo.Targets...)
+		c.noteIf(fo.Policy.Mode != "" || len(fo.Policy.Regions) > 0,
+			fmt.Sprintf("resolver %q: Failover Policy (caddymesh fails over in the order of the targets)", node.Name))
+	}
+	c.noteIf(node.Resolver.RequestTimeout != 0,
+		fmt.Sprintf("resolver %q: RequestTimeout (reverse_proxy's timeouts are per handler)", node.Name))
+	res := &chainResolver{name: node.Name}
+	for _, id := range ids {
+		t, err := c.target(id)
+		if err != nil {
+			return nil, err
+		}
+		res.targets = append(res.targets, t)
+	}
+	c.resolvers[node.Name] = res
+	return res, nil
+}
+
+// target returns the compiled target id, taking its pool the first time.
+func (c *chainCompiler) target(id string) (*chainTarget, error) {
+	if t, ok := c.targets[id]; ok {
+		return t, nil
+	}
+	def, ok := c.chain.Targets[id]
+	if !ok {
+		return nil, fmt.Errorf("target %q is missing", id)
+	}
+	c.noteIf(def.Peer != "", fmt.Sprintf("target %q: Peer (cluster peering is not supported; the target gets no instances)", id))
+	c.noteIf(def.External, fmt.Sprintf("target %q: External (terminating gateways are not supported)", id))
+	c.noteIf(def.MeshGateway.Mode != "" && def.MeshGateway.Mode != api.MeshGatewayModeDefault && def.MeshGateway.Mode != api.MeshGatewayModeNone,
+		fmt.Sprintf("target %q: MeshGateway mode %s (instances are dialled directly)", id, def.MeshGateway.Mode))
+	p, err := c.poolFor(def)
+	if err != nil {
+		return nil, fmt.Errorf("target %q: %w", id, err)
+	}
+	t := &chainTarget{id: id, def: def, pool: p}
+	if c.counters != nil {
+		t.requests = c.counters.WithLabelValues(c.chain.ServiceName, id)
+	}
+	c.targets[id] = t
+	return t, nil
+}
+
+// noteLoadBalancer notes a node's LoadBalancer: the selection policy is
+// reverse_proxy's, per handler.
+func (c *chainCompiler) noteLoadBalancer(node *chainNode) {
+	c.noteIf(node.LoadBalancer != nil && node.LoadBalancer.Policy != "",
+		fmt.Sprintf("node %q: LoadBalancer (the selection policy is reverse_proxy's lb_policy)", node.Name))
+}
+
+// noteHeaderFormatters notes header values with Envoy's %...% command
+// operators, which Caddy sends as they are.
+func (c *chainCompiler) noteHeaderFormatters(where string, mods ...*api.HTTPHeaderModifiers) {
+	for _, m := range mods {
+		if m == nil {
+			continue
+		}
+		for _, values := range []map[string]string{m.Add, m.Set} {
+			for name, v := range values {
+				c.noteIf(strings.Count(v, "%") >= 2,
+					fmt.Sprintf("%sheader %s: Envoy's %%...%% operators are sent as written", where, name))
+			}
+		}
+	}
+}
+
+func (c *chainCompiler) noteIf(cond bool, what string) {
+	if cond {
+		c.notHonoured = append(c.notHonoured, what)
+	}
+}
+
+// compileMatch compiles a route's match; nil matches every request.
+func compileMatch(m *api.ServiceRouteMatch) (routeMatch, error) {
+	var rm routeMatch
+	if m == nil || m.HTTP == nil {
+		rm.prefix = "/"
+		return rm, nil
+	}
+	h := m.HTTP
+	rm.caseInsensitive = h.CaseInsensitive
+	var err error
+	switch {
+	case h.PathExact != "":
+		rm.exact = h.PathExact
+	case h.PathPrefix != "":
+		rm.prefix = h.PathPrefix
+	case h.PathRegex != "":
+		flags := ""
+		if h.CaseInsensitive {
+			flags = "(?i)"
+		}
+		if rm.regex, err = anchored(flags + h.PathRegex); err != nil {
+			return rm, fmt.Errorf("PathRegex %q: %w", h.PathRegex, err)
+		}
+	default:
+		rm.prefix = "/"
+	}
+	for _, hdr := range h.Header {
+		hm, ok, err := compileHeaderMatch(hdr)
+		if err != nil {
+			return rm, err
+		}
+		if ok {
+			rm.headers = append(rm.headers, hm)
+		}
+	}
+	for _, q := range h.QueryParam {
+		qm, ok, err := compileQueryMatch(q)
+		if err != nil {
+			return rm, err
+		}
+		if ok {
+			rm.query = append(rm.query, qm)
+		}
+	}
+	rm.methods = h.Methods
+	return rm, nil
+}
+
+// compileHeaderMatch compiles a header rule; ok is false for a rule with
+// nothing to match, which Consul's Envoy integration skips too.
+func compileHeaderMatch(h api.ServiceRouteHTTPMatchHeader) (routeHeaderMatch, bool, error) {
+	hm := routeHeaderMatch{name: http.CanonicalHeaderKey(h.Name), invert: h.Invert}
+	hm.host = hm.name == "Host" || h.Name == ":authority"
+	var err error
+	switch {
+	case h.Exact != "":
+		hm.value = valueMatch{kind: matchExact, value: h.Exact}
+	case h.Regex != "":
+		hm.value.kind = matchRegex
+		if hm.value.regex, err = anchored(h.Regex); err != nil {
+			return hm, false, fmt.Errorf("header %s Regex %q: %w", h.Name, h.Regex, err)
+		}
+	case h.Prefix != "":
+		hm.value = valueMatch{kind: matchPrefix, value: h.Prefix}
+	case h.Suffix != "":
+		hm.value = valueMatch{kind: matchSuffix, value: h.Suffix}
+	case h.Present:
+		hm.value.kind = matchPresent
+	default:
+		return hm, false, nil
+	}
+	return hm, true, nil
+}
+
+// compileQueryMatch compiles a query parameter rule; ok is false for a rule
+// with nothing to match.
+func compileQueryMatch(q api.ServiceRouteHTTPMatchQueryParam) (queryMatch, bool, error) {
+	qm := queryMatch{name: q.Name}
+	var err error
+	switch {
+	case q.Exact != "":
+		qm.value = valueMatch{kind: matchExact, value: q.Exact}
+	case q.Regex != "":
+		qm.value.kind = matchRegex
+		if qm.value.regex, err = anchored(q.Regex); err != nil {
+			return qm, false, fmt.Errorf("query parameter %s Regex %q: %w", q.Name, q.Regex, err)
+		}
+	case q.Present:
+		qm.value.kind = matchPresent
+	default:
+		return qm, false, nil
+	}
+	return qm, true, nil
+}
+
+// compileHeaderOps compiles header modifiers, with canonical names.
+func compileHeaderOps(m *api.HTTPHeaderModifiers) headerOps {
+	var ops headerOps
+	if m == nil {
+		return ops
+	}
+	for name, v := range m.Add {
+		ops.add = append(ops.add, headerValue{http.CanonicalHeaderKey(name), v})
+	}
+	for name, v := range m.Set {
+		ops.set = append(ops.set, headerValue{http.CanonicalHeaderKey(name), v})
+	}
+	for _, name := range m.Remove {
+		ops.remove = append(ops.remove, http.CanonicalHeaderKey(name))
+	}
+	ops.sort()
+	return ops
+}
