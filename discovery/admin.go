@@ -25,6 +25,9 @@ func init() {
 //   - GET /mesh/services/<name>: the watches of one service.
 //   - GET /mesh/registrations: the instances this Caddy keeps registered.
 //   - GET /mesh/routes: the route table of each mesh_router.
+//   - GET /mesh/chains/<service>: the discovery chain of a service as the
+//     sources with chain evaluate it: routes, split weights, targets with
+//     their healthy and total instances, and what is not honoured.
 //
 // Answers are JSON; errors are JSON too ({"error": "..."}). No ACL token
 // ever appears in them.
@@ -45,6 +48,7 @@ func (Admin) Routes() []caddy.AdminRoute {
 		{Pattern: "/mesh/services/", Handler: get(serviceWatches)},
 		{Pattern: "/mesh/registrations", Handler: get(func(*http.Request) (any, error) { return registrationViews(), nil })},
 		{Pattern: "/mesh/routes", Handler: get(func(*http.Request) (any, error) { return routeTableViews(), nil })},
+		{Pattern: "/mesh/chains/", Handler: get(chainViews)},
 	}
 }
 

@@ -129,6 +129,7 @@ func (c *chainCompiler) routes(router *chainNode) ([]chainRoute, error) {
 			return nil, fmt.Errorf("route %d has no definition", i)
 		}
 		route := &routes[i]
+		route.def = def.Definition
 		var err error
 		if route.match, err = compileMatch(def.Definition.Match); err != nil {
 			return nil, fmt.Errorf("route %d: %w", i, err)

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caddymesh/caddymesh/internal/pool"
@@ -39,6 +40,7 @@ type evaluator struct {
 // chainRoute is a route of the chain: what it matches, its legs (one, or
 // a splitter's), and its actions on the request.
 type chainRoute struct {
+	def           *api.ServiceRoute // nil for a chain without a router
 	match         routeMatch
 	legs          []chainLeg
 	total         uint32 // the sum of the legs' weights
