@@ -1,81 +1,73 @@
-package discovery
+package consul
 
 import (
-	"context"
 	"maps"
 	"slices"
 	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/hashicorp/consul/api"
 )
 
-// catalogs holds one catalog watch per Consul endpoint, datacenter and
-// filter, shared like the health watchers.
-var catalogs = caddy.NewUsagePool()
+// Catalogs holds one catalog watch per Consul endpoint, datacenter and
+// filter, shared like the health watches.
+var Catalogs = NewRegistry[CatalogKey, *CatalogWatch]()
 
-// catalogKey is what makes two catalog watches differ.
-type catalogKey struct {
-	endpoint
-	datacenter string
-	filter     string
+// CatalogKey is what makes two catalog watches differ.
+type CatalogKey struct {
+	Endpoint
+	// Datacenter is the datacenter whose catalog is watched.
+	Datacenter string
+	// Filter is a Consul filter expression on the catalog's services.
+	Filter string
 }
 
-// catalogWatch keeps the names and tags of a datacenter's services
+// CatalogWatch keeps the names and tags of a datacenter's services
 // current, with one blocking query on /v1/catalog/services: how gateways
 // learn which services exist and which declare routes, without a query per
 // service.
-type catalogWatch struct {
-	*poller[map[string][]string]
-	key      catalogKey
+type CatalogWatch struct {
+	*Poller[map[string][]string]
+	// Key is what the watch watches.
+	Key      CatalogKey
 	services atomic.Pointer[map[string][]string] // name: the union of its instances' tags
 }
 
-// takeCatalog returns the shared catalog watch of key, starting it if it
-// is the first; releaseCatalog lets go of it.
-func takeCatalog(key catalogKey, conn connection) (*catalogWatch, error) {
-	value, _, err := catalogs.LoadOrNew(key, func() (caddy.Destructor, error) {
-		p, err := newPoller[map[string][]string]("(catalog)", key.datacenter, conn)
+// TakeCatalog returns the shared catalog watch of key over conn, starting
+// it if it is the first; Catalogs.Release(key) lets go of it.
+func TakeCatalog(key CatalogKey, conn Connection) (*CatalogWatch, error) {
+	return Catalogs.Take(key, func() (*CatalogWatch, error) {
+		c := &CatalogWatch{Key: key}
+		p, err := NewPoller(conn, Querier[map[string][]string](c), PollerOptions{Subject: "(catalog)", Datacenter: key.Datacenter})
 		if err != nil {
 			return nil, err
 		}
-		c := &catalogWatch{poller: p, key: key}
-		p.query, p.apply = c.query, c.apply
-		p.wait = func() time.Duration { return defaultWait }
-		return c, p.start()
+		c.Poller = p
+		return c, p.Start()
 	})
-	if err != nil {
-		return nil, err
-	}
-	return value.(*catalogWatch), nil
 }
 
-func releaseCatalog(key catalogKey) error {
-	_, err := catalogs.Delete(key)
-	return err
+// Services are the services and the union of their instances' tags; nil
+// until Consul first answers.
+func (c *CatalogWatch) Services() *map[string][]string { return c.services.Load() }
+
+// Query asks for the datacenter's services and their tags.
+func (c *CatalogWatch) Query(client *api.Client, q *api.QueryOptions, leader bool) (map[string][]string, *api.QueryMeta, error) {
+	q.Datacenter, q.Filter, q.AllowStale = c.Key.Datacenter, c.Key.Filter, !leader
+	return client.Catalog().Services(q)
 }
 
-// Destruct stops the watch. The usage pool calls it when the last user
-// lets go.
-func (c *catalogWatch) Destruct() error {
-	c.stop()
-	return nil
-}
+// Wait is the blocking queries' wait.
+func (c *CatalogWatch) Wait() time.Duration { return DefaultWait }
 
-func (c *catalogWatch) query(_ context.Context, q *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
-	q.Datacenter, q.Filter, q.AllowStale = c.key.datacenter, c.key.filter, !c.asksLeader()
-	return c.client.Catalog().Services(q)
-}
-
-// apply publishes the services, when they changed.
-func (c *catalogWatch) apply(services map[string][]string) {
+// Apply publishes the services, when they changed.
+func (c *CatalogWatch) Apply(services map[string][]string) {
 	if old := c.services.Load(); old != nil && maps.EqualFunc(*old, services, slices.Equal) {
 		return
 	}
 	c.services.Store(&services)
-	c.notify()
+	c.Notify()
 }
 
 // Interface guards
-var _ caddy.Destructor = (*catalogWatch)(nil)
+var _ Watch = (*CatalogWatch)(nil)

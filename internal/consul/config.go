@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"crypto/sha256"
@@ -18,7 +18,7 @@ import (
 // CONSUL_HTTP_ADDR names an address.
 const defaultConsulAddress = "127.0.0.1:8500"
 
-// ConsulConfig says how to reach Consul. It appears in the mesh app, where it
+// Config says how to reach Consul. It appears in the mesh app, where it
 // applies to every consul upstream source, and in a source, where it
 // overrides the app's settings for that source.
 //
@@ -27,7 +27,7 @@ const defaultConsulAddress = "127.0.0.1:8500"
 // (the one the consul CLI reads), then the default. Placeholders such as
 // {env.CONSUL_HTTP_TOKEN} or {file./run/secrets/token} are expanded once,
 // at provision; a placeholder that expands to nothing counts as empty.
-type ConsulConfig struct {
+type Config struct {
 	// Address of Consul's HTTP API: host:port, or a URL with scheme http://,
 	// https:// or unix://. Default: CONSUL_HTTP_ADDR, else 127.0.0.1:8500.
 	Address string `json:"address,omitempty"`
@@ -57,11 +57,11 @@ type ConsulConfig struct {
 	Namespace string `json:"namespace,omitempty"`
 
 	// TLS settings for an https:// address.
-	TLS *ConsulTLS `json:"tls,omitempty"`
+	TLS *TLS `json:"tls,omitempty"`
 }
 
-// ConsulTLS configures TLS to Consul's HTTPS API.
-type ConsulTLS struct {
+// TLS configures TLS to Consul's HTTPS API.
+type TLS struct {
 	// PEM file of the CA certificates that sign Consul's server
 	// certificate. Default: CONSUL_CACERT, else the system roots.
 	CAFile string `json:"ca_file,omitempty"`
@@ -83,81 +83,102 @@ type ConsulTLS struct {
 	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
 }
 
-// connection is a fully resolved way to reach Consul: every layer merged,
-// placeholders expanded, the token read.
-type connection struct {
-	endpoint
+// Connection is a fully resolved way to reach Consul: every layer merged,
+// placeholders expanded, the token read. It never prints its token.
+type Connection struct {
+	Endpoint
 	token string
 }
 
-// endpoint identifies a Consul connection in watch keys: it is comparable
+// Endpoint identifies a Consul connection in watch keys: it is comparable
 // and holds a hash of the token, never the token.
-type endpoint struct {
-	address            string
-	datacenter         string
-	partition          string
-	namespace          string
-	caFile             string
-	certFile           string
-	keyFile            string
-	serverName         string
-	insecureSkipVerify bool
-	tokenHash          string
+type Endpoint struct {
+	// Address of Consul's HTTP API, as Config.Address.
+	Address string
+	// Datacenter, Partition and Namespace, as in Config: the defaults of
+	// the connection's queries.
+	Datacenter string
+	// Partition is the admin partition (Enterprise).
+	Partition string
+	// Namespace is the namespace (Enterprise).
+	Namespace string
+	// CAFile, CertFile, KeyFile, ServerName and InsecureSkipVerify are the
+	// TLS settings, as in TLS.
+	CAFile string
+	// CertFile is the client certificate's file.
+	CertFile string
+	// KeyFile is the client key's file.
+	KeyFile string
+	// ServerName is the name Consul's certificate is verified against.
+	ServerName string
+	// InsecureSkipVerify skips verifying Consul's certificate.
+	InsecureSkipVerify bool
+	// TokenHash is a hash of the ACL token, so that connections with
+	// different tokens differ; never the token.
+	TokenHash string
 }
 
-// resolveConnection merges the given layers, most specific first, over
-// Consul's environment variables and the default address.
-func resolveConnection(layers ...*ConsulConfig) (connection, error) {
+// Token is the ACL token to send with each query. Never log it.
+func (c Connection) Token() string { return c.token }
+
+// String describes the connection without its token.
+func (c Connection) String() string {
+	return fmt.Sprintf("consul %s (datacenter %q)", c.Address, c.Datacenter)
+}
+
+// Resolve merges the given layers, most specific first, over Consul's
+// environment variables and the default address.
+func Resolve(layers ...*Config) (Connection, error) {
 	env := api.DefaultConfig()
 	repl := caddy.NewReplacer()
-	var conn connection
+	var conn Connection
 	var tokenSet bool
 	for _, layer := range layers {
 		if layer == nil {
 			continue
 		}
 		l := layer.expanded(repl)
-		fill(&conn.address, l.Address)
-		fill(&conn.datacenter, l.Datacenter)
-		fill(&conn.partition, l.Partition)
-		fill(&conn.namespace, l.Namespace)
+		fill(&conn.Address, l.Address)
+		fill(&conn.Datacenter, l.Datacenter)
+		fill(&conn.Partition, l.Partition)
+		fill(&conn.Namespace, l.Namespace)
 		if t := l.TLS; t != nil {
-			fill(&conn.caFile, t.CAFile)
-			fill(&conn.certFile, t.CertFile)
-			fill(&conn.keyFile, t.KeyFile)
-			fill(&conn.serverName, t.ServerName)
-			conn.insecureSkipVerify = conn.insecureSkipVerify || t.InsecureSkipVerify
+			fill(&conn.CAFile, t.CAFile)
+			fill(&conn.CertFile, t.CertFile)
+			fill(&conn.KeyFile, t.KeyFile)
+			fill(&conn.ServerName, t.ServerName)
+			conn.InsecureSkipVerify = conn.InsecureSkipVerify || t.InsecureSkipVerify
 		}
 		if !tokenSet && (l.Token != "" || l.TokenFile != "") {
 			token, err := l.readToken()
 			if err != nil {
-				return connection{}, err
+				return Connection{}, err
 			}
 			conn.token, tokenSet = token, true
 		}
 	}
-	fill(&conn.address, os.Getenv(api.HTTPAddrEnvName))
-	fill(&conn.address, defaultConsulAddress)
-	if err := checkConsulAddress(conn.address); err != nil {
-		return connection{}, fmt.Errorf("consul: address %q: %v", conn.address, err)
+	fill(&conn.Address, os.Getenv(api.HTTPAddrEnvName))
+	fill(&conn.Address, defaultConsulAddress)
+	if err := checkConsulAddress(conn.Address); err != nil {
+		return Connection{}, fmt.Errorf("consul: address %q: %v", conn.Address, err)
 	}
-	fill(&conn.partition, env.Partition)
-	fill(&conn.namespace, env.Namespace)
-	fill(&conn.caFile, env.TLSConfig.CAFile)
-	fill(&conn.certFile, env.TLSConfig.CertFile)
-	fill(&conn.keyFile, env.TLSConfig.KeyFile)
-	fill(&conn.serverName, env.TLSConfig.Address)
-	conn.insecureSkipVerify = conn.insecureSkipVerify || env.TLSConfig.InsecureSkipVerify
+	fill(&conn.Partition, env.Partition)
+	fill(&conn.Namespace, env.Namespace)
+	fill(&conn.CAFile, env.TLSConfig.CAFile)
+	fill(&conn.CertFile, env.TLSConfig.CertFile)
+	fill(&conn.KeyFile, env.TLSConfig.KeyFile)
+	fill(&conn.ServerName, env.TLSConfig.Address)
+	conn.InsecureSkipVerify = conn.InsecureSkipVerify || env.TLSConfig.InsecureSkipVerify
 	if !tokenSet {
 		token, err := envToken(env)
 		if err != nil {
-			return connection{}, err
+			return Connection{}, err
 		}
 		conn.token = token
 	}
 	if conn.token != "" {
 		sum := sha256.Sum256([]byte(conn.token))
-		conn.tokenHash = hex.EncodeToString(sum[:8])
+		conn.TokenHash = hex.EncodeToString(sum[:8])
 	}
 	return conn, conn.checkTLSFiles()
 }
@@ -171,9 +192,9 @@ func fill(dst *string, value string) {
 
 // expanded returns a copy of c with global placeholders ({env.*}, {file.*})
 // replaced.
-func (c *ConsulConfig) expanded(repl *caddy.Replacer) ConsulConfig {
+func (c *Config) expanded(repl *caddy.Replacer) Config {
 	expand := func(s string) string { return repl.ReplaceKnown(s, "") }
-	out := ConsulConfig{
+	out := Config{
 		Address:    expand(c.Address),
 		Token:      expand(c.Token),
 		TokenFile:  expand(c.TokenFile),
@@ -182,7 +203,7 @@ func (c *ConsulConfig) expanded(repl *caddy.Replacer) ConsulConfig {
 		Namespace:  expand(c.Namespace),
 	}
 	if c.TLS != nil {
-		out.TLS = &ConsulTLS{
+		out.TLS = &TLS{
 			CAFile:             expand(c.TLS.CAFile),
 			CertFile:           expand(c.TLS.CertFile),
 			KeyFile:            expand(c.TLS.KeyFile),
@@ -195,7 +216,7 @@ func (c *ConsulConfig) expanded(repl *caddy.Replacer) ConsulConfig {
 
 // readToken returns the layer's token, reading its token file if that is
 // what the layer sets. Errors name the file, never the token.
-func (c ConsulConfig) readToken() (string, error) {
+func (c Config) readToken() (string, error) {
 	if c.Token != "" && c.TokenFile != "" {
 		return "", fmt.Errorf("consul: token and token_file %q are both set; use one", c.TokenFile)
 	}
@@ -228,43 +249,43 @@ func envToken(env *api.Config) (string, error) {
 
 // checkTLSFiles loads the TLS files so that a missing or malformed one fails
 // at provision, named, rather than on the first request to Consul.
-func (c connection) checkTLSFiles() error {
-	if c.caFile != "" {
-		pem, err := os.ReadFile(c.caFile)
+func (c Connection) checkTLSFiles() error {
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
 		if err != nil {
-			return fmt.Errorf("consul tls: reading ca_file %q: %w", c.caFile, err)
+			return fmt.Errorf("consul tls: reading ca_file %q: %w", c.CAFile, err)
 		}
 		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-			return fmt.Errorf("consul tls: ca_file %q holds no PEM certificate", c.caFile)
+			return fmt.Errorf("consul tls: ca_file %q holds no PEM certificate", c.CAFile)
 		}
 	}
-	if (c.certFile == "") != (c.keyFile == "") {
-		return fmt.Errorf("consul tls: cert_file %q and key_file %q must be set together", c.certFile, c.keyFile)
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return fmt.Errorf("consul tls: cert_file %q and key_file %q must be set together", c.CertFile, c.KeyFile)
 	}
-	if c.certFile != "" {
-		if _, err := tls.LoadX509KeyPair(c.certFile, c.keyFile); err != nil {
-			return fmt.Errorf("consul tls: loading cert_file %q and key_file %q: %w", c.certFile, c.keyFile, err)
+	if c.CertFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile); err != nil {
+			return fmt.Errorf("consul tls: loading cert_file %q and key_file %q: %w", c.CertFile, c.KeyFile, err)
 		}
 	}
 	return nil
 }
 
-// NewConsulClient returns a client of Consul's API for settings layered
-// over the mesh app's Consul settings, Consul's environment variables and
-// the default address, resolved as for every caddymesh module. The client
+// NewClient returns a client of Consul's API for settings layered over
+// the mesh app's Consul settings, Consul's environment variables and the
+// default address, resolved as for every caddymesh module. The client
 // sends the ACL token with every request; closeIdle closes its idle
-// connections. It serves modules outside this package (the consul_kv
-// storage) until the connection code moves into a package of its own.
-func NewConsulClient(ctx caddy.Context, settings *ConsulConfig) (client *api.Client, closeIdle func(), err error) {
-	appConsul, err := appConsulConfig(ctx)
+// connections. It is for modules that query Consul themselves rather than
+// through a shared watch (the consul_kv storage).
+func NewClient(ctx caddy.Context, settings *Config) (client *api.Client, closeIdle func(), err error) {
+	appConsul, err := AppConfig(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := resolveConnection(settings, appConsul)
+	conn, err := Resolve(settings, appConsul)
 	if err != nil {
 		return nil, nil, err
 	}
-	client, httpClient, err := conn.newClient()
+	client, httpClient, err := conn.NewClient()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -274,25 +295,25 @@ func NewConsulClient(ctx caddy.Context, settings *ConsulConfig) (client *api.Cli
 	return client, httpClient.CloseIdleConnections, nil
 }
 
-// newClient returns an API client for the connection and the HTTP client
+// NewClient returns an API client for the connection and the HTTP client
 // beneath it, whose idle connections the caller closes when done. The token
 // is not part of the client: callers send it with each query.
-func (c connection) newClient() (*api.Client, *http.Client, error) {
+func (c Connection) NewClient() (*api.Client, *http.Client, error) {
 	cfg := &api.Config{
-		Address:   c.address,
-		Partition: c.partition,
-		Namespace: c.namespace,
+		Address:   c.Address,
+		Partition: c.Partition,
+		Namespace: c.Namespace,
 		TLSConfig: api.TLSConfig{
-			Address:            c.serverName,
-			CAFile:             c.caFile,
-			CertFile:           c.certFile,
-			KeyFile:            c.keyFile,
-			InsecureSkipVerify: c.insecureSkipVerify,
+			Address:            c.ServerName,
+			CAFile:             c.CAFile,
+			CertFile:           c.CertFile,
+			KeyFile:            c.KeyFile,
+			InsecureSkipVerify: c.InsecureSkipVerify,
 		},
 	}
 	client, err := api.NewClient(cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("consul: address %q: %w", c.address, err)
+		return nil, nil, fmt.Errorf("consul: address %q: %w", c.Address, err)
 	}
 	return client, cfg.HttpClient, nil
 }

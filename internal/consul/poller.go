@@ -1,6 +1,7 @@
-package discovery
+package consul
 
 import (
+	"cmp"
 	"context"
 	"net/http"
 	"sync"
@@ -16,39 +17,71 @@ import (
 // Consul may take (wait plus up to wait/16 of jitter).
 const requestSlack = 2 * time.Second
 
-// distrustAfterOutage is how long after an outage Consul's answers are
+// QueryTimeout bounds a blocking query of the given wait: Consul may take
+// the wait plus up to wait/16 of jitter, and requestSlack more is allowed.
+func QueryTimeout(wait time.Duration) time.Duration { return wait + wait/16 + requestSlack }
+
+// DistrustAfterOutage is how long after an outage Consul's answers are
 // checked against what was served before it: an answer older than that
 // (a server still replaying its log), or one with no healthy instance where
 // there were some (an agent whose services have not registered again), is
 // not believed until Consul catches up or this time has passed.
-const distrustAfterOutage = 30 * time.Second
+const DistrustAfterOutage = 30 * time.Second
 
-// poller asks Consul one blocking question over and over, on a goroutine
-// of its own: what the health, catalog and intentions watches share. It
-// paces its queries (rate limit, backoff), follows Consul's rules for
-// blocking indexes, keeps what it last learned while Consul fails, does not
-// roll back to an older index after an outage, and logs and announces an
-// outage once when it starts and once when it ends. Its owner says how to
-// ask (query, wait) and what to do with an answer (apply).
-type poller[T any] struct {
-	subject    string // the service watched, for logs, metrics and events
+// Querier is what a Poller's owner says: how to ask Consul one question,
+// how long a blocking query of it waits, and what to do with an answer.
+// The poller calls all three from its own goroutine, one at a time.
+type Querier[T any] interface {
+	// Query asks once, with q's index, wait, token and context. When
+	// leader is set, it must ask the leader: neither stale nor cached.
+	Query(client *api.Client, q *api.QueryOptions, leader bool) (T, *api.QueryMeta, error)
+	// Wait is the next blocking query's wait.
+	Wait() time.Duration
+	// Apply takes a believed answer, publishing it if it changed things.
+	Apply(answer T)
+}
+
+// PollerOptions are a poller's settings beyond its connection and querier.
+type PollerOptions struct {
+	// Subject is what is watched, for logs, metrics and events: a
+	// service's name, or "(catalog)".
+	Subject string
+	// Datacenter is the datacenter asked.
+	Datacenter string
+	// Clock is the poller's time, injected by tests; default: RealClock.
+	Clock Clock
+	// Limiter paces the queries, injected by tests; default: NewLimiter's.
+	Limiter Limiter
+	// Distrust is how long answers are checked after an outage, shortened
+	// by tests; default: DistrustAfterOutage.
+	Distrust time.Duration
+	// Logger returns the logger to use, looked up on each use; default:
+	// Caddy's "mesh.consul".
+	Logger func() *zap.Logger
+}
+
+// Poller asks Consul one blocking question over and over, on a goroutine
+// of its own: what every watch shares. It paces its queries (rate limit,
+// backoff), follows Consul's rules for blocking indexes, keeps what it last
+// learned while Consul fails, does not roll back to an older index after
+// an outage, and logs and announces an outage once when it starts and once
+// when it ends. Its Querier says how to ask and what to do with an answer.
+type Poller[T any] struct {
+	subject    string
 	datacenter string
-	conn       connection
+	conn       Connection
 	client     *api.Client
 	http       *http.Client
 	logger     func() *zap.Logger
-	clock      clock
-	pacer      *pacer
-	distrust   time.Duration // distrustAfterOutage, shortened by tests
-	status     atomic.Pointer[watchStatus]
+	clock      Clock
+	pacer      *Pacer
+	querier    Querier[T]
+	distrust   time.Duration
+	status     atomic.Pointer[Status]
 	leader     *leaderCheck // the connection's, from start to stop
 	leaderKey  leaderKey
 
-	query func(ctx context.Context, q *api.QueryOptions) (T, *api.QueryMeta, error)
-	wait  func() time.Duration // the next query's wait
-	apply func(T)
-
-	changes // its owner signals each answer it publishes
+	Changes // the owner signals each answer it publishes
 
 	tried     chan struct{} // closed once the first query's outcome is recorded
 	triedOnce sync.Once
@@ -63,59 +96,68 @@ type poller[T any] struct {
 	failingSince  time.Time
 }
 
-// watchStatus is how a poller has fared with Consul lately.
-type watchStatus struct {
-	index        uint64        // Consul's index of the last answer
-	syncedAt     time.Time     // when Consul last answered
-	confirmedAt  time.Time     // when Consul last confirmed what is served
-	lastContact  time.Duration // of the server behind the last answer with its leader
-	answerLeader bool          // whether the last answer said a leader was known
-	behind       bool          // the last answer is older than what is served
-	err          string        // the last query's error, if it failed
-	failingSince time.Time     // when the current outage began; zero if none
+// Status is how a poller has fared with Consul lately.
+type Status struct {
+	// Index is Consul's index of the last answer.
+	Index uint64
+	// SyncedAt is when Consul last answered.
+	SyncedAt time.Time
+	// ConfirmedAt is when Consul last confirmed what is served.
+	ConfirmedAt time.Time
+	// LastContact is how long the server behind the last answer had not
+	// heard from its leader (X-Consul-LastContact).
+	LastContact time.Duration
+	// AnswerLeader is whether the last answer said a leader was known.
+	AnswerLeader bool
+	// Behind is whether the last answer is older than what is served.
+	Behind bool
+	// Err is the last query's error, if it failed.
+	Err string
+	// FailingSince is when the current outage began; zero if none.
+	FailingSince time.Time
 }
 
-// blocking reports whether a blocking query from the last answer is in
+// Blocking reports whether a blocking query from the last answer is in
 // flight: Consul answers it at once on a change, so it keeps confirming
 // what is served while its datacenter has a leader.
-func (s *watchStatus) blocking() bool {
-	return s.err == "" && !s.syncedAt.IsZero() && !s.behind
+func (s *Status) Blocking() bool {
+	return s.Err == "" && !s.SyncedAt.IsZero() && !s.Behind
 }
 
-// confirmed is when Consul last confirmed what is served: at the last
+// Confirmed is when Consul last confirmed what is served: at the last
 // answer given while a leader was known, or continuously while a blocking
 // query is in flight and the connection's leader check finds a leader.
-func (s *watchStatus) confirmed(now time.Time, leader *leaderState) time.Time {
-	if !s.blocking() {
-		return s.confirmedAt
+func (s *Status) Confirmed(now time.Time, leader *LeaderState) time.Time {
+	if !s.Blocking() {
+		return s.ConfirmedAt
 	}
-	if leader.known {
+	if leader.Known {
 		return now
 	}
-	return latest(s.confirmedAt, leader.lastFound)
+	return latest(s.ConfirmedAt, leader.LastFound)
 }
 
-// staleness is how old what a poller serves may be: the time since Consul
+// Staleness is how old what a poller serves may be: the time since Consul
 // last confirmed it, plus how far the answering server lagged its leader
 // (X-Consul-LastContact, in stale mode). Zero before the first answer.
-func (s *watchStatus) staleness(now time.Time, leader *leaderState) time.Duration {
-	if s.syncedAt.IsZero() {
+func (s *Status) Staleness(now time.Time, leader *LeaderState) time.Duration {
+	if s.SyncedAt.IsZero() {
 		return 0
 	}
-	confirmed := s.confirmed(now, leader)
+	confirmed := s.Confirmed(now, leader)
 	if confirmed.IsZero() { // answered, but never with a leader known
-		confirmed = s.syncedAt
+		confirmed = s.SyncedAt
 	}
-	return max(now.Sub(confirmed), 0) + s.lastContact
+	return max(now.Sub(confirmed), 0) + s.LastContact
 }
 
-// knownLeader is whether Consul last said it has a leader: the newer of
+// KnownLeader is whether Consul last said it has a leader: the newer of
 // the connection's leader check and the last answer's header.
-func (s *watchStatus) knownLeader(leader *leaderState) bool {
-	if leader.checked.After(s.syncedAt) {
-		return leader.known
+func (s *Status) KnownLeader(leader *LeaderState) bool {
+	if leader.Checked.After(s.SyncedAt) {
+		return leader.Known
 	}
-	return s.answerLeader || leader.known
+	return s.AnswerLeader || leader.Known
 }
 
 // latest returns the later of two times.
@@ -126,70 +168,108 @@ func latest(a, b time.Time) time.Time {
 	return b
 }
 
-// newPoller returns a poller of subject in datacenter over conn, which its
-// owner completes and starts.
-func newPoller[T any](subject, datacenter string, conn connection) (*poller[T], error) {
-	client, httpClient, err := conn.newClient()
+// NewPoller returns a poller over conn asking what q says, ready to Start.
+func NewPoller[T any](conn Connection, q Querier[T], opts PollerOptions) (*Poller[T], error) {
+	client, httpClient, err := conn.NewClient()
 	if err != nil {
 		return nil, err
 	}
-	p := &poller[T]{
-		subject:    subject,
-		datacenter: datacenter,
+	p := &Poller[T]{
+		subject:    opts.Subject,
+		datacenter: opts.Datacenter,
 		conn:       conn,
 		client:     client,
 		http:       httpClient,
-		logger:     func() *zap.Logger { return caddy.Log().Named("mesh.consul") },
-		clock:      realClock,
-		distrust:   distrustAfterOutage,
+		logger:     opts.Logger,
+		clock:      cmp.Or(opts.Clock, RealClock),
+		querier:    q,
+		distrust:   cmp.Or(opts.Distrust, DistrustAfterOutage),
 		tried:      make(chan struct{}),
 		done:       make(chan struct{}),
 	}
-	p.status.Store(&watchStatus{})
+	if p.logger == nil {
+		p.logger = defaultLogger
+	}
+	p.pacer = NewPacer(p.clock, opts.Limiter)
+	p.status.Store(&Status{})
 	return p, nil
 }
 
-// start runs the loop on a goroutine of its own, with the connection's
+func defaultLogger() *zap.Logger { return caddy.Log().Named("mesh.consul") }
+
+// Start runs the loop on a goroutine of its own, with the connection's
 // shared leader check.
-func (p *poller[T]) start() error {
+func (p *Poller[T]) Start() error {
 	leader, key, err := takeLeaderCheck(p.conn, p.datacenter)
 	if err != nil {
 		return err
 	}
 	p.leader, p.leaderKey = leader, key
-	p.pacer = newPacer(p.clock)
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	go p.run(ctx)
 	return nil
 }
 
-// stop stops the loop and waits for its goroutine to end.
-func (p *poller[T]) stop() {
+// Stop stops the loop and waits for its goroutine to end. It implements
+// Watch, for a poller that is a registry's watch itself.
+func (p *Poller[T]) Stop() {
 	p.cancel()
 	<-p.done
-	releaseLeaderCheck(p.leaderKey)
+	leaderChecks.Release(p.leaderKey)
 	p.http.CloseIdleConnections()
 }
 
-// leaderState is what the connection's leader check last found.
-func (p *poller[T]) leaderState() *leaderState {
+// Tried is closed once the first query's outcome is recorded: after its
+// answer is applied, or once it failed.
+func (p *Poller[T]) Tried() <-chan struct{} { return p.tried }
+
+// Client is the poller's API client, for its querier.
+func (p *Poller[T]) Client() *api.Client { return p.client }
+
+// Clock is the poller's clock.
+func (p *Poller[T]) Clock() Clock { return p.clock }
+
+// Subject and Datacenter are what is watched and where.
+func (p *Poller[T]) Subject() string { return p.subject }
+
+// Datacenter is the datacenter asked.
+func (p *Poller[T]) Datacenter() string { return p.datacenter }
+
+// Status is how the poller has fared with Consul lately.
+func (p *Poller[T]) Status() *Status { return p.status.Load() }
+
+// Staleness is how old what the poller serves may be at now (see
+// Status.Staleness).
+func (p *Poller[T]) Staleness(now time.Time) time.Duration {
+	return p.Status().Staleness(now, p.LeaderState())
+}
+
+// KnownLeader is whether Consul last said it has a leader.
+func (p *Poller[T]) KnownLeader() bool { return p.Status().KnownLeader(p.LeaderState()) }
+
+// DistrustUntil is when the distrust after the last outage ends. Only the
+// querier's Apply may call it, on the poller's goroutine.
+func (p *Poller[T]) DistrustUntil() time.Time { return p.distrustUntil }
+
+// LeaderState is what the connection's leader check last found.
+func (p *Poller[T]) LeaderState() *LeaderState {
 	if p.leader == nil {
-		return &leaderState{}
+		return &LeaderState{}
 	}
 	return p.leader.state.Load()
 }
 
-// log returns the logger for this poller. It is looked up on each use,
+// Log returns the logger for this poller. It is looked up on each use,
 // which is rare, because a poller outlives the config whose logs were
 // current when it started.
-func (p *poller[T]) log() *zap.Logger {
+func (p *Poller[T]) Log() *zap.Logger {
 	return p.logger().With(zap.String("service", p.subject), zap.String("datacenter", p.datacenter))
 }
 
-func (p *poller[T]) run(ctx context.Context) {
+func (p *Poller[T]) run(ctx context.Context) {
 	defer close(p.done)
-	for p.pacer.ready(ctx) {
+	for p.pacer.Ready(ctx) {
 		started := time.Now()
 		answer, meta, err := p.fetch(ctx)
 		if ctx.Err() != nil {
@@ -199,18 +279,18 @@ func (p *poller[T]) run(ctx context.Context) {
 		if err != nil {
 			p.failed(err)
 			p.triedOnce.Do(func() { close(p.tried) })
-			if !p.pacer.failed(ctx) {
+			if !p.pacer.Failed(ctx) {
 				return
 			}
 			continue
 		}
-		p.index = nextIndex(p.index, meta.LastIndex)
+		p.index = NextIndex(p.index, meta.LastIndex)
 		p.succeeded()
 		believed := p.believes(meta.LastIndex)
 		p.record(meta, believed)
 		if believed {
 			p.served = meta.LastIndex
-			p.apply(answer)
+			p.querier.Apply(answer)
 		}
 		p.triedOnce.Do(func() { close(p.tried) }) // after apply: the answer is current
 	}
@@ -218,26 +298,21 @@ func (p *poller[T]) run(ctx context.Context) {
 
 // fetch runs one blocking query from the current index; or, when an
 // answer older than what was served is held back, asks the leader at once.
-func (p *poller[T]) fetch(ctx context.Context) (T, *api.QueryMeta, error) {
-	wait, index := p.wait(), p.index
+func (p *Poller[T]) fetch(ctx context.Context) (T, *api.QueryMeta, error) {
+	wait, index := p.querier.Wait(), p.index
 	if p.behind {
-		wait, index = min(wait, max(p.distrustUntil.Sub(p.clock.now()), time.Millisecond)), 0
+		wait, index = min(wait, max(p.distrustUntil.Sub(p.clock.Now()), time.Millisecond)), 0
 	}
-	ctx, cancel := context.WithTimeout(ctx, wait+wait/16+requestSlack)
+	ctx, cancel := context.WithTimeout(ctx, QueryTimeout(wait))
 	defer cancel()
 	q := &api.QueryOptions{WaitIndex: index, WaitTime: wait, Token: p.conn.token}
-	return p.query(ctx, q.WithContext(ctx))
+	return p.querier.Query(p.client, q.WithContext(ctx), p.behind)
 }
 
-// asksLeader reports whether the next query must go to the leader, not to
-// any server (stale) or the agent's cache (cached): owners' queries honour
-// it.
-func (p *poller[T]) asksLeader() bool { return p.behind }
-
-// nextIndex follows Consul's rules for blocking indexes: start over when
+// NextIndex follows Consul's rules for blocking indexes: start over when
 // the index goes backwards, and never send an index below 1 after the
 // first query.
-func nextIndex(previous, returned uint64) uint64 {
+func NextIndex(previous, returned uint64) uint64 {
 	switch {
 	case returned < previous:
 		return 0
@@ -251,31 +326,31 @@ func nextIndex(previous, returned uint64) uint64 {
 // failed records a failed query. What was learned stays current, as
 // confirmed as it was until now; the outage is logged and announced once,
 // when it starts.
-func (p *poller[T]) failed(err error) {
+func (p *Poller[T]) failed(err error) {
 	p.index = 0 // whoever answers next may be a restarted agent with other indexes
-	now := p.clock.now()
-	if p.pacer.failures == 0 {
+	now := p.clock.Now()
+	if p.pacer.Failures() == 0 {
 		p.failingSince = now
-		p.log().Warn("consul query failed; serving what it last answered until it answers again", zap.Error(err))
-		emit(eventConsulUnreachable, p.eventData(map[string]any{"error": err.Error()}))
+		p.Log().Warn("consul query failed; serving what it last answered until it answers again", zap.Error(err))
+		Emit(EventConsulUnreachable, p.EventData(map[string]any{"error": err.Error()}))
 	}
 	status := *p.status.Load()
-	status.confirmedAt = status.confirmed(now, p.leaderState())
-	status.err, status.failingSince = err.Error(), p.failingSince
+	status.ConfirmedAt = status.Confirmed(now, p.LeaderState())
+	status.Err, status.FailingSince = err.Error(), p.failingSince
 	p.status.Store(&status)
 }
 
 // succeeded ends an outage, if there was one: Consul's answers are
 // distrusted for a while from now on.
-func (p *poller[T]) succeeded() {
-	if p.pacer.failures == 0 {
+func (p *Poller[T]) succeeded() {
+	if p.pacer.Failures() == 0 {
 		return
 	}
-	now := p.clock.now()
+	now := p.clock.Now()
 	outage := now.Sub(p.failingSince)
-	p.log().Info("consul answers again", zap.Int("failed_queries", p.pacer.failures), zap.Duration("outage", outage))
-	emit(eventConsulRecovered, p.eventData(map[string]any{"outage": outage.String()}))
-	p.pacer.succeeded()
+	p.Log().Info("consul answers again", zap.Int("failed_queries", p.pacer.Failures()), zap.Duration("outage", outage))
+	Emit(EventConsulRecovered, p.EventData(map[string]any{"outage": outage.String()}))
+	p.pacer.Succeeded()
 	p.distrustUntil = now.Add(p.distrust)
 }
 
@@ -286,21 +361,21 @@ func (p *poller[T]) succeeded() {
 // below what was served only when Consul's history started over (an agent
 // restarted empty). While the leader cannot answer, what was served stays,
 // until the distrust ends.
-func (p *poller[T]) believes(index uint64) bool {
+func (p *Poller[T]) believes(index uint64) bool {
 	if p.behind { // the leader's answer
 		p.behind = false
 		if index < p.served {
-			p.log().Warn("consul's leader confirms an index older than what was served before the outage; believing it (its history started over)",
+			p.Log().Warn("consul's leader confirms an index older than what was served before the outage; believing it (its history started over)",
 				zap.Uint64("index", index), zap.Uint64("served", p.served))
 		} else {
-			p.log().Info("consul's leader is past what was served before the outage", zap.Uint64("index", index))
+			p.Log().Info("consul's leader is past what was served before the outage", zap.Uint64("index", index))
 		}
 		return true
 	}
-	if index >= p.served || !p.clock.now().Before(p.distrustUntil) {
+	if index >= p.served || !p.clock.Now().Before(p.distrustUntil) {
 		return true
 	}
-	p.log().Warn("consul answers with an older index than it served before the outage; keeping what it served and asking the leader",
+	p.Log().Warn("consul answers with an older index than it served before the outage; keeping what it served and asking the leader",
 		zap.Uint64("index", index), zap.Uint64("served", p.served))
 	p.behind = true
 	return false
@@ -308,36 +383,37 @@ func (p *poller[T]) believes(index uint64) bool {
 
 // record keeps how Consul answered: when, at which index, and whether it
 // confirmed what is served.
-func (p *poller[T]) record(meta *api.QueryMeta, believed bool) {
-	now := p.clock.now()
+func (p *Poller[T]) record(meta *api.QueryMeta, believed bool) {
+	now := p.clock.Now()
 	status := *p.status.Load()
-	status.err, status.failingSince = "", time.Time{}
-	status.index, status.syncedAt, status.behind = meta.LastIndex, now, !believed
-	status.answerLeader, status.lastContact = meta.KnownLeader, meta.LastContact
-	if believed && (meta.KnownLeader || p.leaderState().known) {
-		status.confirmedAt = now
+	status.Err, status.FailingSince = "", time.Time{}
+	status.Index, status.SyncedAt, status.Behind = meta.LastIndex, now, !believed
+	status.AnswerLeader, status.LastContact = meta.KnownLeader, meta.LastContact
+	if believed && (meta.KnownLeader || p.LeaderState().Known) {
+		status.ConfirmedAt = now
 	}
 	p.status.Store(&status)
 }
 
-// eventData is data for an event about this poller's subject.
-func (p *poller[T]) eventData(data map[string]any) map[string]any {
+// EventData is data for an event about this poller's subject: data, with
+// the service and the datacenter added.
+func (p *Poller[T]) EventData(data map[string]any) map[string]any {
 	data["service"] = p.subject
 	data["datacenter"] = p.datacenter
 	return data
 }
 
-// changes signals the subscribers of a poller each time its owner
+// Changes signals the subscribers of a poller each time its owner
 // publishes a new answer.
-type changes struct {
+type Changes struct {
 	mu   sync.Mutex
 	subs map[chan<- struct{}]struct{}
 }
 
-// subscribe makes ch receive a signal after each change. The signal is
+// Subscribe makes ch receive a signal after each change. The signal is
 // dropped when ch is full: give it a buffer of one, and any number of
 // changes before the subscriber looks make one signal.
-func (c *changes) subscribe(ch chan<- struct{}) {
+func (c *Changes) Subscribe(ch chan<- struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.subs == nil {
@@ -346,15 +422,15 @@ func (c *changes) subscribe(ch chan<- struct{}) {
 	c.subs[ch] = struct{}{}
 }
 
-// unsubscribe stops signals to ch.
-func (c *changes) unsubscribe(ch chan<- struct{}) {
+// Unsubscribe stops signals to ch.
+func (c *Changes) Unsubscribe(ch chan<- struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.subs, ch)
 }
 
-// notify signals every subscriber, without waiting for any.
-func (c *changes) notify() {
+// Notify signals every subscriber, without waiting for any.
+func (c *Changes) Notify() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for ch := range c.subs {
@@ -364,3 +440,7 @@ func (c *changes) notify() {
 		}
 	}
 }
+
+// PollLoop names a poller's goroutine in stack traces, for the tests that
+// count the watches running.
+const PollLoop = "consul.(*Poller[...]).run"
