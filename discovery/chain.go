@@ -5,71 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
 )
-
-// The types below are the parts of Consul's compiled discovery chain
-// (GET /v1/discovery-chain/<service>) that caddymesh evaluates. They follow
-// api.CompiledDiscoveryChain, adding what the api package leaves out of
-// Consul's answer: a split's Definition (its header actions) and a target's
-// Partition and Peer.
-
-// compiledChain is Consul's compiled discovery chain of a service.
-type compiledChain struct {
-	ServiceName string
-	Namespace   string
-	Partition   string
-	Datacenter  string
-	Protocol    string
-	Default     bool
-	StartNode   string
-	Nodes       map[string]*chainNode
-	Targets     map[string]*chainTargetDef
-}
-
-// chainNode is a router, splitter or resolver node of a compiled chain.
-type chainNode struct {
-	Type         string
-	Name         string
-	Routes       []*api.DiscoveryRoute
-	Splits       []*chainSplitDef
-	Resolver     *chainResolverDef
-	LoadBalancer *api.LoadBalancer
-}
-
-// chainResolverDef is the resolver of a resolver node.
-type chainResolverDef struct {
-	Target         string
-	Failover       *api.DiscoveryFailover
-	RequestTimeout time.Duration // in nanoseconds in Consul's answer
-}
-
-// chainSplitDef is one leg of a splitter node.
-type chainSplitDef struct {
-	Weight     float32
-	NextNode   string
-	Definition *api.ServiceSplit
-}
-
-// chainTargetDef is a target of a compiled chain: a service subset in a
-// datacenter, found with a filter.
-type chainTargetDef struct {
-	ID            string
-	Service       string
-	ServiceSubset string
-	Namespace     string
-	Partition     string
-	Datacenter    string
-	Peer          string
-	External      bool
-	MeshGateway   api.MeshGatewayConfig
-	Subset        api.ServiceResolverSubset
-}
 
 // targetPool gives the current instances of a chain target: the shared
 // health watch of its service, subset and datacenter.
@@ -78,12 +20,12 @@ type targetPool interface {
 }
 
 // poolFor returns the pool of a target, taking its health watch.
-type poolFor func(target *chainTargetDef) (targetPool, error)
+type poolFor func(target *consul.ChainTarget) (targetPool, error)
 
 // chainCompiler turns a compiled chain into the immutable structure that
 // requests evaluate (an evaluator), once per version of the chain.
 type chainCompiler struct {
-	chain       *compiledChain
+	chain       *consul.CompiledChain
 	poolFor     poolFor
 	counters    *prometheus.CounterVec // requests by target; nil in tests
 	targets     map[string]*chainTarget
@@ -93,7 +35,7 @@ type chainCompiler struct {
 
 // compileChain compiles chain for requests, taking each target's pool
 // from poolFor.
-func compileChain(chain *compiledChain, poolFor poolFor, counters *prometheus.CounterVec) (*evaluator, error) {
+func compileChain(chain *consul.CompiledChain, poolFor poolFor, counters *prometheus.CounterVec) (*evaluator, error) {
 	if chain == nil {
 		return nil, errors.New("consul answered no discovery chain")
 	}
@@ -122,7 +64,7 @@ func compileChain(chain *compiledChain, poolFor poolFor, counters *prometheus.Co
 }
 
 // routes compiles the routes of a router node, in order.
-func (c *chainCompiler) routes(router *chainNode) ([]chainRoute, error) {
+func (c *chainCompiler) routes(router *consul.ChainNode) ([]chainRoute, error) {
 	routes := make([]chainRoute, len(router.Routes))
 	for i, def := range router.Routes {
 		if def == nil || def.Definition == nil {
@@ -165,7 +107,7 @@ func (c *chainCompiler) destination(route *chainRoute, i int, dest *api.ServiceR
 
 // legs compiles the node a route leads to: a splitter's legs, or the one
 // leg of a resolver.
-func (c *chainCompiler) legs(node *chainNode) ([]chainLeg, error) {
+func (c *chainCompiler) legs(node *consul.ChainNode) ([]chainLeg, error) {
 	c.noteLoadBalancer(node)
 	switch node.Type {
 	case api.DiscoveryGraphNodeTypeResolver:
@@ -183,7 +125,7 @@ func (c *chainCompiler) legs(node *chainNode) ([]chainLeg, error) {
 
 // splits compiles a splitter's legs. Weights are kept in hundredths of a
 // percent, as Consul's own Envoy integration scales them.
-func (c *chainCompiler) splits(splitter *chainNode) ([]chainLeg, error) {
+func (c *chainCompiler) splits(splitter *consul.ChainNode) ([]chainLeg, error) {
 	legs := make([]chainLeg, 0, len(splitter.Splits))
 	for i, split := range splitter.Splits {
 		next, ok := c.chain.Nodes[split.NextNode]
@@ -212,7 +154,7 @@ func (c *chainCompiler) splits(splitter *chainNode) ([]chainLeg, error) {
 // resolver compiles a resolver node: its target, then its failover
 // targets in order. Resolvers are shared by the routes and legs that lead
 // to them.
-func (c *chainCompiler) resolver(node *chainNode) (*chainResolver, error) {
+func (c *chainCompiler) resolver(node *consul.ChainNode) (*chainResolver, error) {
 	if res, ok := c.resolvers[node.Name]; ok {
 		return res, nil
 	}
@@ -266,7 +208,7 @@ func (c *chainCompiler) target(id string) (*chainTarget, error) {
 
 // noteLoadBalancer notes a node's LoadBalancer: the selection policy is
 // reverse_proxy's, per handler.
-func (c *chainCompiler) noteLoadBalancer(node *chainNode) {
+func (c *chainCompiler) noteLoadBalancer(node *consul.ChainNode) {
 	c.noteIf(node.LoadBalancer != nil && node.LoadBalancer.Policy != "",
 		fmt.Sprintf("node %q: LoadBalancer (the selection policy is reverse_proxy's lb_policy)", node.Name))
 }

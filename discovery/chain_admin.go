@@ -9,15 +9,16 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/hashicorp/consul/api"
+
+	"github.com/caddymesh/caddymesh/internal/running"
 )
 
-// chainView is a discovery chain as caddymesh evaluates it, for
+// chainView is a discovery chain as a source evaluates it, for
 // GET /mesh/chains/<service>. It never holds a token.
 type chainView struct {
 	Service     string            `json:"service"`
 	Datacenter  string            `json:"datacenter"`
 	Consul      string            `json:"consul"`
-	Routes      int               `json:"routes_using"` // sources following it
 	Protocol    string            `json:"protocol,omitempty"`
 	Default     bool              `json:"default"` // no config entry shapes it
 	ConsulIndex uint64            `json:"consul_index"`
@@ -54,25 +55,21 @@ type chainTargetView struct {
 	Answered   bool   `json:"answered"` // its health watch has an answer
 }
 
-// chainViews answers /mesh/chains/<service>: one view per chain watch of
-// the service (sources with other settings have watches of their own).
+// followers are the chain followers of the sources running.
+var followers running.Set[*chainFollower]
+
+// chainViews answers /mesh/chains/<service>: one view per source that
+// follows the service's chain.
 func chainViews(r *http.Request) (any, error) {
 	name := strings.TrimPrefix(r.URL.Path, "/mesh/chains/")
-	var keys []any
-	var found []*chainWatch
-	chainWatches.Range(func(key, value any) bool {
-		if cw, ok := value.(*chainWatch); ok && cw.key.service == name {
-			keys, found = append(keys, key), append(found, cw)
+	views := []chainView{}
+	for _, f := range followers.All() {
+		if f.key.Service == name {
+			views = append(views, f.view())
 		}
-		return true
-	})
-	if len(found) == 0 {
-		return nil, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no source follows the chain of %q", name)}
 	}
-	views := make([]chainView, len(found))
-	for i, cw := range found { // References locks the pool, which Range holds
-		users, _ := chainWatches.References(keys[i])
-		views[i] = cw.view(users)
+	if len(views) == 0 {
+		return nil, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no source follows the chain of %q", name)}
 	}
 	slices.SortFunc(views, func(a, b chainView) int {
 		return cmp.Or(strings.Compare(a.Datacenter, b.Datacenter), strings.Compare(a.Consul, b.Consul))
@@ -80,14 +77,14 @@ func chainViews(r *http.Request) (any, error) {
 	return views, nil
 }
 
-func (cw *chainWatch) view(users int) chainView {
-	status := cw.status.Load()
-	v := chainView{Service: cw.key.service, Datacenter: cw.key.datacenter, Consul: cw.key.address, Routes: users,
-		ConsulIndex: status.index, LastError: status.err, Chain: []chainRouteView{}, Targets: []chainTargetView{}, NotHonoured: []string{}}
-	if chain := cw.chain.Load(); chain != nil {
+func (f *chainFollower) view() chainView {
+	status := f.watch.Status()
+	v := chainView{Service: f.key.Service, Datacenter: f.key.Datacenter, Consul: f.key.Address,
+		ConsulIndex: status.Index, LastError: status.Err, Chain: []chainRouteView{}, Targets: []chainTargetView{}, NotHonoured: []string{}}
+	if chain := f.watch.Chain(); chain != nil {
 		v.Protocol, v.Default = chain.Protocol, chain.Default
 	}
-	ev := cw.current.Load()
+	ev := f.current.Load()
 	if ev == nil {
 		return v
 	}
@@ -120,8 +117,8 @@ func (t *chainTarget) view() chainTargetView {
 	v := chainTargetView{ID: t.id, Service: t.def.Service, Subset: t.def.ServiceSubset,
 		Datacenter: t.def.Datacenter, Filter: t.def.Subset.Filter}
 	if sw, ok := t.pool.(*serviceWatch); ok && len(sw.watchers) > 0 {
-		if a := sw.watchers[0].current.Load(); a != nil {
-			v.Answered, v.Healthy, v.Total = true, len(a.healthy.Instances), len(a.all.Instances)
+		if a := sw.watchers[0].Current(); a != nil {
+			v.Answered, v.Healthy, v.Total = true, len(a.Healthy.Instances), len(a.All.Instances)
 		}
 	}
 	return v

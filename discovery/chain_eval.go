@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
@@ -68,7 +69,7 @@ type chainResolver struct {
 // chainTarget is a target of the chain with its pool of instances.
 type chainTarget struct {
 	id       string
-	def      *chainTargetDef
+	def      *consul.ChainTarget
 	pool     targetPool
 	requests prometheus.Counter // nil in tests
 }

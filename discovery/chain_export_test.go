@@ -6,6 +6,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
@@ -33,12 +34,12 @@ func (p *probePool) setHealthy(n int) {
 // NewChainProbe fetches the chain of service from Consul and compiles it;
 // every target starts with one healthy instance.
 func NewChainProbe(client *api.Client, service string) (*ChainProbe, error) {
-	var out struct{ Chain *compiledChain }
+	var out struct{ Chain *consul.CompiledChain }
 	if _, err := client.Raw().Query("/v1/discovery-chain/"+service, &out, nil); err != nil {
 		return nil, err
 	}
 	probe := &ChainProbe{pools: map[string]*probePool{}}
-	ev, err := compileChain(out.Chain, func(def *chainTargetDef) (targetPool, error) {
+	ev, err := compileChain(out.Chain, func(def *consul.ChainTarget) (targetPool, error) {
 		p := &probePool{}
 		p.setHealthy(1)
 		probe.pools[def.ID] = p

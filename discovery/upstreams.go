@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/bounds"
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/reqkey"
 	"github.com/caddymesh/caddymesh/internal/svcname"
@@ -24,18 +25,10 @@ func init() {
 	caddy.RegisterModule(new(ConsulUpstreams))
 }
 
-// Consistency modes of the queries to Consul.
-const (
-	consistencyDefault = "default"
-	consistencyStale   = "stale"
-	consistencyCached  = "cached"
-)
-
 // Bounds of a blocking query's wait.
 const (
-	defaultWait = 5 * time.Minute
-	minWait     = time.Second
-	maxWait     = 10 * time.Minute
+	minWait = time.Second
+	maxWait = 10 * time.Minute
 )
 
 // Bounds of the options of a source whose service name has placeholders.
@@ -148,13 +141,13 @@ type ConsulUpstreams struct {
 	// The service name must be fixed. Default: off.
 	Chain bool `json:"chain,omitempty"`
 
-	conn        connection
+	conn        consul.Connection
 	datacenters []string
 	filter      string
-	static      *serviceWatch // the service, when its name is fixed
-	chain       *chainSource  // the service's discovery chain, with chain
-	lazy        *lazyServices // the services, when the name has placeholders
-	serviceName reqkey.Func   // evaluates a name with placeholders
+	static      *serviceWatch  // the service, when its name is fixed
+	chain       *chainFollower // the service's discovery chain, with chain
+	lazy        *lazyServices  // the services, when the name has placeholders
+	serviceName reqkey.Func    // evaluates a name with placeholders
 	preselector pool.Preselector
 	logger      *zap.Logger
 }
@@ -175,30 +168,21 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 	if err := cu.validate(); err != nil {
 		return err
 	}
-	if err := metrics.register(ctx); err != nil {
-		return err
-	}
 	cu.setDefaults()
-	appConsul, err := appConsulConfig(ctx)
-	if err != nil {
-		return err
-	}
-	if cu.conn, err = resolveConnection(cu.Consul, appConsul); err != nil {
-		return err
-	}
-	if err := useEvents(ctx); err != nil {
+	var err error
+	if cu.conn, err = consul.Provision(ctx, cu.Consul); err != nil {
 		return err
 	}
 	cu.filter = cu.fullFilter()
 	cu.preselector = preselectorOf(pool.EnclosingProxy(ctx))
 	cu.datacenters = cu.Datacenters
 	if len(cu.datacenters) == 0 {
-		cu.datacenters = []string{cu.conn.datacenter}
+		cu.datacenters = []string{cu.conn.Datacenter}
 	}
 	if cu.Chain {
 		return cu.provisionChain(ctx)
 	}
-	if hasPlaceholders(cu.Service) {
+	if reqkey.HasPlaceholders(cu.Service) {
 		cu.serviceName = reqkey.Compile(cu.Service)
 		cu.lazy = newLazyServices(ctx, cu)
 		return nil
@@ -210,37 +194,39 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// hasPlaceholders reports whether s holds a Caddy placeholder.
-func hasPlaceholders(s string) bool {
-	open := strings.IndexByte(s, '{')
-	return open >= 0 && strings.IndexByte(s[open:], '}') > 0
-}
-
 // watch takes the shared watcher of service in each of the source's
 // datacenters, starting those nobody runs yet.
 func (cu *ConsulUpstreams) watch(service string) (*serviceWatch, error) {
 	sw := &serviceWatch{service: service, panicThreshold: cu.PanicThreshold, logger: cu.logger}
 	for _, dc := range cu.datacenters {
-		key := watchKey{
-			endpoint: cu.conn.endpoint, service: service, datacenter: dc, filter: cu.filter,
-			health: cu.Health, near: cu.Near, consistency: cu.Consistency, wait: time.Duration(cu.Wait),
-			holdLast: time.Duration(*cu.HoldLast),
+		key := consul.HealthKey{
+			Endpoint: cu.conn.Endpoint, Service: service, Datacenter: dc, Filter: cu.filter,
+			Health: cu.Health, Near: cu.Near, Consistency: cu.Consistency, Wait: time.Duration(cu.Wait),
+			HoldLast: time.Duration(*cu.HoldLast),
 		}
-		value, _, err := watchers.LoadOrNew(key, func() (caddy.Destructor, error) {
-			w, err := newWatcher(key, cu.conn)
-			if err != nil {
-				return nil, err
-			}
-			w.tags, w.userFilter = cu.Tags, cu.Filter
-			return w, w.start()
-		})
+		w, err := takeHealthWatch(key, cu.conn, cu.Tags, cu.Filter)
 		if err != nil {
-			return nil, errors.Join(err, sw.release())
+			sw.release()
+			return nil, err
 		}
 		sw.keys = append(sw.keys, key)
-		sw.watchers = append(sw.watchers, value.(*watcher))
+		sw.watchers = append(sw.watchers, w)
 	}
 	return sw, nil
+}
+
+// takeHealthWatch takes the shared health watch of key, starting it if
+// nobody runs it yet; tags and userFilter are the configured ones that
+// key's filter combines, for the admin API.
+func takeHealthWatch(key consul.HealthKey, conn consul.Connection, tags []string, userFilter string) (*consul.HealthWatch, error) {
+	return consul.HealthWatches.Take(key, func() (*consul.HealthWatch, error) {
+		w, err := consul.NewHealthWatch(key, conn, consul.PollerOptions{})
+		if err != nil {
+			return nil, err
+		}
+		w.Tags, w.UserFilter = tags, userFilter
+		return w, w.Start()
+	})
 }
 
 // Cleanup lets go of the watchers; the last user of one stops it. A
@@ -251,10 +237,10 @@ func (cu *ConsulUpstreams) Cleanup() error {
 		return cu.lazy.releaseAll()
 	}
 	if cu.chain != nil {
-		return cu.chain.release()
+		cu.chain.release()
 	}
 	if cu.static != nil {
-		return cu.static.release()
+		cu.static.release()
 	}
 	return nil
 }
@@ -304,16 +290,16 @@ func (cu *ConsulUpstreams) validate() error {
 	switch {
 	case strings.TrimSpace(cu.Service) == "":
 		return errors.New("consul upstreams: service is required")
-	case !hasPlaceholders(cu.Service) && !svcname.Valid(cu.Service):
+	case !reqkey.HasPlaceholders(cu.Service) && !svcname.Valid(cu.Service):
 		return fmt.Errorf("consul upstreams: service %q: %s", cu.Service, svcname.Rule)
-	case cu.Health != "" && cu.Health != healthPassing && cu.Health != healthWarning:
+	case cu.Health != "" && cu.Health != consul.HealthPassing && cu.Health != consul.HealthWarning:
 		return fmt.Errorf("consul upstreams: health %q: must be passing or warning", cu.Health)
-	case cu.Consistency != "" && cu.Consistency != consistencyDefault &&
-		cu.Consistency != consistencyStale && cu.Consistency != consistencyCached:
+	case cu.Consistency != "" && cu.Consistency != consul.ConsistencyDefault &&
+		cu.Consistency != consul.ConsistencyStale && cu.Consistency != consul.ConsistencyCached:
 		return fmt.Errorf("consul upstreams: consistency %q: must be default, stale or cached", cu.Consistency)
-	case cu.Chain && hasPlaceholders(cu.Service):
+	case cu.Chain && reqkey.HasPlaceholders(cu.Service):
 		return fmt.Errorf("consul upstreams: chain needs a fixed service name, not %q", cu.Service)
-	case !hasPlaceholders(cu.Service) && (cu.MaxServices != 0 || cu.IdleTimeout != 0 || cu.ResolveTimeout != 0):
+	case !reqkey.HasPlaceholders(cu.Service) && (cu.MaxServices != 0 || cu.IdleTimeout != 0 || cu.ResolveTimeout != 0):
 		return fmt.Errorf("consul upstreams: max_services, idle_timeout and resolve_timeout are for a service name with placeholders, not %q", cu.Service)
 	}
 	if err := cmp.Or(
@@ -352,16 +338,16 @@ func holdLastInBounds(holdLast *caddy.Duration) error {
 
 func (cu *ConsulUpstreams) setDefaults() {
 	if cu.Health == "" {
-		cu.Health = healthPassing
+		cu.Health = consul.HealthPassing
 	}
 	if cu.Consistency == "" {
-		cu.Consistency = consistencyStale
+		cu.Consistency = consul.ConsistencyStale
 	}
 	if cu.Wait == 0 {
-		cu.Wait = caddy.Duration(defaultWait)
+		cu.Wait = caddy.Duration(consul.DefaultWait)
 	}
 	if cu.HoldLast == nil {
-		cu.HoldLast = new(caddy.Duration(defaultHoldLast))
+		cu.HoldLast = new(caddy.Duration(consul.DefaultHoldLast))
 	}
 	cu.MaxServices = cmp.Or(cu.MaxServices, defaultMaxServices)
 	cu.IdleTimeout = cmp.Or(cu.IdleTimeout, caddy.Duration(defaultIdleTimeout))
@@ -389,5 +375,4 @@ var (
 	_ caddy.Provisioner           = (*ConsulUpstreams)(nil)
 	_ caddy.CleanerUpper          = (*ConsulUpstreams)(nil)
 	_ reverseproxy.UpstreamSource = (*ConsulUpstreams)(nil)
-	_ caddy.Destructor            = (*watcher)(nil)
 )

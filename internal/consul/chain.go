@@ -1,0 +1,147 @@
+package consul
+
+import (
+	"reflect"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Chains holds one discovery chain watch per key, shared like the health
+// watches.
+var Chains = NewRegistry[ChainKey, *ChainWatch]()
+
+// ChainKey is what makes two discovery chain watches differ.
+type ChainKey struct {
+	Endpoint // with its namespace and partition
+	// Service is the service whose chain is watched.
+	Service string
+	// Datacenter is the datacenter the chain is compiled for.
+	Datacenter string
+	// Consistency is ConsistencyDefault, ConsistencyStale or
+	// ConsistencyCached.
+	Consistency string
+	// Wait is a blocking query's wait.
+	Wait time.Duration
+}
+
+// ChainWatch keeps a service's discovery chain, as Consul compiles it from
+// the service-router, service-splitter and service-resolver config entries,
+// current, with blocking queries of /v1/discovery-chain/<service>.
+type ChainWatch struct {
+	*Poller[*CompiledChain]
+	// Key is what the watch watches.
+	Key   ChainKey
+	chain atomic.Pointer[CompiledChain]
+}
+
+// TakeChain returns the shared chain watch of key over conn, starting it if
+// it is the first; Chains.Release(key) lets go of it.
+func TakeChain(key ChainKey, conn Connection) (*ChainWatch, error) {
+	return Chains.Take(key, func() (*ChainWatch, error) {
+		c := &ChainWatch{Key: key}
+		p, err := NewPoller(conn, Querier[*CompiledChain](c), PollerOptions{Subject: key.Service, Datacenter: key.Datacenter})
+		if err != nil {
+			return nil, err
+		}
+		c.Poller = p
+		return c, p.Start()
+	})
+}
+
+// NewFixedChain returns a chain watch that holds chain and never queries
+// Consul, nor needs stopping: for the tests and benchmarks of modules that
+// read chain watches.
+func NewFixedChain(key ChainKey, chain *CompiledChain) *ChainWatch {
+	c := &ChainWatch{Key: key}
+	c.chain.Store(chain)
+	return c
+}
+
+// Chain is the compiled chain; nil until Consul first answers.
+func (c *ChainWatch) Chain() *CompiledChain { return c.chain.Load() }
+
+// Query asks for the chain compiled in the key's datacenter.
+func (c *ChainWatch) Query(client *api.Client, q *api.QueryOptions, leader bool) (*CompiledChain, *api.QueryMeta, error) {
+	q.Datacenter = c.Key.Datacenter
+	q.AllowStale = c.Key.Consistency == ConsistencyStale && !leader
+	q.UseCache = c.Key.Consistency == ConsistencyCached && !leader
+	var out struct{ Chain *CompiledChain }
+	meta, err := client.Raw().Query("/v1/discovery-chain/"+c.Key.Service, &out, q)
+	return out.Chain, meta, err
+}
+
+// Wait is the blocking queries' wait.
+func (c *ChainWatch) Wait() time.Duration { return c.Key.Wait }
+
+// Apply publishes the chain, when it changed.
+func (c *ChainWatch) Apply(chain *CompiledChain) {
+	if chain == nil || reflect.DeepEqual(chain, c.chain.Load()) {
+		return
+	}
+	c.chain.Store(chain)
+	c.Notify()
+}
+
+// The types below are the parts of Consul's compiled discovery chain that
+// caddymesh evaluates. They follow api.CompiledDiscoveryChain, adding what
+// the api package leaves out of Consul's answer: a split's Definition (its
+// header actions), a resolver's RequestTimeout, and a target's Partition
+// and Peer.
+
+// CompiledChain is Consul's compiled discovery chain of a service.
+type CompiledChain struct {
+	ServiceName string
+	Namespace   string
+	Partition   string
+	Datacenter  string
+	Protocol    string
+	// Default is set when no config entry shapes the chain.
+	Default   bool
+	StartNode string
+	Nodes     map[string]*ChainNode
+	Targets   map[string]*ChainTarget
+}
+
+// ChainNode is a router, splitter or resolver node of a compiled chain.
+type ChainNode struct {
+	Type         string
+	Name         string
+	Routes       []*api.DiscoveryRoute
+	Splits       []*ChainSplit
+	Resolver     *ChainResolver
+	LoadBalancer *api.LoadBalancer
+}
+
+// ChainResolver is the resolver of a resolver node.
+type ChainResolver struct {
+	Target         string
+	Failover       *api.DiscoveryFailover
+	RequestTimeout time.Duration // in nanoseconds in Consul's answer
+}
+
+// ChainSplit is one leg of a splitter node.
+type ChainSplit struct {
+	Weight     float32
+	NextNode   string
+	Definition *api.ServiceSplit
+}
+
+// ChainTarget is a target of a compiled chain: a service subset in a
+// datacenter, found with a filter.
+type ChainTarget struct {
+	ID            string
+	Service       string
+	ServiceSubset string
+	Namespace     string
+	Partition     string
+	Datacenter    string
+	Peer          string
+	External      bool
+	MeshGateway   api.MeshGatewayConfig
+	Subset        api.ServiceResolverSubset
+}
+
+// Interface guards
+var _ Watch = (*ChainWatch)(nil)
