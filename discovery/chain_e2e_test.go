@@ -307,3 +307,37 @@ func TestChainSplitterFloodKeepsWatchesBounded(t *testing.T) {
 		t.Errorf("%d goroutines after the flood, %d before\n%s", after, baseline, meshtest.GoroutineSummary())
 	}
 }
+
+func TestChainFailsOverToAnotherDatacenter(t *testing.T) {
+	dc2, err := consultest.Start(consultest.Options{Datacenter: "dc2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dc2.Stop)
+	if err := agent.JoinWAN(dc2); err != nil {
+		t.Fatal(err)
+	}
+	meshtest.Eventually(t, 30*time.Second, "dc1 knows dc2", func() bool {
+		dcs, err := agent.Client.Catalog().Datacenters()
+		return err == nil && len(dcs) == 2
+	})
+	writeEntries(t, &api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "cx-web",
+		Failover: map[string]api.ServiceResolverFailover{"*": {Datacenters: []string{"dc2"}}}})
+	local := startChainEcho(t, "cx-web-dc1")
+	agent.Register(t, consultest.Instance{Service: "cx-web", ID: "cx-web-dc1", Port: local.port()})
+	t.Cleanup(func() { agent.Deregister(t, "cx-web-dc1") })
+	remote := startChainEcho(t, "cx-web-dc2")
+	dc2.Register(t, consultest.Instance{Service: "cx-web", ID: "cx-web-dc2", Port: remote.port()})
+	url := serveChain(t, "cx-web")
+	awaitOnly(t, url, "cx-web-dc1")
+
+	traffic := meshtest.StartTraffic(url, 4)
+	agent.SetStatus(t, "cx-web-dc1", api.HealthCritical)
+	awaitOnly(t, url, "cx-web-dc2")
+	agent.SetStatus(t, "cx-web-dc1", api.HealthPassing)
+	awaitOnly(t, url, "cx-web-dc1")
+	traffic.Stop(t, "while the local target failed over to dc2 and back")
+	if view := chainView(t, "cx-web"); len(view.Targets) != 2 {
+		t.Errorf("targets %+v, want the local one and dc2's", view.Targets)
+	}
+}
