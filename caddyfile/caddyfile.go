@@ -28,6 +28,9 @@ func init() {
 	// reverse_proxy, file_server...), which, with `fallback next`, answer
 	// what it does not route.
 	registerHandler("mesh_router", httpcaddyfile.Before, "abort")
+	// mesh_chain wraps the response of the reverse_proxy it is in front of,
+	// to do its discovery chain's response header actions.
+	registerHandler("mesh_chain", httpcaddyfile.Before, "abort")
 }
 
 // handlers make the handler of each caddymesh directive.
@@ -37,6 +40,7 @@ var handlers = map[string]func() handler{
 	"mesh_limit":    func() handler { return new(middleware.Limit) },
 	"mesh_breaker":  func() handler { return new(middleware.Breaker) },
 	"mesh_router":   func() handler { return new(discovery.Router) },
+	"mesh_chain":    func() handler { return new(discovery.ChainResponseHeaders) },
 }
 
 // handler is a middleware that reads its own Caddyfile tokens.

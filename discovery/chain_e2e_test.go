@@ -57,7 +57,12 @@ func registerVersion(t testing.TB, a *consultest.Agent, service, version string)
 // with the README's retries and the extra options; it returns the site's
 // URL.
 func serveChain(t *testing.T, service string, extra ...string) string {
-	return serve(t, fmt.Sprintf(`reverse_proxy {
+	return serve(t, chainProxy(service, extra...))
+}
+
+// chainProxy is the reverse_proxy of serveChain.
+func chainProxy(service string, extra ...string) string {
+	return fmt.Sprintf(`reverse_proxy {
 		dynamic consul %s {
 			chain
 		}
@@ -66,7 +71,7 @@ func serveChain(t *testing.T, service string, extra ...string) string {
 		lb_try_interval 50ms
 		fail_duration 2s
 		%s
-	}`, service, strings.Join(extra, "\n")))
+	}`, service, strings.Join(extra, "\n"))
 }
 
 func splitter(service string, v1, v2 float32) *api.ServiceSplitterConfigEntry {
@@ -150,7 +155,8 @@ func TestChainRouterRulesAndPrefixRewrite(t *testing.T) {
 		&api.ServiceRouterConfigEntry{Kind: api.ServiceRouter, Name: "cr-web", Routes: []api.ServiceRoute{
 			{Match: &api.ServiceRouteMatch{HTTP: &api.ServiceRouteHTTPMatch{PathPrefix: "/admin"}},
 				Destination: &api.ServiceRouteDestination{Service: "cr-admin", PrefixRewrite: "/",
-					RequestHeaders: &api.HTTPHeaderModifiers{Set: map[string]string{"x-route": "admin"}}}},
+					RequestHeaders:  &api.HTTPHeaderModifiers{Set: map[string]string{"x-route": "admin"}},
+					ResponseHeaders: &api.HTTPHeaderModifiers{Set: map[string]string{"x-served-by": "admin"}}}},
 			{Match: &api.ServiceRouteMatch{HTTP: &api.ServiceRouteHTTPMatch{Header: []api.ServiceRouteHTTPMatchHeader{{Name: "x-canary", Exact: "1"}}}},
 				Destination: &api.ServiceRouteDestination{ServiceSubset: "v2"}},
 			{Match: &api.ServiceRouteMatch{HTTP: &api.ServiceRouteHTTPMatch{Header: []api.ServiceRouteHTTPMatchHeader{{Name: "x-user", Regex: "beta-.*"}}}},
@@ -164,7 +170,7 @@ func TestChainRouterRulesAndPrefixRewrite(t *testing.T) {
 	registerVersion(t, agent, "cr-web", "2")
 	registerVersion(t, agent, "cr-admin", "1")
 	registerVersion(t, agent, "cr-writes", "1")
-	url := serveChain(t, "cr-web")
+	url := serve(t, "mesh_chain\n"+chainProxy("cr-web"))
 
 	tests := []struct {
 		name, method, path string
@@ -185,8 +191,17 @@ func TestChainRouterRulesAndPrefixRewrite(t *testing.T) {
 				req.Header = tt.header
 			}
 			for range 5 {
-				if status, body := meshtest.Do(meshtest.Client, req); status != http.StatusOK || body != tt.want {
-					t.Fatalf("%s /%s %v: %d %q, want 200 %q", tt.method, tt.path, tt.header, status, body, tt.want)
+				resp, err := meshtest.Client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || string(body) != tt.want {
+					t.Fatalf("%s /%s %v: %d %q, want 200 %q", tt.method, tt.path, tt.header, resp.StatusCode, body, tt.want)
+				}
+				if admin := strings.HasPrefix(tt.want, "cr-admin"); (resp.Header.Get("X-Served-By") == "admin") != admin {
+					t.Fatalf("%s /%s: X-Served-By %q; want the admin route's response header on its responses only", tt.method, tt.path, resp.Header.Get("X-Served-By"))
 				}
 			}
 		})

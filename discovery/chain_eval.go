@@ -81,9 +81,9 @@ func (ev *evaluator) finish(c *chainCompiler) {
 		for j := range route.legs {
 			route.legs[j].route = route
 			route.total += route.legs[j].weight
-			c.noteIf(!route.legs[j].response.empty(), "split response headers (set them with header_down)")
+			c.noteIf(!route.legs[j].response.empty(), responseHeadersNeedHandler)
 		}
-		c.noteIf(!route.response.empty(), "route response headers (set them with header_down)")
+		c.noteIf(!route.response.empty(), responseHeadersNeedHandler)
 	}
 	ev.targets = slices.SortedFunc(maps.Values(c.targets), func(a, b *chainTarget) int { return cmp.Compare(a.id, b.id) })
 	slices.Sort(c.notHonoured)
@@ -355,17 +355,23 @@ func (ops *headerOps) sort() {
 // applyTo does the actions on r's headers in Envoy's order: removals,
 // then additions, then replacements. Host is r.Host.
 func (ops *headerOps) applyTo(r *http.Request) {
+	ops.applyToHeader(r.Header, func(host string) { r.Host = host })
+}
+
+// applyToHeader does the actions on header, calling setHost for a Host
+// set, if it is not nil.
+func (ops *headerOps) applyToHeader(header http.Header, setHost func(string)) {
 	for _, name := range ops.remove {
-		r.Header.Del(name)
+		header.Del(name)
 	}
 	for _, h := range ops.add {
-		r.Header.Add(h.name, h.value)
+		header.Add(h.name, h.value)
 	}
 	for _, h := range ops.set {
-		if h.name == "Host" {
-			r.Host = h.value
+		if h.name == "Host" && setHost != nil {
+			setHost(h.value)
 			continue
 		}
-		r.Header.Set(h.name, h.value)
+		header.Set(h.name, h.value)
 	}
 }
