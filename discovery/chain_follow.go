@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,8 +47,11 @@ type chainFollower struct {
 	// the goroutine's own state (Provision's before the goroutine starts)
 	compiledFrom *consul.CompiledChain
 	targets      map[consul.HealthKey]*serviceWatch // the health watches held
-	noted        map[string]bool                    // what was logged as not honoured
 }
+
+// notHonouredLogged holds what was logged as not honoured, by service, so
+// that each is logged once, whatever the reloads.
+var notHonouredLogged sync.Map
 
 // provisionChain follows the chain of the source's service, compiled for
 // its first datacenter, waiting briefly for Consul's first answers.
@@ -66,7 +70,7 @@ func (cu *ConsulUpstreams) provisionChain(ctx caddy.Context) error {
 		return err
 	}
 	f := &chainFollower{key: key, watch: watch, conn: cu.conn, slashes: slashes, logger: cu.logger,
-		changes: make(chan struct{}, 1), targets: map[consul.HealthKey]*serviceWatch{}, noted: map[string]bool{},
+		changes: make(chan struct{}, 1), targets: map[consul.HealthKey]*serviceWatch{},
 		settings: targetSettings{filter: cu.filter, tags: cu.Tags, userFilter: cu.Filter, health: cu.Health, near: cu.Near,
 			consistency: cu.Consistency, wait: time.Duration(cu.Wait), holdLast: time.Duration(*cu.HoldLast), panicThreshold: cu.PanicThreshold}}
 	watch.Subscribe(f.changes) // before the first look: no change is missed
@@ -177,12 +181,11 @@ func (f *chainFollower) targetKey(def *consul.ChainTarget) consul.HealthKey {
 	return key
 }
 
-// logNotHonoured logs, once per source, each thing of the chain that
+// logNotHonoured logs, once per service, each thing of the chain that
 // Caddy cannot honour.
 func (f *chainFollower) logNotHonoured(ev *evaluator) {
 	for _, what := range ev.notHonoured {
-		if !f.noted[what] {
-			f.noted[what] = true
+		if _, logged := notHonouredLogged.LoadOrStore(f.key.Service+"\x00"+what, true); !logged {
 			f.logger.Warn("discovery chain: not honoured by caddymesh", zap.String("service", f.key.Service), zap.String("what", what))
 		}
 	}

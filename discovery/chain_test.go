@@ -3,6 +3,7 @@ package discovery_test
 import (
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -269,5 +270,41 @@ func TestChainListsWhatItCannotHonour(t *testing.T) {
 	}
 	if strings.Contains(got, "route 1") {
 		t.Errorf("not honoured:\n%s\nthe default route has nothing to list", got)
+	}
+}
+
+// TestChainCanaryExample writes the README's and make demo's canary files
+// as `consul config write` does, and checks what they do.
+func TestChainCanaryExample(t *testing.T) {
+	var entries []api.ConfigEntry
+	for _, file := range []string{"1-defaults", "2-resolver", "3-splitter", "4-router"} {
+		data, err := os.ReadFile("../examples/canary/" + file + ".json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		entry, err := api.DecodeConfigEntryFromJSON(data)
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		entries = append(entries, entry)
+	}
+	writeEntries(t, entries...)
+	p := probe(t, "greeter")
+	stable, canary := target("greeter", "stable"), target("greeter", "canary")
+	shares := map[string]int{}
+	for roll := range uint32(10000) {
+		shares[p.Choose(httptest.NewRequest(http.MethodGet, "/canary/", nil), roll)]++
+	}
+	if shares[stable] != 9000 || shares[canary] != 1000 {
+		t.Errorf("shares %v, want 9000 stable and 1000 canary", shares)
+	}
+	r := httptest.NewRequest(http.MethodGet, "/canary/", nil)
+	r.Header.Set("X-Canary", "1")
+	if got := p.Choose(r, 0); got != canary {
+		t.Errorf("X-Canary: 1 went to %q, want the canary", got)
+	}
+	r = httptest.NewRequest(http.MethodGet, "/canary/v1/hello", nil)
+	if got := p.Evaluate(r, 9999); got != stable || r.URL.Path != "/hello" {
+		t.Errorf("/canary/v1/hello went to %q as %q, want stable as /hello", got, r.URL.Path)
 	}
 }

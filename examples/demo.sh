@@ -33,6 +33,15 @@ caddymesh demo is running (logs in $work/).
   Maintenance mode, from Consul's side:
              curl -X PUT "http://$CONSUL_HTTP_ADDR/v1/agent/service/maintenance/greeter-2?enable=true"
 
+  Canary through Consul's discovery chain (/canary/ follows it): send 10% to greeter-3,
+             for f in examples/canary/{1,2,3}-*.json; do CONSUL_HTTP_ADDR=$CONSUL_HTTP_ADDR $consul config write "\$f"; done
+             for i in \$(seq 20); do curl -s http://127.0.0.1:8080/canary/; done | sort | uniq -c
+  and X-Canary: 1 always to it:
+             CONSUL_HTTP_ADDR=$CONSUL_HTTP_ADDR $consul config write examples/canary/4-router.json
+             curl -s -H 'X-Canary: 1' http://127.0.0.1:8080/canary/
+  The chain as Caddy evaluates it:
+             curl -s http://localhost:2019/mesh/chains/greeter
+
 Press Ctrl-C to stop.
 MSG
 wait "${pids[-1]}"
