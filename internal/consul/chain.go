@@ -50,15 +50,6 @@ func TakeChain(key ChainKey, conn Connection) (*ChainWatch, error) {
 	})
 }
 
-// NewFixedChain returns a chain watch that holds chain and never queries
-// Consul, nor needs stopping: for the tests and benchmarks of modules that
-// read chain watches.
-func NewFixedChain(key ChainKey, chain *CompiledChain) *ChainWatch {
-	c := &ChainWatch{Key: key}
-	c.chain.Store(chain)
-	return c
-}
-
 // Chain is the compiled chain; nil until Consul first answers.
 func (c *ChainWatch) Chain() *CompiledChain { return c.chain.Load() }
 
@@ -92,55 +83,89 @@ func (c *ChainWatch) Apply(chain *CompiledChain) {
 
 // CompiledChain is Consul's compiled discovery chain of a service.
 type CompiledChain struct {
+	// ServiceName is the service the chain is of.
 	ServiceName string
-	Namespace   string
-	Partition   string
-	Datacenter  string
-	Protocol    string
+	// Namespace is the service's namespace (Consul Enterprise).
+	Namespace string
+	// Partition is the service's admin partition (Consul Enterprise).
+	Partition string
+	// Datacenter is the datacenter the chain is compiled for.
+	Datacenter string
+	// Protocol is the service's protocol (service-defaults): tcp, http,
+	// http2 or grpc; routers and splitters need an HTTP one.
+	Protocol string
 	// Default is set when no config entry shapes the chain.
-	Default   bool
+	Default bool
+	// StartNode is the name of the first node a request meets.
 	StartNode string
-	Nodes     map[string]*ChainNode
-	Targets   map[string]*ChainTarget
+	// Nodes are the chain's nodes by name.
+	Nodes map[string]*ChainNode
+	// Targets are the chain's targets by ID.
+	Targets map[string]*ChainTarget
 }
 
 // ChainNode is a router, splitter or resolver node of a compiled chain.
 type ChainNode struct {
-	Type         string
-	Name         string
-	Routes       []*api.DiscoveryRoute
-	Splits       []*ChainSplit
-	Resolver     *ChainResolver
+	// Type is router, splitter or resolver.
+	Type string
+	// Name is the node's name (not necessarily a service's).
+	Name string
+	// Routes are a router's routes in order, the last matching all.
+	Routes []*api.DiscoveryRoute
+	// Splits are a splitter's legs.
+	Splits []*ChainSplit
+	// Resolver is a resolver's target and failover.
+	Resolver *ChainResolver
+	// LoadBalancer is the node's load balancing, for Envoy.
 	LoadBalancer *api.LoadBalancer
 }
 
 // ChainResolver is the resolver of a resolver node.
 type ChainResolver struct {
-	Target         string
-	Failover       *api.DiscoveryFailover
-	RequestTimeout time.Duration // in nanoseconds in Consul's answer
+	// Target is the ID of the target requests go to.
+	Target string
+	// Failover lists the targets to use, in order, when Target has no
+	// healthy instance.
+	Failover *api.DiscoveryFailover
+	// RequestTimeout is the resolver's request timeout (nanoseconds in
+	// Consul's answer).
+	RequestTimeout time.Duration
 }
 
 // ChainSplit is one leg of a splitter node.
 type ChainSplit struct {
-	Weight     float32
-	NextNode   string
+	// Weight is the leg's share of the requests, in percent.
+	Weight float32
+	// NextNode is the resolver node the leg leads to.
+	NextNode string
+	// Definition is the split of the service-splitter entry, with its
+	// header actions.
 	Definition *api.ServiceSplit
 }
 
 // ChainTarget is a target of a compiled chain: a service subset in a
 // datacenter, found with a filter.
 type ChainTarget struct {
-	ID            string
-	Service       string
+	// ID names the target, such as v2.web.default.default.dc1.
+	ID string
+	// Service is the target's service.
+	Service string
+	// ServiceSubset is the target's subset of the service, if any.
 	ServiceSubset string
-	Namespace     string
-	Partition     string
-	Datacenter    string
-	Peer          string
-	External      bool
-	MeshGateway   api.MeshGatewayConfig
-	Subset        api.ServiceResolverSubset
+	// Namespace is the service's namespace (Consul Enterprise).
+	Namespace string
+	// Partition is the service's admin partition (Consul Enterprise).
+	Partition string
+	// Datacenter is the datacenter of the target's instances.
+	Datacenter string
+	// Peer is the cluster peer of the target's instances, if any.
+	Peer string
+	// External is set for a service behind a terminating gateway.
+	External bool
+	// MeshGateway says how Envoy would reach the target.
+	MeshGateway api.MeshGatewayConfig
+	// Subset is the subset's filter and OnlyPassing.
+	Subset api.ServiceResolverSubset
 }
 
 // Interface guards
