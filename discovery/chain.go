@@ -288,46 +288,46 @@ func compileMatch(m *api.ServiceRouteMatch) (routeMatch, error) {
 func compileHeaderMatch(h api.ServiceRouteHTTPMatchHeader) (routeHeaderMatch, bool, error) {
 	hm := routeHeaderMatch{name: http.CanonicalHeaderKey(h.Name), invert: h.Invert}
 	hm.host = hm.name == "Host" || h.Name == ":authority"
+	var ok bool
 	var err error
-	switch {
-	case h.Exact != "":
-		hm.value = valueMatch{kind: matchExact, value: h.Exact}
-	case h.Regex != "":
-		hm.value.kind = matchRegex
-		if hm.value.regex, err = anchored(h.Regex); err != nil {
-			return hm, false, fmt.Errorf("header %s Regex %q: %w", h.Name, h.Regex, err)
-		}
-	case h.Prefix != "":
-		hm.value = valueMatch{kind: matchPrefix, value: h.Prefix}
-	case h.Suffix != "":
-		hm.value = valueMatch{kind: matchSuffix, value: h.Suffix}
-	case h.Present:
-		hm.value.kind = matchPresent
-	default:
-		return hm, false, nil
+	if hm.value, ok, err = compileValueMatch(h.Exact, h.Regex, h.Prefix, h.Suffix, h.Present); err != nil {
+		return hm, false, fmt.Errorf("header %s: %w", h.Name, err)
 	}
-	return hm, true, nil
+	return hm, ok, nil
 }
 
 // compileQueryMatch compiles a query parameter rule; ok is false for a rule
 // with nothing to match.
 func compileQueryMatch(q api.ServiceRouteHTTPMatchQueryParam) (queryMatch, bool, error) {
 	qm := queryMatch{name: q.Name}
+	var ok bool
 	var err error
-	switch {
-	case q.Exact != "":
-		qm.value = valueMatch{kind: matchExact, value: q.Exact}
-	case q.Regex != "":
-		qm.value.kind = matchRegex
-		if qm.value.regex, err = anchored(q.Regex); err != nil {
-			return qm, false, fmt.Errorf("query parameter %s Regex %q: %w", q.Name, q.Regex, err)
-		}
-	case q.Present:
-		qm.value.kind = matchPresent
-	default:
-		return qm, false, nil
+	if qm.value, ok, err = compileValueMatch(q.Exact, q.Regex, "", "", q.Present); err != nil {
+		return qm, false, fmt.Errorf("query parameter %s: %w", q.Name, err)
 	}
-	return qm, true, nil
+	return qm, ok, nil
+}
+
+// compileValueMatch compiles the first rule set, in Consul's Envoy
+// integration's order: exact, regex, prefix, suffix, presence; ok is false
+// when none is.
+func compileValueMatch(exact, regex, prefix, suffix string, present bool) (valueMatch, bool, error) {
+	switch {
+	case exact != "":
+		return valueMatch{kind: matchExact, value: exact}, true, nil
+	case regex != "":
+		re, err := anchored(regex)
+		if err != nil {
+			return valueMatch{}, false, fmt.Errorf("Regex %q: %w", regex, err)
+		}
+		return valueMatch{kind: matchRegex, regex: re}, true, nil
+	case prefix != "":
+		return valueMatch{kind: matchPrefix, value: prefix}, true, nil
+	case suffix != "":
+		return valueMatch{kind: matchSuffix, value: suffix}, true, nil
+	default:
+		return valueMatch{kind: matchPresent}, present, nil
+	}
 }
 
 // compileHeaderOps compiles header modifiers, with canonical names.
