@@ -356,3 +356,37 @@ func TestChainFailsOverToAnotherDatacenter(t *testing.T) {
 		t.Errorf("targets %+v, want the local one and dc2's", view.Targets)
 	}
 }
+
+// BenchmarkChainPropagation measures, as BenchmarkPropagation does, the
+// time from a splitter's change in Consul (all to v2, then all to v1)
+// until the next request through Caddy reaches the new subset. Run it with
+// -benchtime=50x or more for 100+ trials.
+func BenchmarkChainPropagation(b *testing.B) {
+	writeEntries(b, append(httpDefaults("cp-web"), versionSubsets("cp-web"), splitter("cp-web", 100, 0))...)
+	registerVersion(b, agent, "cp-web", "1")
+	registerVersion(b, agent, "cp-web", "2")
+	port := meshtest.FreePort()
+	meshtest.Load(b, fmt.Sprintf("{\n\t%s\n\tmesh {\n\t\tconsul {\n\t\t\taddress %s\n\t\t}\n\t}\n}\n:%d {\n%s\n}",
+		meshtest.Globals(), agent.Addr, port, chainProxy("cp-web")), "caddyfile")
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	changes := []struct {
+		name    string
+		entry   api.ConfigEntry
+		backend string
+	}{
+		{"to-v2", splitter("cp-web", 0, 100), "cp-web-v2"},
+		{"to-v1", splitter("cp-web", 100, 0), "cp-web-v1"},
+	}
+	measure(b, len(changes), func(i int) time.Duration {
+		start := time.Now()
+		set(b, changes[i].entry)
+		for {
+			if _, body := meshtest.Get(url); strings.HasPrefix(body, changes[i].backend+" ") {
+				return time.Since(start)
+			}
+			if time.Since(start) > 10*time.Second {
+				b.Fatalf("no request reached %s within 10s of the change", changes[i].backend)
+			}
+		}
+	}, func(i int) string { return changes[i].name })
+}
