@@ -191,7 +191,7 @@ func (c *chainCompiler) target(id string) (*chainTarget, error) {
 		return nil, fmt.Errorf("target %q is missing", id)
 	}
 	c.noteIf(def.Peer != "", fmt.Sprintf("target %q: Peer (cluster peering is not supported; the target gets no instances)", id))
-	c.noteIf(def.External, fmt.Sprintf("target %q: External (terminating gateways are not supported)", id))
+	c.noteIf(def.External, fmt.Sprintf("target %q: External (terminating gateways are not supported; the target gets no instances)", id))
 	c.noteIf(def.MeshGateway.Mode != "" && def.MeshGateway.Mode != api.MeshGatewayModeDefault && def.MeshGateway.Mode != api.MeshGatewayModeNone,
 		fmt.Sprintf("target %q: MeshGateway mode %s (instances are dialled directly)", id, def.MeshGateway.Mode))
 	p, err := c.poolFor(def)

@@ -324,36 +324,25 @@ func TestChainSplitterFloodKeepsWatchesBounded(t *testing.T) {
 }
 
 func TestChainFailsOverToAnotherDatacenter(t *testing.T) {
-	dc2, err := consultest.Start(consultest.Options{Datacenter: "dc2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(dc2.Stop)
-	if err := agent.JoinWAN(dc2); err != nil {
-		t.Fatal(err)
-	}
-	meshtest.Eventually(t, 30*time.Second, "dc1 knows dc2", func() bool {
-		dcs, err := agent.Client.Catalog().Datacenters()
-		return err == nil && len(dcs) == 2
-	})
+	other := joinAnotherDatacenter(t)
 	writeEntries(t, &api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "cx-web",
-		Failover: map[string]api.ServiceResolverFailover{"*": {Datacenters: []string{"dc2"}}}})
+		Failover: map[string]api.ServiceResolverFailover{"*": {Datacenters: []string{"dc3"}}}})
 	local := startChainEcho(t, "cx-web-dc1")
 	agent.Register(t, consultest.Instance{Service: "cx-web", ID: "cx-web-dc1", Port: local.port()})
 	t.Cleanup(func() { agent.Deregister(t, "cx-web-dc1") })
-	remote := startChainEcho(t, "cx-web-dc2")
-	dc2.Register(t, consultest.Instance{Service: "cx-web", ID: "cx-web-dc2", Port: remote.port()})
+	remote := startChainEcho(t, "cx-web-dc3")
+	other.Register(t, consultest.Instance{Service: "cx-web", ID: "cx-web-dc3", Port: remote.port()})
 	url := serveChain(t, "cx-web")
 	awaitOnly(t, url, "cx-web-dc1")
 
 	traffic := meshtest.StartTraffic(url, 4)
 	agent.SetStatus(t, "cx-web-dc1", api.HealthCritical)
-	awaitOnly(t, url, "cx-web-dc2")
+	awaitOnly(t, url, "cx-web-dc3")
 	agent.SetStatus(t, "cx-web-dc1", api.HealthPassing)
 	awaitOnly(t, url, "cx-web-dc1")
-	traffic.Stop(t, "while the local target failed over to dc2 and back")
+	traffic.Stop(t, "while the local target failed over to dc3 and back")
 	if view := chainView(t, "cx-web"); len(view.Targets) != 2 {
-		t.Errorf("targets %+v, want the local one and dc2's", view.Targets)
+		t.Errorf("targets %+v, want the local one and dc3's", view.Targets)
 	}
 }
 
@@ -389,4 +378,31 @@ func BenchmarkChainPropagation(b *testing.B) {
 			}
 		}
 	}, func(i int) string { return changes[i].name })
+}
+
+// joinAnotherDatacenter starts a dev agent of dc3 (TestDatacenterFailover
+// has a dc2 of its own) and WAN-joins it to the package's agent; at the end
+// of the test it stops it and has dc1 forget it, so that another test
+// counting datacenters does not find a dead one.
+func joinAnotherDatacenter(t *testing.T) *consultest.Agent {
+	dc3, err := consultest.Start(consultest.Options{Datacenter: "dc3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	datacenters := func() int {
+		dcs, _ := agent.Client.Catalog().Datacenters()
+		return len(dcs)
+	}
+	t.Cleanup(func() {
+		dc3.Stop()
+		if err := agent.Client.Agent().ForceLeaveOpts("node-dc3.dc3", api.ForceLeaveOpts{Prune: true, WAN: true}); err != nil {
+			t.Errorf("forgetting dc3: %v", err)
+		}
+		meshtest.Eventually(t, 30*time.Second, "dc1 forgets dc3", func() bool { return datacenters() == 1 })
+	})
+	if err := agent.JoinWAN(dc3); err != nil {
+		t.Fatal(err)
+	}
+	meshtest.Eventually(t, 30*time.Second, "dc1 knows dc3", func() bool { return datacenters() == 2 })
+	return dc3
 }

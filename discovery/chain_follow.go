@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/meshapp"
+	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
@@ -126,7 +127,11 @@ func (f *chainFollower) update(ctx context.Context) {
 	}
 	used := map[consul.HealthKey]*serviceWatch{}
 	var fresh []*serviceWatch
+	var started []*consul.HealthWatch
 	ev, err := compileChain(chain, func(def *consul.ChainTarget) (targetPool, error) {
+		if def.Peer != "" || def.External {
+			return noInstances{}, nil // listed as not honoured
+		}
 		key := f.targetKey(def)
 		if sw, ok := used[key]; ok {
 			return sw, nil
@@ -139,7 +144,7 @@ func (f *chainFollower) update(ctx context.Context) {
 			}
 			sw = &serviceWatch{service: key.Service, panicThreshold: f.settings.panicThreshold, logger: f.logger,
 				keys: []consul.HealthKey{key}, watchers: []*consul.HealthWatch{w}}
-			fresh = append(fresh, sw)
+			fresh, started = append(fresh, sw), append(started, w)
 		}
 		used[key] = sw
 		return sw, nil
@@ -151,8 +156,8 @@ func (f *chainFollower) update(ctx context.Context) {
 		f.logger.Error("discovery chain not applied: keeping the last one", zap.String("service", f.key.Service), zap.Error(err))
 		return
 	}
-	for _, sw := range fresh {
-		sw.awaitFirstAnswers(ctx, firstAnswerTimeout)
+	if !consul.AwaitFirstTries(ctx, firstAnswerTimeout, started...) && ctx.Err() == nil {
+		f.logger.Warn("consul has not answered yet for every new chain target", zap.String("service", f.key.Service))
 	}
 	f.current.Store(ev)
 	f.compiledFrom = chain
@@ -190,6 +195,14 @@ func (f *chainFollower) logNotHonoured(ev *evaluator) {
 		}
 	}
 }
+
+// noInstances is the pool of a target caddymesh cannot reach: a cluster
+// peer's, or one behind a terminating gateway.
+type noInstances struct{}
+
+func (noInstances) choose() *pool.Snapshot { return emptySnapshot }
+
+var emptySnapshot = pool.NewSnapshot(nil)
 
 // andFilters combines two Consul filters; either may be empty.
 func andFilters(a, b string) string {
