@@ -406,3 +406,39 @@ func joinAnotherDatacenter(t *testing.T) *consultest.Agent {
 	meshtest.Eventually(t, 30*time.Second, "dc1 knows dc3", func() bool { return datacenters() == 2 })
 	return dc3
 }
+
+func TestChainTargetsTakeTheSourcesTagsAndShareWatchesAcrossReloads(t *testing.T) {
+	writeEntries(t, append(httpDefaults("ct-web"), versionSubsets("ct-web"), splitter("ct-web", 50, 50))...)
+	for _, inst := range []struct{ name, version, tag string }{{"a", "1", "blue"}, {"b", "1", ""}, {"c", "2", "blue"}, {"d", "2", ""}} {
+		e := startChainEcho(t, "ct-web-"+inst.name)
+		id := "ct-web-" + inst.name
+		agent.Register(t, consultest.Instance{Service: "ct-web", ID: id, Port: e.port(), Tags: strings.Fields(inst.tag),
+			Meta: map[string]string{"version": inst.version}})
+		t.Cleanup(func() { agent.Deregister(t, id) })
+	}
+	const followers = "discovery.(*chainFollower).run"
+	const site = `reverse_proxy {
+		dynamic consul ct-web {
+			chain
+			tag blue
+		}
+	}`
+	url := serve(t, site)
+	watches := meshtest.Goroutines(watchLoop)
+	if watches < 3 {
+		t.Fatalf("%d watches, want at least the chain's and its two targets'", watches)
+	}
+	for i := 1; i <= 5; i++ { // each load replaces the last config
+		url = serve(t, site) // on a port of its own: a new config
+		if n := meshtest.Goroutines(watchLoop); n != watches {
+			t.Fatalf("after reload %d: %d watches, want %d as before", i, n, watches)
+		}
+		if n := meshtest.Goroutines(followers); n != 1 {
+			t.Fatalf("after reload %d: %d chain followers, want the new config's only", i, n)
+		}
+	}
+	got := share(url, 200)
+	if got["ct-web-a"] == 0 || got["ct-web-c"] == 0 || got["ct-web-a"]+got["ct-web-c"] != 200 {
+		t.Errorf("reached %v, want only the blue instances a (v1) and c (v2)", got)
+	}
+}
