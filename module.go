@@ -5,7 +5,11 @@
 //     Consul (Caddyfile: the `mesh` global option).
 //   - http.reverse_proxy.upstreams.consul: the healthy instances of a Consul
 //     service as reverse_proxy upstreams, kept current by blocking queries,
-//     with Consul's weights (Caddyfile: `dynamic consul <service>`).
+//     with Consul's weights (Caddyfile: `dynamic consul <service>`); with
+//     `chain`, following the service's discovery chain (Consul's routers,
+//     splitters and resolvers) per request.
+//   - http.handlers.mesh_chain: the response header actions of a discovery
+//     chain, in front of the reverse_proxy that follows it.
 //   - http.reverse_proxy.selection_policies.smooth_weighted: nginx's smooth
 //     weighted round robin (Caddyfile: `lb_policy smooth_weighted`).
 //   - http.reverse_proxy.selection_policies.consistent_hash: a weighted
