@@ -67,9 +67,9 @@ func (f *chainFollower) leg(r *http.Request, ev *evaluator) *chainLeg {
 		return nil
 	}
 	leg := route.pick(rand.Uint32N(max(route.total, 1)))
-	caddyhttp.SetVar(r.Context(), chainLegVar, leg)
 	if err := leg.applyTo(r, path); err != nil {
-		return nil
+		return nil // a PrefixRewrite that makes a bad path: no upstreams
 	}
+	caddyhttp.SetVar(r.Context(), chainLegVar, leg)
 	return leg
 }
