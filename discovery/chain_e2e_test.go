@@ -341,6 +341,15 @@ func TestChainFailsOverToAnotherDatacenter(t *testing.T) {
 	agent.SetStatus(t, "cx-web-dc1", api.HealthPassing)
 	awaitOnly(t, url, "cx-web-dc1")
 	traffic.Stop(t, "while the local target failed over to dc3 and back")
+
+	// The local instance dies, and its check fails a moment later: the
+	// README's retries carry the requests in between.
+	traffic = meshtest.StartTraffic(url, 4)
+	local.srv.Close()
+	time.Sleep(20 * time.Millisecond)
+	agent.SetStatus(t, "cx-web-dc1", api.HealthCritical)
+	awaitOnly(t, url, "cx-web-dc3")
+	traffic.Stop(t, "while the local instance died and dc3 took over")
 	if view := chainView(t, "cx-web"); len(view.Targets) != 2 {
 		t.Errorf("targets %+v, want the local one and dc3's", view.Targets)
 	}
