@@ -256,8 +256,46 @@ func (c *RegistrationCheck) parseKind(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// UnmarshalCaddyfile sets up the source from the intentions option of
+// mesh_identity. Syntax:
+//
+//	intentions [<destination>] {
+//	    default allow|deny
+//	    consul { ... }
+//	}
+func (ci *ConsulIntentions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the option's name
+	if err := args.Optional(d, &ci.Destination); err != nil {
+		return err
+	}
+	block := args.NewBlock()
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := block.Check(d); err != nil {
+			return err
+		}
+		switch d.Val() {
+		case "default":
+			if err := args.String(d, &ci.Default); err != nil {
+				return err
+			}
+		case "consul":
+			ci.Consul = new(ConsulConfig)
+			if err := ci.Consul.UnmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized intentions option '%s'", d.Val())
+		}
+	}
+	if err := ci.validate(); err != nil {
+		return d.Err(err.Error())
+	}
+	return nil
+}
+
 // Interface guards
 var (
+	_ caddyfile.Unmarshaler = (*ConsulIntentions)(nil)
 	_ caddyfile.Unmarshaler = (*ConsulUpstreams)(nil)
 	_ caddyfile.Unmarshaler = (*App)(nil)
 	_ caddyfile.Unmarshaler = (*Registration)(nil)
