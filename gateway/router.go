@@ -19,7 +19,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/consul"
-	"github.com/caddymesh/caddymesh/internal/meshapp"
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/running"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
@@ -115,15 +114,11 @@ func (rt *Router) Provision(ctx caddy.Context) error {
 	if err := rt.provisionProxies(ctx); err != nil {
 		return err
 	}
-	var err error
-	if rt.slashes, err = meshapp.EscapedSlashes(ctx); err != nil {
-		return err
-	}
-	conn, err := consul.Provision(ctx, rt.Consul)
+	conn, slashes, err := provisionGateway(ctx, rt.Consul)
 	if err != nil {
 		return err
 	}
-	rt.conn = conn
+	rt.conn, rt.slashes = conn, slashes
 	rt.wake = make(chan struct{}, 1)
 	rt.watches = make(map[string]*consul.HealthWatch)
 	rt.table.Store(newRouteTable(nil, nil, nil))

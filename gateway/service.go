@@ -101,17 +101,25 @@ func (s *MeshService) Provision(ctx caddy.Context) error {
 		return err
 	}
 	s.name = reqkey.Compile(s.Service)
-	var err error
-	if s.slashes, err = meshapp.EscapedSlashes(ctx); err != nil {
-		return err
-	}
-	conn, err := consul.Provision(ctx, s.Consul)
+	conn, slashes, err := provisionGateway(ctx, s.Consul)
 	if err != nil {
 		return err
 	}
+	s.slashes = slashes
 	s.catalogKey = consul.CatalogKey{Endpoint: conn.Endpoint, Datacenter: conn.Datacenter}
 	s.catalog, err = consul.TakeCatalog(s.catalogKey, conn)
 	return err
+}
+
+// provisionGateway is the preamble of the gateway's handlers: their Consul
+// connection (consul.Provision) and how the mesh app normalizes paths.
+func provisionGateway(ctx caddy.Context, own *consul.Config) (consul.Connection, urlpath.EscapedSlashes, error) {
+	slashes, err := meshapp.EscapedSlashes(ctx)
+	if err != nil {
+		return consul.Connection{}, 0, err
+	}
+	conn, err := consul.Provision(ctx, own)
+	return conn, slashes, err
 }
 
 // Validate rejects bad values, naming the field and the value.
