@@ -5,7 +5,6 @@ import (
 	"net/http"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -38,16 +37,6 @@ func (ChainResponseHeaders) CaddyModule() caddy.ModuleInfo {
 // actions when the response's header is written.
 func (ChainResponseHeaders) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	return next.ServeHTTP(&chainResponseWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, r: r}, r)
-}
-
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens: mesh_chain
-// takes no argument and no block.
-func (ChainResponseHeaders) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the directive's name
-	if d.NextArg() || d.NextBlock(0) {
-		return d.Err("mesh_chain takes no arguments and no block")
-	}
-	return nil
 }
 
 // chainResponseWriter does the response header actions of the request's
@@ -90,6 +79,5 @@ func (w *chainResponseWriter) ReadFrom(r io.Reader) (int64, error) {
 // Interface guards
 var (
 	_ caddyhttp.MiddlewareHandler = ChainResponseHeaders{}
-	_ caddyfile.Unmarshaler       = (*ChainResponseHeaders)(nil)
 	_ io.ReaderFrom               = (*chainResponseWriter)(nil)
 )

@@ -48,7 +48,7 @@ func (f *chainFollower) upstreams(r *http.Request, p pool.Preselector) ([]*rever
 	if target.requests != nil {
 		target.requests.Inc()
 	}
-	return handOut(r, snap, p), nil
+	return pool.HandOut(r, snap, p), nil
 }
 
 // leg returns the leg of the chain for r: the one an earlier attempt of r
