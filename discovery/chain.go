@@ -45,7 +45,7 @@ func compileChain(chain *consul.CompiledChain, poolFor poolFor, counters *promet
 	if !ok {
 		return nil, fmt.Errorf("discovery chain of %q: start node %q is missing", chain.ServiceName, chain.StartNode)
 	}
-	ev := &evaluator{service: chain.ServiceName}
+	ev := &evaluator{}
 	var err error
 	switch start.Type {
 	case api.DiscoveryGraphNodeTypeRouter:

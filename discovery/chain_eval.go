@@ -25,7 +25,6 @@ const splitScale = 100
 // immutable: built once per version of the chain, read by any number of
 // requests at once without locks or allocations.
 type evaluator struct {
-	service string
 	// routes are the router's routes in order, the last matching every
 	// request; a chain without a router has one route that matches all.
 	routes []chainRoute
