@@ -83,6 +83,7 @@ func (f *chainFollower) view() chainView {
 		ConsulIndex: status.Index, LastError: status.Err, Chain: []chainRouteView{}, Targets: []chainTargetView{}, NotHonoured: []string{}}
 	if chain := f.watch.Chain(); chain != nil {
 		v.Protocol, v.Default = chain.Protocol, chain.Default
+		v.Datacenter = cmp.Or(v.Datacenter, chain.Datacenter)
 	}
 	ev := f.current.Load()
 	if ev == nil {
@@ -95,6 +96,9 @@ func (f *chainFollower) view() chainView {
 		v.Targets = append(v.Targets, t.view())
 	}
 	v.NotHonoured = append(v.NotHonoured, ev.notHonoured...)
+	if f.responseHeadersDropped.Load() {
+		v.NotHonoured = append(v.NotHonoured, responseHeadersWithoutHandler)
+	}
 	return v
 }
 

@@ -206,6 +206,9 @@ func TestChainRouterRulesAndPrefixRewrite(t *testing.T) {
 			}
 		})
 	}
+	if view := chainView(t, "cr-web"); len(view.NotHonoured) != 0 {
+		t.Errorf("not honoured %q, want nothing: mesh_chain did the response headers", view.NotHonoured)
+	}
 }
 
 func TestChainRedirectDefaultSubsetAndDeletion(t *testing.T) {
@@ -274,12 +277,13 @@ func TestChainAdminShowsWeightsTargetsAndNotHonoured(t *testing.T) {
 	writeEntries(t, append(httpDefaults("ca-web"), versionSubsets("ca-web"), splitter("ca-web", 75, 25),
 		&api.ServiceRouterConfigEntry{Kind: api.ServiceRouter, Name: "ca-web", Routes: []api.ServiceRoute{
 			{Match: &api.ServiceRouteMatch{HTTP: &api.ServiceRouteHTTPMatch{PathPrefix: "/slow"}},
-				Destination: &api.ServiceRouteDestination{NumRetries: 5}},
+				Destination: &api.ServiceRouteDestination{NumRetries: 5,
+					ResponseHeaders: &api.HTTPHeaderModifiers{Set: map[string]string{"x-slow": "1"}}}},
 		}})...)
 	registerVersion(t, agent, "ca-web", "1")
 	registerVersion(t, agent, "ca-web", "1")
 	registerVersion(t, agent, "ca-web", "2")
-	serveChain(t, "ca-web")
+	url := serveChain(t, "ca-web") // without mesh_chain
 	view := chainView(t, "ca-web")
 	if len(view.Chain) != 2 || len(view.Chain[1].Splits) != 2 || view.Chain[1].Splits[0].Weight != 75 || view.Chain[1].Splits[1].Weight != 25 {
 		t.Errorf("routes %+v, want /slow then the 75/25 split", view.Chain)
@@ -293,6 +297,12 @@ func TestChainAdminShowsWeightsTargetsAndNotHonoured(t *testing.T) {
 	}
 	if len(view.NotHonoured) != 1 || !strings.Contains(view.NotHonoured[0], "NumRetries") {
 		t.Errorf("not honoured %q, want the route's NumRetries", view.NotHonoured)
+	}
+	if status, _ := meshtest.Get(url + "slow"); status != http.StatusOK {
+		t.Fatalf("GET /slow: %d", status)
+	}
+	if view = chainView(t, "ca-web"); len(view.NotHonoured) != 2 || !strings.Contains(view.NotHonoured[1], "without the mesh_chain handler") {
+		t.Errorf("not honoured %q after a request to /slow without mesh_chain, want its ResponseHeaders too", view.NotHonoured)
 	}
 }
 

@@ -57,6 +57,9 @@ type chainLeg struct {
 	weight   uint32 // in hundredths of a percent
 	request  headerOps
 	response headerOps
+	// respondsWithHeaders is set when the leg or its route has response
+	// header actions, which only mesh_chain does.
+	respondsWithHeaders bool
 }
 
 // chainResolver is a resolver node: its target, then its failover targets.
@@ -78,11 +81,11 @@ func (ev *evaluator) finish(c *chainCompiler) {
 	for i := range ev.routes {
 		route := &ev.routes[i]
 		for j := range route.legs {
-			route.legs[j].route = route
-			route.total += route.legs[j].weight
-			c.noteIf(!route.legs[j].response.empty(), responseHeadersNeedHandler)
+			leg := &route.legs[j]
+			leg.route = route
+			leg.respondsWithHeaders = !leg.response.empty() || !route.response.empty()
+			route.total += leg.weight
 		}
-		c.noteIf(!route.response.empty(), responseHeadersNeedHandler)
 	}
 	ev.targets = slices.SortedFunc(maps.Values(c.targets), func(a, b *chainTarget) int { return cmp.Compare(a.id, b.id) })
 	slices.Sort(c.notHonoured)

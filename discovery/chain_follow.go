@@ -41,9 +41,12 @@ type chainFollower struct {
 	slashes  urlpath.EscapedSlashes // how paths are normalized before matching
 	logger   *zap.Logger
 	current  atomic.Pointer[evaluator]
-	changes  chan struct{}
-	cancel   context.CancelFunc
-	done     chan struct{}
+	// responseHeadersDropped is set once a request whose leg has response
+	// header actions came without mesh_chain.
+	responseHeadersDropped atomic.Bool
+	changes                chan struct{}
+	cancel                 context.CancelFunc
+	done                   chan struct{}
 
 	// the goroutine's own state (Provision's before the goroutine starts)
 	compiledFrom *consul.CompiledChain

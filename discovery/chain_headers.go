@@ -12,9 +12,14 @@ func init() {
 	caddy.RegisterModule(ChainResponseHeaders{})
 }
 
-// responseHeadersNeedHandler is what the admin API and the log say of a
-// chain's response header actions.
-const responseHeadersNeedHandler = "ResponseHeaders of a route or split: done only by the mesh_chain handler in front of reverse_proxy"
+// chainHeadersVar is the request variable mesh_chain sets, so that a
+// source with chain knows whether the response header actions it chooses
+// will be done.
+const chainHeadersVar = "mesh.chain_headers"
+
+// responseHeadersWithoutHandler is what the admin API and the log say of
+// response header actions chosen for requests without mesh_chain.
+const responseHeadersWithoutHandler = "ResponseHeaders of a route or split: requests came without the mesh_chain handler in front of reverse_proxy, which does them"
 
 // ChainResponseHeaders does the response header actions (ResponseHeaders
 // of a service-router route or service-splitter split) of the discovery
@@ -36,6 +41,7 @@ func (ChainResponseHeaders) CaddyModule() caddy.ModuleInfo {
 // ServeHTTP lets the next handlers answer, doing the leg's response header
 // actions when the response's header is written.
 func (ChainResponseHeaders) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	caddyhttp.SetVar(r.Context(), chainHeadersVar, true)
 	return next.ServeHTTP(&chainResponseWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, r: r}, r)
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
@@ -71,5 +72,17 @@ func (f *chainFollower) leg(r *http.Request, ev *evaluator) *chainLeg {
 		return nil // a PrefixRewrite that makes a bad path: no upstreams
 	}
 	caddyhttp.SetVar(r.Context(), chainLegVar, leg)
+	if leg.respondsWithHeaders && caddyhttp.GetVar(r.Context(), chainHeadersVar) == nil {
+		f.noteResponseHeadersDropped()
+	}
 	return leg
+}
+
+// noteResponseHeadersDropped records, and logs once, that response header
+// actions were chosen for a request that mesh_chain does not wrap.
+func (f *chainFollower) noteResponseHeadersDropped() {
+	if !f.responseHeadersDropped.Load() && f.responseHeadersDropped.CompareAndSwap(false, true) {
+		f.logger.Warn("discovery chain: not honoured by caddymesh", zap.String("service", f.key.Service),
+			zap.String("what", responseHeadersWithoutHandler))
+	}
 }
