@@ -41,19 +41,34 @@ type Pebble struct {
 	log        *syncBuffer
 }
 
+// Option changes how Start runs Pebble.
+type Option func(settings map[string]any)
+
+// ValidFor makes Pebble issue certificates valid for d (whole seconds)
+// instead of its default 90 days, so that a test sees them renewed.
+func ValidFor(d time.Duration) Option {
+	return func(settings map[string]any) {
+		settings["profiles"] = map[string]any{"default": map[string]any{"validityPeriod": int(d.Seconds())}}
+	}
+}
+
 // Start runs Pebble, validating HTTP-01 on httpPort and TLS-ALPN-01 on
 // tlsPort of 127.0.0.1, until the test ends.
-func Start(t testing.TB, httpPort, tlsPort int) *Pebble {
+func Start(t testing.TB, httpPort, tlsPort int, options ...Option) *Pebble {
 	t.Helper()
 	binary, module := build(t)
 	dnsAddr := serveDNS(t)
 	listen, management := freeAddr(), freeAddr()
-	config := map[string]any{"pebble": map[string]any{
+	settings := map[string]any{
 		"listenAddress": listen, "managementListenAddress": management,
 		"certificate": filepath.Join(module, "test/certs/localhost/cert.pem"),
 		"privateKey":  filepath.Join(module, "test/certs/localhost/key.pem"),
 		"httpPort":    httpPort, "tlsPort": tlsPort,
-	}}
+	}
+	for _, option := range options {
+		option(settings)
+	}
+	config := map[string]any{"pebble": settings}
 	configFile := filepath.Join(t.TempDir(), "pebble.json")
 	data, _ := json.Marshal(config)
 	if err := os.WriteFile(configFile, data, 0o600); err != nil {
