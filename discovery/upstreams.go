@@ -144,7 +144,7 @@ type ConsulUpstreams struct {
 	static      *serviceWatch // the service, when its name is fixed
 	lazy        *lazyServices // the services, when the name has placeholders
 	serviceName reqkey.Func   // evaluates a name with placeholders
-	preselector pool.Preselector
+	handout     *pool.Handout // hands out the whole pool, or the policy's candidates
 	logger      *zap.Logger
 }
 
@@ -179,7 +179,7 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 		return err
 	}
 	cu.filter = cu.fullFilter()
-	cu.preselector = preselectorOf(pool.EnclosingProxy(ctx))
+	cu.handout = pool.NewHandout(pool.EnclosingProxy(ctx), cu.logger)
 	cu.datacenters = cu.Datacenters
 	if len(cu.datacenters) == 0 {
 		cu.datacenters = []string{cu.conn.datacenter}
@@ -263,20 +263,14 @@ func (cu *ConsulUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstre
 		pool.Attach(r, nil)
 		return nil, sw.noAnswer()
 	}
-	return handOut(r, snap, cu.preselector), nil
+	return cu.handout.Upstreams(r, snap), nil
 }
 
-// newUpstreams returns fresh Upstream values for instances, in two
-// allocations: Caddy writes into each Upstream during an attempt, so they
-// cannot be shared between requests.
-func newUpstreams(instances []pool.Instance) []*reverseproxy.Upstream {
-	values := make([]reverseproxy.Upstream, len(instances))
-	list := make([]*reverseproxy.Upstream, len(instances))
-	for i := range instances {
-		values[i].Dial = instances[i].Dial
-		list[i] = &values[i]
-	}
-	return list
+// ResetCache is called by Caddy before each retry of r: the retry gets the
+// whole pool, not only the candidates that may all have failed.
+func (cu *ConsulUpstreams) ResetCache(r *http.Request) error {
+	cu.handout.Retry(r)
+	return nil
 }
 
 // validate rejects bad values, naming the field and the value.
@@ -364,8 +358,9 @@ func (cu *ConsulUpstreams) fullFilter() string {
 
 // Interface guards
 var (
-	_ caddy.Provisioner           = (*ConsulUpstreams)(nil)
-	_ caddy.CleanerUpper          = (*ConsulUpstreams)(nil)
-	_ reverseproxy.UpstreamSource = (*ConsulUpstreams)(nil)
-	_ caddy.Destructor            = (*watcher)(nil)
+	_ caddy.Provisioner                  = (*ConsulUpstreams)(nil)
+	_ caddy.CleanerUpper                 = (*ConsulUpstreams)(nil)
+	_ reverseproxy.UpstreamSource        = (*ConsulUpstreams)(nil)
+	_ reverseproxy.CachingUpstreamSource = (*ConsulUpstreams)(nil)
+	_ caddy.Destructor                   = (*watcher)(nil)
 )

@@ -124,7 +124,7 @@ func (ch *ConsistentHash) Validate() error {
 // Select returns the upstream the request's key belongs to; see
 // ConsistentHash. A nil ResponseWriter is fine.
 func (ch *ConsistentHash) Select(upstreams reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
-	if p := pool.PreselectionOf(r); p != nil && len(p.Candidates) == len(upstreams) {
+	if p := pool.PreselectionBy(r, ch, upstreams); p != nil {
 		return ch.selectCandidate(upstreams, p)
 	}
 	key := ch.key(r)

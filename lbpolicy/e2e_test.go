@@ -30,7 +30,7 @@ func TestMain(m *testing.M) { consultest.Main(m, &agent) }
 
 // serve loads a config with one site on a free port whose body is site,
 // and returns the site's URL.
-func serve(t *testing.T, site string) string {
+func serve(t testing.TB, site string) string {
 	t.Helper()
 	port := meshtest.FreePort()
 	meshtest.Load(t, fmt.Sprintf(`{
