@@ -247,9 +247,9 @@ func (cu *ConsulUpstreams) Cleanup() error {
 // answers current (but the first request for a service named by
 // placeholders waits for its first answer). It records the snapshot behind
 // the upstreams in r for weight-aware policies. With a policy that can
-// preselect, such as smooth_weighted or consistent_hash, and a large pool,
-// the upstreams are the few candidates the policy names for r (see
-// pool.Preselector).
+// preselect, such as smooth_weighted, consistent_hash or least_latency, and
+// a large pool, the upstreams are the few candidates the policy names for r
+// (see pool.Handout).
 func (cu *ConsulUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	sw := cu.static
 	if cu.lazy != nil {

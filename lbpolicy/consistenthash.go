@@ -44,7 +44,7 @@ type ConsistentHash struct {
 	Key string `json:"key,omitempty"`
 
 	// Ring points per unit of weight. More points spread keys more evenly
-	// at the cost of memory (8 bytes a point, plus an index). Default:
+	// at the cost of memory (4 bytes a point, plus an index). Default:
 	// 1024, which keeps the busiest of 100 equal upstreams within 7% of the
 	// mean; at most 65536.
 	Points int `json:"points,omitempty"`

@@ -104,9 +104,8 @@ func newRing(members []ringMember, pointsPerWeight int) *ring {
 	}
 	for b := range len(r.start) - 1 {
 		if bucket := r.points[r.start[b]:r.start[b+1]]; len(bucket) > 1 {
-			slices.SortFunc(bucket, func(p, q uint32) int { // a few points each
-				return cmp.Or(cmp.Compare(p>>r.bucketBits, q>>r.bucketBits), cmp.Compare(seeds[p&r.ownerMask], seeds[q&r.ownerMask]))
-			})
+			slices.Sort(bucket) // a few points each
+			r.orderTies(bucket, seeds)
 		}
 	}
 	for _, c := range counts {
@@ -115,6 +114,23 @@ func newRing(members []ringMember, pointsPerWeight int) *ring {
 		}
 	}
 	return r
+}
+
+// orderTies orders the points of a sorted bucket that are at one position
+// by their owners' seeds rather than their indexes, which change as other
+// members come and go: a few pairs in a large ring.
+func (r *ring) orderTies(bucket []uint32, seeds []uint64) {
+	for i := 1; i < len(bucket); i++ {
+		first := i - 1
+		for i < len(bucket) && bucket[i]>>r.bucketBits == bucket[first]>>r.bucketBits {
+			i++
+		}
+		if i-first > 1 {
+			slices.SortFunc(bucket[first:i], func(p, q uint32) int {
+				return cmp.Compare(seeds[p&r.ownerMask], seeds[q&r.ownerMask])
+			})
+		}
+	}
 }
 
 // bucket returns the bucket of a position.
