@@ -24,7 +24,7 @@ const chainLegVar = "mesh.chain_leg"
 // healthy instance, its failover targets in order. On the first attempt of
 // a request it does the route's and split's actions on r; a retry keeps the
 // route and split of the first attempt, and picks the target anew.
-func (f *chainFollower) upstreams(r *http.Request, p pool.Preselector) ([]*reverseproxy.Upstream, error) {
+func (f *chainFollower) upstreams(r *http.Request, handout *pool.Handout) ([]*reverseproxy.Upstream, error) {
 	ev := f.current.Load()
 	if ev == nil {
 		pool.Attach(r, nil)
@@ -49,7 +49,7 @@ func (f *chainFollower) upstreams(r *http.Request, p pool.Preselector) ([]*rever
 	if target.requests != nil {
 		target.requests.Inc()
 	}
-	return pool.HandOut(r, snap, p), nil
+	return handout.Upstreams(r, snap), nil
 }
 
 // leg returns the leg of the chain for r: the one an earlier attempt of r

@@ -148,7 +148,7 @@ type ConsulUpstreams struct {
 	chain       *chainFollower // the service's discovery chain, with chain
 	lazy        *lazyServices  // the services, when the name has placeholders
 	serviceName reqkey.Func    // evaluates a name with placeholders
-	preselector pool.Preselector
+	handout     *pool.Handout  // hands out the whole pool, or the policy's candidates
 	logger      *zap.Logger
 }
 
@@ -174,7 +174,7 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 		return err
 	}
 	cu.filter = cu.fullFilter()
-	cu.preselector = pool.PreselectorOf(pool.EnclosingProxy(ctx))
+	cu.handout = pool.NewHandout(pool.EnclosingProxy(ctx), cu.logger)
 	cu.datacenters = cu.Datacenters
 	if len(cu.datacenters) == 0 {
 		cu.datacenters = []string{cu.conn.Datacenter}
@@ -250,12 +250,12 @@ func (cu *ConsulUpstreams) Cleanup() error {
 // answers current (but the first request for a service named by
 // placeholders waits for its first answer). It records the snapshot behind
 // the upstreams in r for weight-aware policies. With a policy that can
-// preselect, such as smooth_weighted or consistent_hash, and a large pool,
-// the upstreams are the few candidates the policy names for r (see
-// pool.Preselector).
+// preselect, such as smooth_weighted, consistent_hash or least_latency, and
+// a large pool, the upstreams are the few candidates the policy names for r
+// (see pool.Handout).
 func (cu *ConsulUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	if cu.chain != nil {
-		return cu.chain.upstreams(r, cu.preselector)
+		return cu.chain.upstreams(r, cu.handout)
 	}
 	sw := cu.static
 	if cu.lazy != nil {
@@ -269,7 +269,14 @@ func (cu *ConsulUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstre
 		pool.Attach(r, nil)
 		return nil, sw.noAnswer()
 	}
-	return pool.HandOut(r, snap, cu.preselector), nil
+	return cu.handout.Upstreams(r, snap), nil
+}
+
+// ResetCache is called by Caddy before each retry of r: the retry gets the
+// whole pool, not only the candidates that may all have failed.
+func (cu *ConsulUpstreams) ResetCache(r *http.Request) error {
+	cu.handout.Retry(r)
+	return nil
 }
 
 // validate rejects bad values, naming the field and the value.
@@ -359,7 +366,8 @@ func (cu *ConsulUpstreams) fullFilter() string {
 
 // Interface guards
 var (
-	_ caddy.Provisioner           = (*ConsulUpstreams)(nil)
-	_ caddy.CleanerUpper          = (*ConsulUpstreams)(nil)
-	_ reverseproxy.UpstreamSource = (*ConsulUpstreams)(nil)
+	_ caddy.Provisioner                  = (*ConsulUpstreams)(nil)
+	_ caddy.CleanerUpper                 = (*ConsulUpstreams)(nil)
+	_ reverseproxy.UpstreamSource        = (*ConsulUpstreams)(nil)
+	_ reverseproxy.CachingUpstreamSource = (*ConsulUpstreams)(nil)
 )

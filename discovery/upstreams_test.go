@@ -258,7 +258,7 @@ func BenchmarkGetUpstreams(b *testing.B) {
 		})
 		b.Run(fmt.Sprintf("instances=%d/source=consul-with-candidates", n), func(b *testing.B) {
 			cu := staticSource(answered(instanceNames(n)))
-			cu.preselector = naming{0, 1, 2, 3, 4, 5, 6, 7} // the policy's own cost is in lbpolicy's benchmarks
+			cu.handout = handoutWith(naming{0, 1, 2, 3, 4, 5, 6, 7}) // the policy's own cost is in lbpolicy's benchmarks
 			r := newRequest()
 			b.ReportAllocs()
 			for b.Loop() {

@@ -74,7 +74,7 @@ func (rt *Router) provisionProxies(ctx caddy.Context) error {
 		if err := h.Provision(ctx); err != nil {
 			return fmt.Errorf("mesh_router: proxy: %v", err)
 		}
-		h.DynamicUpstreams = routeUpstreams{preselector: pool.PreselectorOf(h)}
+		h.DynamicUpstreams = routeUpstreams{handout: pool.NewHandout(h, rt.logger)}
 		rt.proxies[kind] = h
 	}
 	return nil
@@ -114,7 +114,7 @@ func withUpstreamHost(h *reverseproxy.Handler) {
 // routeUpstreams gives the reverse proxies of mesh_router the healthy
 // instances of the route chosen for a request.
 type routeUpstreams struct {
-	preselector pool.Preselector // the proxy's policy, if it can preselect
+	handout *pool.Handout // hands out the whole pool, or the policy's candidates
 }
 
 // GetUpstreams returns the instances of the request's route, or the
@@ -124,5 +124,12 @@ func (ru routeUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 	if e == nil {
 		return nil, errNoRoute
 	}
-	return pool.HandOut(r, e.instances, ru.preselector), nil
+	return ru.handout.Upstreams(r, e.instances), nil
+}
+
+// ResetCache is called by Caddy before each retry of r: the retry gets the
+// whole pool.
+func (ru routeUpstreams) ResetCache(r *http.Request) error {
+	ru.handout.Retry(r)
+	return nil
 }

@@ -322,5 +322,6 @@ var (
 	_ caddy.Provisioner           = (*Router)(nil)
 	_ caddy.CleanerUpper          = (*Router)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Router)(nil)
-	_ reverseproxy.UpstreamSource = routeUpstreams{}
+	_ reverseproxy.UpstreamSource        = routeUpstreams{}
+	_ reverseproxy.CachingUpstreamSource = routeUpstreams{}
 )

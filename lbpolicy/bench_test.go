@@ -101,12 +101,14 @@ func BenchmarkSelect(b *testing.B) {
 func BenchmarkPreselect(b *testing.B) {
 	for _, n := range []int{64, 256} {
 		snapshot, upstreams := largePool(n)
-		for name, p := range preselectingPolicies(b) {
+		policies := preselectingPolicies(b)
+		policies["least_latency"] = newTestLeastLatency(b)
+		for name, p := range policies {
 			b.Run(fmt.Sprintf("upstreams=%d/policy=%s", n, name), func(b *testing.B) {
 				next := newBenchmarkRequest()
 				indexes := make([]int, 0, pool.MaxCandidates)
 				candidates := make(reverseproxy.UpstreamPool, pool.MaxCandidates)
-				preselection := &pool.Preselection{Snapshot: snapshot}
+				preselection := &pool.Preselection{By: p, Snapshot: snapshot}
 				b.ReportAllocs()
 				for b.Loop() {
 					r := next()

@@ -44,7 +44,7 @@ type ConsistentHash struct {
 	Key string `json:"key,omitempty"`
 
 	// Ring points per unit of weight. More points spread keys more evenly
-	// at the cost of memory (8 bytes a point, plus an index). Default:
+	// at the cost of memory (4 bytes a point, plus an index). Default:
 	// 1024, which keeps the busiest of 100 equal upstreams within 7% of the
 	// mean; at most 65536.
 	Points int `json:"points,omitempty"`
@@ -124,7 +124,7 @@ func (ch *ConsistentHash) Validate() error {
 // Select returns the upstream the request's key belongs to; see
 // ConsistentHash. A nil ResponseWriter is fine.
 func (ch *ConsistentHash) Select(upstreams reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
-	if p := pool.PreselectionOf(r); p != nil && len(p.Candidates) == len(upstreams) {
+	if p := pool.PreselectionBy(r, ch, upstreams); p != nil {
 		return ch.selectCandidate(upstreams, p)
 	}
 	key := ch.key(r)

@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -32,7 +34,9 @@ func init() {
 // counts as 5 seconds; a Retry-After on a 429 or 503 holds that until the
 // time it says. Weights are Consul's for upstreams of the consul source,
 // else 1; weight 0 means never. Unavailable upstreams (Caddy's passive
-// health checks, request limits) are skipped.
+// health checks, request limits) are skipped. From a large pool of the
+// consul source it names a few instances drawn at random, so that Caddy
+// need not prepare every one (see pool.Preselector).
 //
 // The policy measures round trips by wrapping the transport of its
 // reverse_proxy, whichever it is (the round trip lasts until the response
@@ -125,24 +129,75 @@ func (ll *LeastLatency) Cleanup() error {
 // Select returns the cheaper of two available upstreams drawn at random,
 // or nil when none is available.
 func (ll *LeastLatency) Select(upstreams reverseproxy.UpstreamPool, r *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
+	if p := pool.PreselectionBy(r, ll, upstreams); p != nil {
+		return ll.selectCandidate(upstreams, p)
+	}
 	lp := ll.pools.get(upstreams, r, nil, ll.build)
-	now := clock()
 	first, second := twoChoices(len(upstreams), func(i int) bool {
 		return lp.weights[i] > 0 && upstreams[i].Available()
 	})
-	switch {
-	case first < 0:
+	return ll.cheaper(lp, upstreams, first, second, func(i int) int { return i })
+}
+
+// Preselect names up to pool.MaxCandidates distinct instances of s with
+// weight, drawn at random: Select takes the cheaper of the first two of
+// them that are available, the power of two choices over the pool.
+func (ll *LeastLatency) Preselect(s *pool.Snapshot, _ *http.Request, candidates []int) []int {
+	lp := ll.pools.forSnapshot(s, nil, ll.build)
+	named := len(candidates)
+	for range drawsPerCandidate * pool.MaxCandidates {
+		if len(candidates)-named == pool.MaxCandidates {
+			break
+		}
+		if i := rand.IntN(len(s.Instances)); lp.weights[i] > 0 && !slices.Contains(candidates[named:], i) {
+			candidates = append(candidates, i)
+		}
+	}
+	return candidates
+}
+
+// drawsPerCandidate bounds the random draws Preselect makes, per candidate
+// it names: a pool in which most instances have weight 0 gets fewer.
+const drawsPerCandidate = 4
+
+// selectCandidate returns the cheaper of the first two available of the
+// candidates that Preselect named, or nil when none is available.
+func (ll *LeastLatency) selectCandidate(candidates reverseproxy.UpstreamPool, p *pool.Preselection) *reverseproxy.Upstream {
+	first, second := -1, -1
+	for k, u := range candidates {
+		if !u.Available() {
+			continue
+		}
+		if first >= 0 {
+			second = k
+			break
+		}
+		first = k
+	}
+	lp := ll.pools.forSnapshot(p.Snapshot, nil, ll.build)
+	return ll.cheaper(lp, candidates, first, second, func(k int) int { return p.Candidates[k] })
+}
+
+// cheaper returns the cheaper of upstreams[first] and upstreams[second]
+// (-1: none), the members of lp at member(first) and member(second).
+func (ll *LeastLatency) cheaper(lp *latencyPool, upstreams reverseproxy.UpstreamPool, first, second int, member func(int) int) *reverseproxy.Upstream {
+	if first < 0 {
 		return nil
-	case second >= 0 && ll.cost(lp, upstreams, second, now) < ll.cost(lp, upstreams, first, now):
+	}
+	if second < 0 {
+		return upstreams[first]
+	}
+	now := clock()
+	if ll.cost(lp, member(second), upstreams[second], now) < ll.cost(lp, member(first), upstreams[first], now) {
 		return upstreams[second]
 	}
 	return upstreams[first]
 }
 
-// cost returns the cost of sending upstreams[i] one more request at time
-// now.
-func (ll *LeastLatency) cost(lp *latencyPool, upstreams reverseproxy.UpstreamPool, i int, now time.Duration) float64 {
-	return ll.estimator.cost(&lp.estimate(i).estimate, now, upstreams[i].NumRequests(), lp.weights[i])
+// cost returns the cost of sending u, member i of lp, one more request at
+// time now.
+func (ll *LeastLatency) cost(lp *latencyPool, i int, u *reverseproxy.Upstream, now time.Duration) float64 {
+	return ll.estimator.cost(&lp.estimate(i).estimate, now, u.NumRequests(), lp.weights[i])
 }
 
 // latencyPool is a pool's estimates and weights, in the order of its
@@ -180,4 +235,5 @@ var (
 	_ caddy.Validator       = (*LeastLatency)(nil)
 	_ caddy.CleanerUpper    = (*LeastLatency)(nil)
 	_ reverseproxy.Selector = (*LeastLatency)(nil)
+	_ pool.Preselector      = (*LeastLatency)(nil)
 )

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
@@ -96,16 +97,25 @@ func largePool(n int) (*pool.Snapshot, reverseproxy.UpstreamPool) {
 	return pool.NewSnapshot(instances), upstreamsNamed(names...)
 }
 
-// attempt does what the consul source does for a preselected attempt of
-// r: it asks p for candidates, attaches them, and returns their upstreams.
-func attempt(p pool.Preselector, s *pool.Snapshot, all reverseproxy.UpstreamPool, r *http.Request) reverseproxy.UpstreamPool {
-	ps := &pool.Preselection{Snapshot: s, Candidates: p.Preselect(s, r, make([]int, 0, pool.MaxCandidates))}
-	pool.AttachPreselection(r, ps)
-	var upstreams reverseproxy.UpstreamPool
-	for _, i := range ps.Candidates {
-		upstreams = append(upstreams, all[i])
+// attempt does what the consul source and Caddy do for an attempt of r
+// when p is the proxy's policy: the handout names the candidates and
+// records them in r, and each gets the Host of its address in all, as
+// Caddy's provisioning of upstreams does.
+func attempt(p preselectingPolicy, s *pool.Snapshot, all reverseproxy.UpstreamPool, r *http.Request) reverseproxy.UpstreamPool {
+	hosts := map[string]*reverseproxy.Host{}
+	for _, u := range all {
+		hosts[u.Dial] = u.Host
+	}
+	upstreams := handoutFor(p).Upstreams(r, s)
+	for _, u := range upstreams {
+		u.Host = hosts[u.Dial]
 	}
 	return upstreams
+}
+
+// handoutFor returns the handout of a reverse_proxy whose policy is p.
+func handoutFor(p reverseproxy.Selector) *pool.Handout {
+	return pool.NewHandout(&reverseproxy.Handler{LoadBalancing: &reverseproxy.LoadBalancing{SelectionPolicy: p}}, nil)
 }
 
 // preselectingPolicy is a policy that can preselect.
@@ -138,7 +148,7 @@ func TestPreselectedSelectMatchesTheWholePool(t *testing.T) {
 				pool.Attach(r, snapshot)
 				want := whole.Select(upstreams, r, nil)
 				got := preselecting.Select(attempt(preselecting, snapshot, upstreams, r), r, nil)
-				if got != want {
+				if got.Dial != want.Dial {
 					t.Fatalf("request %d: preselected %s, the whole pool %s", i, got.Dial, want.Dial)
 				}
 			}
@@ -158,7 +168,9 @@ func TestPreselectAndSelectDoNotAllocate(t *testing.T) {
 	snapshot, upstreams := largePool(256)
 	r := caddyRequest("203.0.113.7")
 	r.Header.Set("X-User", "alice")
-	for name, p := range preselectingPolicies(t) {
+	policies := preselectingPolicies(t)
+	policies["least_latency"] = newTestLeastLatency(t)
+	for name, p := range policies {
 		candidates := attempt(p, snapshot, upstreams, r) // builds
 		into := make([]int, 0, pool.MaxCandidates)
 		allocs := testing.AllocsPerRun(1000, func() {
@@ -168,5 +180,85 @@ func TestPreselectAndSelectDoNotAllocate(t *testing.T) {
 		if allocs != 0 {
 			t.Errorf("%s allocates %v times per preselected attempt, want 0", name, allocs)
 		}
+	}
+}
+
+// A policy chooses from upstreams as from a whole pool unless it named
+// them itself: another policy's candidates, as many as the upstreams, do
+// not fool it.
+func TestPolicyTrustsOnlyItsOwnCandidates(t *testing.T) {
+	snapshot, all := largePool(100)
+	other := provisioned(t, &ConsistentHash{Key: "{http.request.header.X-User}"})
+	for name, p := range preselectingPolicies(t) {
+		for i := range 200 {
+			r := caddyRequest("")
+			r.Header.Set("X-User", fmt.Sprintf("user-%d", i))
+			upstreams := attempt(other, snapshot, all, r)
+			if pool.PreselectionOf(r) == nil {
+				t.Fatalf("request %d: no candidates named", i)
+			}
+			if pool.PreselectionBy(r, p, upstreams) != nil {
+				t.Fatalf("%s trusts the candidates of another policy", name)
+			}
+			if pool.PreselectionBy(r, other, upstreams) == nil {
+				t.Fatalf("the policy that named the candidates does not trust them")
+			}
+			if pool.PreselectionBy(r, other, upstreams[1:]) != nil {
+				t.Fatalf("candidates trusted for fewer upstreams than were named")
+			}
+		}
+	}
+}
+
+// least_latency names distinct instances with weight, each about as often
+// as the others, and takes the cheaper of the first two available: from
+// candidates as from the whole pool, a slow instance loses its draws.
+// (That unavailable upstreams are skipped is tested through Caddy.)
+func TestLeastLatencyCandidates(t *testing.T) {
+	const n, attempts = 40, 4000
+	instances := make([]pool.Instance, n)
+	names := make([]string, n)
+	for i := range instances {
+		names[i] = fmt.Sprintf("candidate-%d", i)
+		instances[i] = pool.Instance{Dial: names[i] + ":80", Weight: 1}
+	}
+	instances[3].Weight = 0
+	snapshot, all := pool.NewSnapshot(instances), upstreamsNamed(names...)
+	ll := newTestLeastLatency(t)
+	rtts := make([]time.Duration, n)
+	for i := range rtts {
+		rtts[i] = time.Millisecond
+	}
+	rtts[7] = 50 * time.Millisecond
+	measured(ll, all, rtts...)
+
+	named := map[int]int{}
+	chosen := map[string]int{}
+	for range attempts {
+		r := caddyRequest("")
+		upstreams := attempt(ll, snapshot, all, r)
+		candidates := pool.PreselectionOf(r).Candidates
+		if len(candidates) != pool.MaxCandidates || len(upstreams) != pool.MaxCandidates {
+			t.Fatalf("%d candidates, %d upstreams, want %d", len(candidates), len(upstreams), pool.MaxCandidates)
+		}
+		for k, c := range candidates {
+			if slices.Contains(candidates[:k], c) || c == 3 {
+				t.Fatalf("candidates %v: a repeat, or instance 3 of weight 0", candidates)
+			}
+			named[c]++
+		}
+		chosen[ll.Select(upstreams, r, nil).Dial]++
+	}
+	want := attempts * pool.MaxCandidates / (n - 1)
+	for i := range n {
+		if i != 3 && (named[i] < want*8/10 || named[i] > want*12/10) {
+			t.Errorf("instance %d named %d times, want about %d", i, named[i], want)
+		}
+	}
+	if got := chosen[all[7].Dial]; got > attempts/200 {
+		t.Errorf("the slow instance chosen %d times of %d, want under 0.5%%", got, attempts)
+	}
+	if got := len(chosen); got < n-2 {
+		t.Errorf("%d instances chosen, want all %d but the slow and the weightless", got, n-2)
 	}
 }

@@ -1,6 +1,7 @@
 package lbpolicy
 
 import (
+	"cmp"
 	"math/bits"
 	"slices"
 
@@ -17,34 +18,44 @@ import (
 //
 // Lookup is O(1): the points are laid out by a counting sort on their top
 // bits, whose bucket offsets double as an index, so a position is found by
-// one index load and a scan of a few points in one or two cache lines.
+// one index load and a scan of a few points in one cache line. Positions
+// are compared by their top 32 bits, whatever the ring's size, so that the
+// members that stay decide ties as they did; a point takes 4 bytes (its
+// bucket's bits are implied by where it lies, and make room for its
+// owner's index), so that the ring of 256 upstreams at the default 1,024
+// points each, 1 MiB with an index of 256 KiB, stays in a core's cache
+// while keys vary.
 type ring struct {
-	// points are sorted; each holds a position in its high bits and its
-	// owner's member index in the low ownerBits.
-	points []uint64
-	// start[b] is the index of the first point whose top bits are >= b;
-	// start has one more entry than there are buckets.
+	// points are bucket by bucket, clockwise; each holds the bits of its
+	// position below its bucket's (of the top 32) in its high bits and its
+	// owner's member index in its low bucketBits, sorted within a bucket
+	// by position and, for points at one position, by their owners'
+	// identities.
+	points []uint32
+	// start[b] is the index of the first point of bucket b or a later
+	// one; start has one more entry than there are buckets.
 	start []uint32
-	// shift turns a position into its bucket: position >> shift.
-	shift uint
+	// bucketBits is how many top bits of a position name its bucket, and
+	// how many low bits of a point name its owner.
+	bucketBits uint
+	// ownerMask keeps the low bucketBits bits of a point.
+	ownerMask uint32
 	// members is the number of members that own points.
 	members int
 }
 
 const (
-	// ownerBits is how many low bits of a point name its owner: a ring has
-	// at most 65,536 members.
-	ownerBits = 16
-	ownerMask = 1<<ownerBits - 1
 	// maxMembers is the largest number of members a ring can hold.
-	maxMembers = 1 << ownerBits
-	// maxPoints caps the size of a ring (4 MiB of points, built in about
+	maxMembers = 1 << 16
+	// maxPoints caps the size of a ring (2 MiB of points, built in about
 	// 20 ms); beyond it, the points per unit of weight are scaled down, as
 	// happens at the default from 512 equal upstreams on.
 	maxPoints = 1 << 19
-	// maxBucketBits caps the index at 2^17 buckets (512 KiB): about one
-	// point per bucket for rings of up to 128Ki points, and an index small
-	// enough to stay in cache while a larger ring is built.
+	// pointsPerBucket is, as a power of two, the fewest points a bucket
+	// holds on average when the ring has more points than members: 4 to 8,
+	// 16 to 32 bytes.
+	pointsPerBucket = 3
+	// maxBucketBits caps the index at 2^17 buckets (512 KiB).
 	maxBucketBits = 17
 	// defaultPoints is the default number of points per unit of weight:
 	// with two probes, it keeps the busiest of 100 equal upstreams within
@@ -71,25 +82,30 @@ func newRing(members []ringMember, pointsPerWeight int) *ring {
 	for _, c := range counts {
 		total += c
 	}
-	r := &ring{points: make([]uint64, total)}
-	bucketBits := min(max(bits.Len(uint(total)), 1), maxBucketBits)
-	r.shift = 64 - uint(bucketBits)
-	r.start = make([]uint32, 1<<bucketBits+1)
+	r := &ring{points: make([]uint32, total)}
+	r.bucketBits = uint(min(max(bits.Len(uint(total))-pointsPerBucket, bits.Len(uint(len(members)-1)), 1), maxBucketBits))
+	r.ownerMask = 1<<r.bucketBits - 1
+	r.start = make([]uint32, 1<<r.bucketBits+1)
 
 	// Counting sort on the top bits: count, offset, place.
-	forEachPoint(members, counts, func(p uint64) { r.start[p>>r.shift+1]++ })
+	forEachPoint(members, counts, func(member int, p uint32) { r.start[r.bucket(p)+1]++ })
 	for b := 1; b < len(r.start); b++ {
 		r.start[b] += r.start[b-1]
 	}
 	next := slices.Clone(r.start[:len(r.start)-1])
-	forEachPoint(members, counts, func(p uint64) {
-		b := p >> r.shift
-		r.points[next[b]] = p
+	forEachPoint(members, counts, func(member int, p uint32) {
+		b := r.bucket(p)
+		r.points[next[b]] = p<<r.bucketBits | uint32(member)
 		next[b]++
 	})
+	seeds := make([]uint64, len(members))
+	for i, m := range members {
+		seeds[i] = xxhash.Sum64String(m.id)
+	}
 	for b := range len(r.start) - 1 {
 		if bucket := r.points[r.start[b]:r.start[b+1]]; len(bucket) > 1 {
 			slices.Sort(bucket) // a few points each
+			r.orderTies(bucket, seeds)
 		}
 	}
 	for _, c := range counts {
@@ -98,6 +114,28 @@ func newRing(members []ringMember, pointsPerWeight int) *ring {
 		}
 	}
 	return r
+}
+
+// orderTies orders the points of a sorted bucket that are at one position
+// by their owners' seeds rather than their indexes, which change as other
+// members come and go: a few pairs in a large ring.
+func (r *ring) orderTies(bucket []uint32, seeds []uint64) {
+	for i := 1; i < len(bucket); i++ {
+		first := i - 1
+		for i < len(bucket) && bucket[i]>>r.bucketBits == bucket[first]>>r.bucketBits {
+			i++
+		}
+		if i-first > 1 {
+			slices.SortFunc(bucket[first:i], func(p, q uint32) int {
+				return cmp.Compare(seeds[p&r.ownerMask], seeds[q&r.ownerMask])
+			})
+		}
+	}
+}
+
+// bucket returns the bucket of a position.
+func (r *ring) bucket(position uint32) uint32 {
+	return position >> (32 - r.bucketBits)
 }
 
 // pointCounts returns how many points each member owns.
@@ -127,11 +165,11 @@ func pointCounts(members []ringMember, pointsPerWeight int) []int {
 
 // forEachPoint calls f with every point of every member: positions from
 // the splitmix64 sequence seeded by the hash of the member's identity.
-func forEachPoint(members []ringMember, counts []int, f func(point uint64)) {
+func forEachPoint(members []ringMember, counts []int, f func(member int, position uint32)) {
 	for i, m := range members {
 		seed := xxhash.Sum64String(m.id)
 		for k := range counts[i] {
-			f(mix(seed+uint64(k)*golden)&^ownerMask | uint64(i))
+			f(i, uint32(mix(seed+uint64(k)*golden)>>32))
 		}
 	}
 }
@@ -147,25 +185,49 @@ func mix(x uint64) uint64 {
 }
 
 // successor returns the index of the first point at or clockwise of
-// position.
-func (r *ring) successor(position uint64) int {
-	i := int(r.start[position>>r.shift])
-	for i < len(r.points) && r.points[i] < position {
+// position, and how far clockwise of position it is.
+func (r *ring) successor(position uint32) (int, uint32) {
+	b := r.bucket(position)
+	target := position << r.bucketBits
+	i, end := r.start[b], r.start[b+1]
+	for i < end && r.points[i] < target {
 		i++
 	}
-	if i == len(r.points) {
-		return 0
+	if i < end {
+		return int(i), (r.points[i] - target) >> r.bucketBits
 	}
-	return i
+	return r.firstAfter(b, position)
+}
+
+// firstAfter returns the first point of the buckets after bucket b,
+// clockwise, and how far clockwise of position (in bucket b) it is.
+func (r *ring) firstAfter(b, position uint32) (int, uint32) {
+	i := r.start[b+1]
+	if int(i) == len(r.points) {
+		i, b = 0, 0
+		for r.start[b+1] == 0 {
+			b++
+		}
+	} else {
+		for b++; r.start[b+1] == i; b++ {
+		}
+	}
+	return int(i), r.position(b, i) - position
+}
+
+// position returns the position of point i, of bucket b.
+func (r *ring) position(b, i uint32) uint32 {
+	return b<<(32-r.bucketBits) | r.points[i]>>r.bucketBits
 }
 
 // home returns the index of the point a key hash belongs to: of its probes'
-// successors, the nearest. Both probes' positions are computed first, so
-// that their memory loads overlap.
+// successors, the nearest (the first probe's, when they are as near). Both
+// probes' positions are computed first, so that their memory loads overlap.
 func (r *ring) home(hash uint64) int {
-	first, second := hash, mix(hash+golden)
-	i, j := r.successor(first), r.successor(second)
-	if r.points[j]-second < r.points[i]-first {
+	first, second := uint32(hash>>32), uint32(mix(hash+golden)>>32)
+	i, toFirst := r.successor(first)
+	j, toSecond := r.successor(second)
+	if toSecond < toFirst {
 		return j
 	}
 	return i
@@ -233,7 +295,7 @@ func (r *ring) walk(i int, usable func(member int) bool) int {
 
 // owner returns the member that owns point i.
 func (r *ring) owner(i int) int {
-	return int(r.points[i] & ownerMask)
+	return int(r.points[i] & r.ownerMask)
 }
 
 // memberSet is a set of member indexes that does not allocate until it

@@ -50,9 +50,9 @@ func shares(owners []int, members int) []int {
 }
 
 func TestRingBalanceAndMinimalDisruption(t *testing.T) {
-	hashes := keyHashes(1_000_000)
-	for _, n := range []int{10, 100} {
+	for _, n := range []int{10, 100, 256} {
 		t.Run(fmt.Sprintf("%d_upstreams", n), func(t *testing.T) {
+			hashes := keyHashes(max(1_000_000, 16_000*n)) // sampling adds under 2.5% to the peak
 			all := members(n)
 			before := owners(newRing(all, defaultPoints), hashes, allUsable)
 			counts := shares(before, n)
@@ -85,6 +85,35 @@ func TestRingBalanceAndMinimalDisruption(t *testing.T) {
 }
 
 func allUsable(int) bool { return true }
+
+// Each point keeps only its position's bits below its bucket's; successor
+// finds the same point, at the same distance, as a binary search of every
+// point by its whole position, across empty buckets and the ring's end too.
+func TestRingSuccessorIsTheNearestPointClockwise(t *testing.T) {
+	random := rand.New(rand.NewPCG(5, 6))
+	for _, ring := range []*ring{newRing(members(3), 2), newRing(members(64), defaultPoints)} {
+		var positions []uint32 // of each point, by index
+		for b := range uint32(len(ring.start) - 1) {
+			for i := ring.start[b]; i < ring.start[b+1]; i++ {
+				positions = append(positions, ring.position(b, i))
+			}
+		}
+		if !slices.IsSorted(positions) {
+			t.Fatal("points out of order")
+		}
+		for range 100_000 {
+			position := random.Uint32()
+			want, _ := slices.BinarySearch(positions, position)
+			if want == len(positions) {
+				want = 0
+			}
+			got, distance := ring.successor(position)
+			if got != want || distance != positions[want]-position {
+				t.Fatalf("successor of %#x: point %d at distance %#x, want %d at %#x", position, got, distance, want, positions[want]-position)
+			}
+		}
+	}
+}
 
 func TestRingSharesFollowWeights(t *testing.T) {
 	hashes := keyHashes(1_000_000)

@@ -55,7 +55,7 @@ func (sw *SmoothWeighted) Validate() error {
 // Select returns the next available upstream of the cycle, or nil when
 // none is available.
 func (sw *SmoothWeighted) Select(upstreams reverseproxy.UpstreamPool, r *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
-	if p := pool.PreselectionOf(r); p != nil && len(p.Candidates) == len(upstreams) {
+	if p := pool.PreselectionBy(r, sw, upstreams); p != nil {
 		return sw.selectCandidate(upstreams, p.Snapshot)
 	}
 	s := sw.schedules.get(upstreams, r, sw.Weights, buildSchedule)

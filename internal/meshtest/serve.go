@@ -25,7 +25,7 @@ func MainWithConsul(m *testing.M, agent **consultest.Agent) {
 // Serve loads a Caddyfile config whose mesh app points at the Consul at
 // consulAddr, with one site on a free port whose body is site; it returns
 // the site's URL.
-func Serve(t *testing.T, consulAddr, site string) string {
+func Serve(t testing.TB, consulAddr, site string) string {
 	t.Helper()
 	port := FreePort()
 	Load(t, fmt.Sprintf(`{

@@ -2,7 +2,8 @@
 // policy share without importing each other: an immutable snapshot of a
 // service's instances, the request variable that carries the snapshot (or
 // the candidates a policy preselected from it) from the source's
-// GetUpstreams to the policy's Select, and the Preselector interface.
+// GetUpstreams to the policy's Select, the Preselector interface, and the
+// Handout that a source hands its upstreams to Caddy with.
 package pool
 
 import (
@@ -99,6 +100,9 @@ const PreselectAbove = 16
 // a Preselector chose: the upstreams of the attempt are the instances
 // Snapshot.Instances[Candidates[0]], Snapshot.Instances[Candidates[1]]...
 type Preselection struct {
+	// By is the policy that named the candidates; a policy trusts only
+	// the preselections it made (see PreselectionBy).
+	By Preselector
 	// Snapshot is the pool the candidates were chosen from.
 	Snapshot *Snapshot
 	// Candidates are indexes into Snapshot.Instances, best first.
@@ -116,6 +120,16 @@ func AttachPreselection(r *http.Request, p *Preselection) {
 func PreselectionOf(r *http.Request) *Preselection {
 	p, _ := caddyhttp.GetVar(r.Context(), varName).(*Preselection)
 	return p
+}
+
+// PreselectionBy returns the preselection attached to r when policy made
+// it and it names as many candidates as there are upstreams; nil
+// otherwise, when policy must choose from upstreams as a whole pool.
+func PreselectionBy(r *http.Request, policy Preselector, upstreams []*reverseproxy.Upstream) *Preselection {
+	if p := PreselectionOf(r); p != nil && p.By == policy && len(p.Candidates) == len(upstreams) {
+		return p
+	}
+	return nil
 }
 
 // EnclosingProxy returns the reverse_proxy handler that ctx is
