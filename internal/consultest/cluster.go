@@ -1,12 +1,12 @@
 package consultest
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"time"
 )
 
@@ -118,6 +118,22 @@ func (c *Cluster) Restart() error {
 	return errors.Join(errs...)
 }
 
+// Pause freezes the agent (SIGSTOP), as a long GC pause, a stalled disk
+// or a partition would: it answers nothing and, a server, falls behind
+// its leader, until Resume.
+func (a *Agent) Pause() {
+	if a.cmd != nil {
+		_ = a.cmd.Process.Signal(syscall.SIGSTOP)
+	}
+}
+
+// Resume lets a paused agent run again (SIGCONT), with the state it had.
+func (a *Agent) Resume() {
+	if a.cmd != nil {
+		_ = a.cmd.Process.Signal(syscall.SIGCONT)
+	}
+}
+
 // Leader returns the server that leads the cluster now, as the running
 // servers see it.
 func (c *Cluster) Leader() (*Agent, error) {
@@ -152,26 +168,4 @@ func (c *Cluster) Stop() {
 	for _, s := range c.Servers {
 		s.Stop()
 	}
-}
-
-// SnapshotIndex is the Raft index of the newest snapshot the server has
-// written to its data dir, 0 when it has none: what a restarted server
-// serves, before it hears of the entries after it from a leader.
-func (a *Agent) SnapshotIndex() (uint64, error) {
-	metas, err := filepath.Glob(filepath.Join(a.dataDir, "raft", "snapshots", "*", "meta.json"))
-	if err != nil {
-		return 0, err
-	}
-	var newest uint64
-	for _, path := range metas {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			continue // being written, or being replaced by a newer one
-		}
-		var meta struct{ Index uint64 }
-		if json.Unmarshal(data, &meta) == nil {
-			newest = max(newest, meta.Index)
-		}
-	}
-	return newest, nil
 }
