@@ -1,12 +1,16 @@
 package chaos_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddymesh/caddymesh/internal/consultest"
 	"github.com/caddymesh/caddymesh/internal/loadgen"
+	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
 
 // Scenario 7: the client agent that the sidecars and the front share
@@ -62,4 +66,73 @@ func TestClientAgentLeaves(t *testing.T) {
 		}
 		f.proc.Stop(t)
 	}
+}
+
+// Scenario 10: the client agent that two sidecars register through killed
+// hard (SIGKILL) and restarted at once with a fresh data dir, as a host
+// rebuilt after a crash: it comes back under its node name with a new node
+// ID, and the servers, which still hold the old node alive, refuse its
+// updates ("Node name ... is reserved"). The sidecars register again with
+// the agent, which keeps them locally; the servers' catalog keeps the old
+// entries. Each sidecar's /mesh/registrations must say so (agent_only or
+// failing, with the servers' catalog in the reason), not registered. The front, whose old entries
+// still point at the running sidecars, fails no request.
+func TestClientAgentRestartedWithFreshDataDir(t *testing.T) {
+	dc := startDatacenter(t, sized(0, 3))
+	sidecars := []*sidecar{startSidecar(t, dc.client.Addr, "b-1", 0), startSidecar(t, dc.client.Addr, "b-2", 0)}
+	awaitPassing(t, dc.server, "b-1", "b-2")
+	for _, s := range sidecars {
+		awaitRegistration(t, s, func(r registrationState) bool { return r.State == "registered" })
+	}
+	f := startFront(t, readme(dc.counter.Addr()).caddyfile, "/")
+	awaitRouted(t, f, []string{"b-1", "b-2"})
+
+	before := dc.counter.Requests("")
+	load := loadgen.Start(newClient(t), rate, f.url+"/")
+	time.Sleep(500 * time.Millisecond)
+	killed := time.Now()
+	dc.client.Kill()
+	if err := dc.client.RestartWithFreshDataDir(); err != nil {
+		t.Fatal(err)
+	}
+	restarted := time.Since(killed)
+	var reasons []string
+	for _, s := range sidecars {
+		r := awaitRegistration(t, s, func(r registrationState) bool {
+			return (r.State == "agent_only" || r.State == "failing") && strings.Contains(r.Error, "catalog")
+		})
+		reasons = append(reasons, r.State+": "+r.Error)
+	}
+	told := time.Since(killed)
+	time.Sleep(sized(time.Second, 5*time.Second))
+	result := load.Stop()
+	record(t, "10. client agent SIGKILL, restarted with a fresh data dir", result, fmt.Sprintf(
+		"agent back in %s; both sidecars' registrations said %q %s after the kill; %d Consul requests from the front",
+		restarted.Round(10*time.Millisecond), reasons[0], told.Round(10*time.Millisecond), dc.counter.Requests("")-before))
+	expectNoFailure(t, result, "while the client agent was killed and restarted with a fresh data dir")
+}
+
+// registrationState is where a sidecar's registration stands, from its
+// /mesh/registrations.
+type registrationState struct {
+	State string
+	Error string
+}
+
+// awaitRegistration waits until the sidecar's only registration satisfies
+// cond, and returns it.
+func awaitRegistration(t *testing.T, s *sidecar, cond func(registrationState) bool) registrationState {
+	t.Helper()
+	var last []registrationState
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		status, body := meshtest.Get("http://" + s.admin + "/mesh/registrations")
+		last = nil
+		if status == http.StatusOK && json.Unmarshal([]byte(body), &last) == nil && len(last) == 1 && cond(last[0]) {
+			return last[0]
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s's registration did not get where the test waits for within 30s: %+v", s.id, last)
+	return registrationState{}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"text/template"
@@ -226,15 +227,26 @@ func (s watchState) staleness(t *testing.T) time.Duration {
 func awaitWatches(t *testing.T, f *front, timeout time.Duration, what string, cond func(watchState) bool) time.Duration {
 	t.Helper()
 	start := time.Now()
-	meshtest.Eventually(t, timeout, what, func() bool {
-		for _, s := range f.watchStates(t) {
-			if !cond(s) {
-				return false
-			}
+	for {
+		states := f.watchStates(t)
+		if !slices.ContainsFunc(states, func(s watchState) bool { return !cond(s) }) {
+			return time.Since(start)
 		}
-		return true
-	})
-	return time.Since(start)
+		if time.Since(start) > timeout {
+			t.Fatalf("not within %s: %s; the watches: %+v", timeout, what, states)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// awaitAllRoutedWithin waits up to timeout until every front spreads
+// requests over exactly ids.
+func awaitAllRoutedWithin(t *testing.T, fronts []*front, timeout time.Duration, ids ...string) {
+	t.Helper()
+	want := strings.Join(ids, ",")
+	for _, f := range fronts {
+		meshtest.Eventually(t, timeout, f.url+" routes to "+want, func() bool { return f.reached(10*len(ids)) == want })
+	}
 }
 
 // round rounds d for a row of the table.
