@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddymesh/caddymesh/internal/consultest"
 	"github.com/caddymesh/caddymesh/internal/loadgen"
 	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
@@ -18,21 +17,17 @@ import (
 // leaves the cluster, taking its node and every service registered through
 // it out of the catalog, and comes back with its data dir. With hold_last
 // (default 10s) the front keeps its last instances through the gap; with
-// hold_last 0 it answers 503 until they are back.
+// hold_last 0 it answers 503 until they are back. The servers are a dev
+// agent in the short form, three servers in the long form.
 func TestClientAgentLeaves(t *testing.T) {
-	server := startAgent(t)
-	client, err := consultest.Start(consultest.Options{ClientOf: server})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(client.Stop)
+	dc := startDatacenter(t, sized(0, 3))
 	var ids []string
 	for i := range 2 {
 		id := fmt.Sprintf("b-%d", i+1)
-		startSidecar(t, client.Addr, id, 0)
+		startSidecar(t, dc.client.Addr, id, 0)
 		ids = append(ids, id)
 	}
-	awaitPassing(t, server, ids...)
+	awaitPassing(t, dc.server, ids...)
 	for _, c := range []struct {
 		name     string
 		holdLast string
@@ -40,25 +35,28 @@ func TestClientAgentLeaves(t *testing.T) {
 		{"`hold_last 0`", "0"},
 		{"`hold_last` default (10s)", ""},
 	} {
-		config := readme(client.Addr)
+		config := readme(dc.counter.Addr())
 		config.HoldLast = c.holdLast
 		f := startFront(t, config.caddyfile, "/")
 		awaitRouted(t, f, ids)
+		before := dc.counter.Requests("")
 		load := loadgen.Start(newClient(t), rate, f.url+"/")
 		time.Sleep(500 * time.Millisecond)
 		left := time.Now()
-		client.Leave()
+		dc.client.Leave()
 		time.Sleep(sized(time.Second, 2*time.Second))
-		if err := client.Restart(); err != nil {
+		if err := dc.client.Restart(); err != nil {
 			t.Fatal(err)
 		}
-		awaitPassing(t, server, ids...)
+		awaitPassing(t, dc.server, ids...)
 		back := time.Since(left)
 		awaitRouted(t, f, ids)
+		converged := time.Since(left)
 		time.Sleep(500 * time.Millisecond)
 		result := load.Stop()
-		record(t, "7. client agent SIGTERM (leave) and back, "+c.name, result,
-			fmt.Sprintf("instances passing in the catalog again %s after the leave", back.Round(10*time.Millisecond)))
+		record(t, fmt.Sprintf("7. client agent SIGTERM (leave) and back, %s, %s", c.name, sized("dev server", "3 servers")), result,
+			fmt.Sprintf("instances passing in the catalog again %s after the leave, routed %s after it; %d Consul requests from the front",
+				back.Round(10*time.Millisecond), converged.Round(10*time.Millisecond), dc.counter.Requests("")-before))
 		if c.holdLast == "" {
 			expectNoFailure(t, result, "while the shared client agent left and came back")
 		} else if result.Failed == 0 {

@@ -18,6 +18,9 @@ import (
 // the last good instances meanwhile, and never goes back to the
 // deregistered one.
 func TestLeaderKilledDuringRoutingChange(t *testing.T) {
+	if !*full {
+		t.Skip("long form only (make chaos): caddymesh held through leader loss before issue 19, and make test's time goes to the scenarios of its fixes")
+	}
 	dc := startDatacenter(t, 3)
 	b := startBackends(t, dc.client, "b-1", "b-2", "b-3", "b-4")
 	fronts := startModesFront(t, dc.counter.Addr())
@@ -146,10 +149,9 @@ func TestClusterOutageWithHistory(t *testing.T) {
 			s.Kill()
 		}
 	}
-	outage := sized(2*time.Second, 5*time.Second)
-	time.Sleep(outage)
+	time.Sleep(sized(time.Second, 5*time.Second))
 	lagging.Resume()
-	alone := sized(5*time.Second, 15*time.Second) // within the 30s distrust after an outage
+	alone := sized(4*time.Second, 15*time.Second) // within the 30s distrust after an outage
 	time.Sleep(alone)
 	back := time.Now()
 	if err := dc.cluster.Restart(); err != nil {
@@ -158,7 +160,7 @@ func TestClusterOutageWithHistory(t *testing.T) {
 	restarted := time.Since(back)
 	recovered := awaitWatches(t, fronts[0], 60*time.Second, "every watch knows a leader again",
 		func(s watchState) bool { return *s.KnownLeader && s.staleness(t) < time.Second && s.LastError == "" })
-	time.Sleep(sized(2*time.Second, 10*time.Second))
+	time.Sleep(sized(time.Second, 10*time.Second))
 	load.stop(t, fmt.Sprintf("11. cluster outage: 2 servers killed, the lagging third alone for %s, then the others restarted", alone), fmt.Sprintf(
 		"the front served index %v; %d older answers held back; leader elected %s after the restart, watches confirmed %s later; 0 requests to the instances deregistered before the outage",
 		served, heldBack(fronts[0]), round(restarted), round(recovered)))
