@@ -5,9 +5,8 @@
 // hanging, configs reloaded, a catalog of thousands of instances; in a
 // cluster of three Consul servers and a client agent, the leader killed,
 // quorum lost, the client agent killed or leaving, the servers coming back
-// in the worst order), and
-// asserts that no request failed and that the watches, goroutines, memory and
-// Consul request rate stay bounded.
+// in the worst order), and asserts that no request failed and that the
+// watches, goroutines, memory and Consul request rate stay bounded.
 //
 // `go test ./internal/chaos` runs the short form (part of `make test`);
 // `make chaos` runs the long form behind RESILIENCE.md and prints its table.

@@ -3,6 +3,8 @@ package consultest
 import (
 	"testing"
 	"time"
+
+	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
 
 // TestClusterElectsAnotherLeaderAndKeepsItsCatalog starts three servers and
@@ -33,7 +35,7 @@ func TestClusterElectsAnotherLeaderAndKeepsItsCatalog(t *testing.T) {
 	killed := time.Now()
 	leader.Kill()
 	var next *Agent
-	eventually(t, 20*time.Second, "another server leads", func() bool {
+	meshtest.Eventually(t, 20*time.Second, "another server leads", func() bool {
 		next, err = cluster.Leader()
 		return err == nil && next != leader
 	})
@@ -66,19 +68,8 @@ func nodeID(t *testing.T, a *Agent) string {
 // service.
 func awaitInstances(t *testing.T, a *Agent, service string, n int) {
 	t.Helper()
-	eventually(t, 20*time.Second, "the catalog lists the instances", func() bool {
+	meshtest.Eventually(t, 20*time.Second, "the catalog lists the instances", func() bool {
 		entries, _, err := a.Client.Health().Service(service, "", true, nil)
 		return err == nil && len(entries) == n
 	})
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
