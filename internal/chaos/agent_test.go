@@ -132,6 +132,6 @@ func awaitRegistration(t *testing.T, s *sidecar, cond func(registrationState) bo
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("%s's registration did not get where the test waits for within 30s: %+v", s.id, last)
+	t.Fatalf("%s's registration did not get where the test waits for within 30s: %+v\n%s", s.id, last, s.proc.Log())
 	return registrationState{}
 }
