@@ -201,7 +201,9 @@ const confirmedStaleness = 5 * time.Second
 func awaitConfirmed(t *testing.T, f *front) time.Duration {
 	t.Helper()
 	return awaitWatches(t, f, 60*time.Second, "every watch knows a leader again, confirmed",
-		func(s watchState) bool { return *s.KnownLeader && s.staleness(t) < confirmedStaleness && s.LastError == "" })
+		func(s watchState) bool {
+			return *s.KnownLeader && s.staleness(t) < confirmedStaleness && s.LastError == ""
+		})
 }
 
 // heldBack counts the answers older than what was served that the front
