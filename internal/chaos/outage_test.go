@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-
-	"github.com/caddymesh/caddymesh/internal/consultest"
 )
 
 // Scenario 8: the leader killed while the routing changes: an instance
@@ -92,14 +90,7 @@ func TestQuorumLoss(t *testing.T) {
 	}
 	outage := time.Since(lost)
 
-	back := time.Now()
-	for _, s := range []*consultest.Agent{leader, followers[0]} {
-		if err := s.Restart(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	restarted := time.Since(back)
-	recovered := awaitConfirmed(t, fronts[0])
+	restarted, recovered := restartCluster(t, dc, fronts[0])
 	changed := time.Now()
 	dc.client.SetStatus(t, "b-3", api.HealthCritical)
 	awaitAllRouted(t, fronts, "b-1", "b-2")
@@ -152,12 +143,7 @@ func TestClusterOutageWithHistory(t *testing.T) {
 	lagging.Resume()
 	alone := sized(4*time.Second, 15*time.Second) // within the 30s distrust after an outage
 	time.Sleep(alone)
-	back := time.Now()
-	if err := dc.cluster.Restart(); err != nil {
-		t.Fatal(err)
-	}
-	restarted := time.Since(back)
-	recovered := awaitConfirmed(t, fronts[0])
+	restarted, recovered := restartCluster(t, dc, fronts[0])
 	time.Sleep(sized(time.Second, 10*time.Second))
 	load.stop(t, fmt.Sprintf("11. cluster outage: 2 servers killed, the lagging third alone for %s, then the others restarted", alone), fmt.Sprintf(
 		"the front served index %v; %d older answers held back; leader elected %s after the restart, watches confirmed %s later; 0 requests to the instances deregistered before the outage",
@@ -182,12 +168,7 @@ func restartAllAtOnce(t *testing.T, dc *datacenter, fronts []*front, b backends,
 	dc.cluster.Kill()
 	outage := 10 * time.Second
 	time.Sleep(outage)
-	back := time.Now()
-	if err := dc.cluster.Restart(); err != nil {
-		t.Fatal(err)
-	}
-	restarted := time.Since(back)
-	recovered := awaitConfirmed(t, fronts[0])
+	restarted, recovered := restartCluster(t, dc, fronts[0])
 	awaitAllRouted(t, fronts, "b-1", "b-2", "b-3")
 	time.Sleep(5 * time.Second)
 	load.stop(t, fmt.Sprintf("11. then all 3 servers killed for %s and restarted at once", outage), fmt.Sprintf(
@@ -196,6 +177,19 @@ func restartAllAtOnce(t *testing.T, dc *datacenter, fronts []*front, b backends,
 	if late := b.hits("o-1", "o-2", "o-3") - old; late > 0 {
 		t.Errorf("the instances deregistered before the outages got %d requests after them", late)
 	}
+}
+
+// restartCluster starts the cluster's stopped servers and waits until
+// the modes front's watches are confirmed again; it returns how long the
+// servers took to have a leader, and the watches to be confirmed after.
+func restartCluster(t *testing.T, dc *datacenter, f *front) (restarted, recovered time.Duration) {
+	t.Helper()
+	back := time.Now()
+	if err := dc.cluster.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	restarted = time.Since(back)
+	return restarted, awaitConfirmed(t, f)
 }
 
 // confirmedStaleness is the staleness under which a watch counts as

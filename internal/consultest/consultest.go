@@ -55,12 +55,14 @@ type Options struct {
 	ManagementToken string
 	// ClientOf, when set, makes the agent a client agent (not a server, its
 	// state in a data dir) that joins ClientOf's datacenter, as an agent on
-	// an application's host runs.
+	// an application's host runs: a dev agent, or a cluster's server, and
+	// then every server of its cluster.
 	ClientOf *Agent
 }
 
-// Agent is a Consul dev agent (a single server, state in memory) on free
-// loopback ports.
+// Agent is a Consul agent on free loopback ports: a dev agent (a single
+// server, state in memory), a client agent (Options.ClientOf) or a
+// cluster's server (StartCluster), both with their state in a data dir.
 type Agent struct {
 	// Addr is the host:port of the agent's HTTP API.
 	Addr string
