@@ -95,6 +95,11 @@ func TestClientAgentRestartedWithFreshDataDir(t *testing.T) {
 	}
 	restarted := time.Since(killed)
 	var states []string
+	defer func() {
+		if t.Failed() {
+			t.Logf("the client agent's log:\n%s", dc.client.Log())
+		}
+	}()
 	for _, s := range sidecars {
 		r := awaitRegistration(t, s, func(r registrationState) bool {
 			return (r.State == "agent_only" || r.State == "failing") && strings.Contains(r.Error, "catalog")

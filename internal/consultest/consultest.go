@@ -281,6 +281,10 @@ func (a *Agent) JoinWAN(other *Agent) error {
 	return a.Client.Agent().Join(net.JoinHostPort("127.0.0.1", strconv.Itoa(other.ports.serfWAN)), true)
 }
 
+// Log returns the end of what the agent wrote to its log, across its
+// restarts.
+func (a *Agent) Log() string { return a.logTail() }
+
 func (a *Agent) logTail() string {
 	data, _ := os.ReadFile(filepath.Join(a.logDir, "consul.log"))
 	if len(data) > 4096 {
