@@ -274,10 +274,9 @@ func (r *registrar) keep(ctx context.Context, want *wantedRegistration) error {
 		if !askedNode {
 			nodeID, askedNode = r.agentNodeID(ctx, want), true
 		}
-		inGrace := r.pacer.Clock().Now().Sub(registered) < syncGrace
 		judgeBy := wait
-		if inGrace { // judge in time
-			judgeBy = min(wait, syncGrace)
+		if grace := syncGrace - r.pacer.Clock().Now().Sub(registered); grace > 0 { // judge when it ends
+			judgeBy = min(wait, grace)
 		}
 		entries, next, err := r.catalogEntries(ctx, want, index, judgeBy)
 		if ctx.Err() != nil {
@@ -293,7 +292,7 @@ func (r *registrar) keep(ctx context.Context, want *wantedRegistration) error {
 		}
 		index = consul.NextIndex(index, next)
 		state, reason := catalogState(entries, nodeID)
-		if state == stateAgentOnly && inGrace {
+		if state == stateAgentOnly && r.pacer.Clock().Now().Sub(registered) < syncGrace {
 			state, reason = stateRegistering, nil
 		}
 		r.setStatus(state, reason)

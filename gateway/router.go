@@ -319,9 +319,9 @@ func routeTables() []*routeTable {
 
 // Interface guards
 var (
-	_ caddy.Provisioner           = (*Router)(nil)
-	_ caddy.CleanerUpper          = (*Router)(nil)
-	_ caddyhttp.MiddlewareHandler = (*Router)(nil)
+	_ caddy.Provisioner                  = (*Router)(nil)
+	_ caddy.CleanerUpper                 = (*Router)(nil)
+	_ caddyhttp.MiddlewareHandler        = (*Router)(nil)
 	_ reverseproxy.UpstreamSource        = routeUpstreams{}
 	_ reverseproxy.CachingUpstreamSource = routeUpstreams{}
 )

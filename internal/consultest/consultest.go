@@ -55,12 +55,14 @@ type Options struct {
 	ManagementToken string
 	// ClientOf, when set, makes the agent a client agent (not a server, its
 	// state in a data dir) that joins ClientOf's datacenter, as an agent on
-	// an application's host runs.
+	// an application's host runs: a dev agent, or a cluster's server, and
+	// then every server of its cluster.
 	ClientOf *Agent
 }
 
-// Agent is a Consul dev agent (a single server, state in memory) on free
-// loopback ports.
+// Agent is a Consul agent on free loopback ports: a dev agent (a single
+// server, state in memory), a client agent (Options.ClientOf) or a
+// cluster's server (StartCluster), both with their state in a data dir.
 type Agent struct {
 	// Addr is the host:port of the agent's HTTP API.
 	Addr string
@@ -71,7 +73,9 @@ type Agent struct {
 
 	hcl     []string
 	token   string
-	server  *Agent // the server a client agent joins; nil for a dev agent
+	server  *Agent   // the server a client agent joins; nil for a dev agent
+	peers   []*Agent // a cluster server's fellow servers; nil otherwise
+	expect  int      // a cluster server's bootstrap_expect; 0 otherwise
 	node    string
 	dataDir string
 	binary  string
@@ -121,17 +125,51 @@ func Start(opts Options) (*Agent, error) {
 
 // launch starts the agent process on a.ports and waits for a leader.
 func (a *Agent) launch() error {
+	if err := a.spawn(); err != nil {
+		return err
+	}
+	if err := a.awaitLeader(30 * time.Second); err != nil {
+		a.kill()
+		return fmt.Errorf("consul agent on %s: %w\n%s", a.Addr, err, a.logTail())
+	}
+	return nil
+}
+
+// modeArgs are the arguments that make the agent a dev agent, a client
+// agent or a cluster server.
+func (a *Agent) modeArgs() []string {
+	switch {
+	case a.server != nil:
+		args := []string{"agent", "-data-dir", a.dataDir}
+		for _, s := range append([]*Agent{a.server}, a.server.peers...) {
+			args = append(args, "-retry-join", s.serfLANAddr())
+		}
+		return args
+	case a.expect > 0:
+		args := []string{"agent", "-server", "-data-dir", a.dataDir, "-bootstrap-expect", strconv.Itoa(a.expect),
+			"-hcl", `performance { raft_multiplier = 1 }`}
+		for _, s := range a.peers {
+			args = append(args, "-retry-join", s.serfLANAddr())
+		}
+		return args
+	default:
+		return []string{"agent", "-dev"}
+	}
+}
+
+func (a *Agent) serfLANAddr() string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.serfLAN))
+}
+
+// spawn starts the agent process on a.ports, without waiting for it.
+func (a *Agent) spawn() error {
 	a.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.http))
-	logFile, err := os.Create(filepath.Join(a.logDir, "consul.log"))
+	logFile, err := os.OpenFile(filepath.Join(a.logDir, "consul.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
 	defer logFile.Close()
-	args := []string{"agent", "-dev"}
-	if a.server != nil {
-		args = []string{"agent", "-data-dir", a.dataDir, "-retry-join", net.JoinHostPort("127.0.0.1", strconv.Itoa(a.server.ports.serfLAN))}
-	}
-	args = append(args,
+	args := append(a.modeArgs(),
 		"-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-node", a.node, "-datacenter", a.Datacenter,
 		"-http-port", strconv.Itoa(a.ports.http),
@@ -161,10 +199,6 @@ func (a *Agent) launch() error {
 	if a.Client, err = api.NewClient(cfg); err != nil {
 		a.kill()
 		return err
-	}
-	if err := a.awaitLeader(30 * time.Second); err != nil {
-		a.kill()
-		return fmt.Errorf("consul agent on %s: %w\n%s", a.Addr, err, a.logTail())
 	}
 	return nil
 }
@@ -219,16 +253,37 @@ func (a *Agent) signal(sig syscall.Signal) {
 }
 
 // Restart starts a stopped agent again on the same ports: a dev agent
-// empty, a client agent with its data dir.
+// empty, a client agent or a cluster server with its data dir.
 func (a *Agent) Restart() error {
 	a.kill()
 	return a.launch()
 }
 
+// RestartWithFreshDataDir starts a stopped agent again on the same ports
+// and under the same node name, with its data dir emptied first, as a
+// host rebuilt after a crash does: the agent comes back with a new node ID.
+func (a *Agent) RestartWithFreshDataDir() error {
+	a.kill()
+	if err := os.RemoveAll(a.dataDir); err != nil {
+		return err
+	}
+	return a.launch()
+}
+
+// Running reports whether the agent's process runs.
+func (a *Agent) Running() bool { return a.cmd != nil }
+
+// Node is the agent's node name.
+func (a *Agent) Node() string { return a.node }
+
 // JoinWAN federates a with other, another datacenter's agent.
 func (a *Agent) JoinWAN(other *Agent) error {
 	return a.Client.Agent().Join(net.JoinHostPort("127.0.0.1", strconv.Itoa(other.ports.serfWAN)), true)
 }
+
+// Log returns the end of what the agent wrote to its log, across its
+// restarts.
+func (a *Agent) Log() string { return a.logTail() }
 
 func (a *Agent) logTail() string {
 	data, _ := os.ReadFile(filepath.Join(a.logDir, "consul.log"))
