@@ -35,7 +35,7 @@ func TestClusterElectsAnotherLeaderAndKeepsItsCatalog(t *testing.T) {
 	}
 	killed := time.Now()
 	leader.Kill()
-	var next *Agent
+	var next *consultest.Agent
 	meshtest.Eventually(t, 20*time.Second, "another server leads", func() bool {
 		next, err = cluster.Leader()
 		return err == nil && next != leader
