@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"testing"
 
@@ -110,43 +109,6 @@ func TestIdentityHeaderIsRemovedBeforeTheRequestGoesOn(t *testing.T) {
 	r.Header.Set("X-Mesh-Caller", "admin")
 	if a := serve(id, r, next); a.status != 200 || seen != nil {
 		t.Errorf("identified by the certificate: %d, the application saw X-Mesh-Caller %q", a.status, seen)
-	}
-}
-
-func TestParseServiceIDInConsulsGrammar(t *testing.T) {
-	for id, want := range map[string]caller{
-		"spiffe://td/ns/default/dc/dc1/svc/web":           {service: "web", namespace: "default", partition: "default"},
-		"spiffe://td/ap/eng/ns/billing/dc/dc2/svc/ledger": {service: "ledger", namespace: "billing", partition: "eng"},
-		"spiffe://td/ap/ENG/ns/billing/dc/dc2/svc/ledger": {service: "ledger", namespace: "billing", partition: "eng"},
-		"spiffe://td/ns/def%61ult/dc/dc1/svc/w%65b":       {service: "web", namespace: "default", partition: "default"},
-		// what the issue found read as admin
-		"spiffe://td/svc/admin":                               {},
-		"spiffe://td/ns/default/dc/dc1/svc/web/svc/admin":     {},
-		"spiffe://td/ns/default/dc/dc1/svc/web%2Fsvc%2Fadmin": {},
-		// not a service identity, or more than one
-		"spiffe://td/ns/default/dc/dc1/svc/":         {},
-		"spiffe://td/ns//dc/dc1/svc/web":             {},
-		"spiffe://td/ap//ns/default/dc/dc1/svc/web":  {},
-		"spiffe://td/agent/client/dc/dc1/id/node-1":  {},
-		"spiffe://td/ns/default/dc/dc1/svc/web?x=1":  {},
-		"spiffe://td/ns/default/dc/dc1/svc/web#x":    {},
-		"spiffe://user@td/ns/default/dc/dc1/svc/web": {},
-		"spiffe://td:8443/ns/default/dc/dc1/svc/web": {},
-		"spiffe:td/ns/default/dc/dc1/svc/web":        {},
-		"spiffe://td/x/ns/default/dc/dc1/svc/web":    {},
-		"spiffe://td/ns/default/dc/dc1/svc/web-%":    {},
-	} {
-		uri, err := url.Parse(id)
-		if err != nil {
-			if want.service != "" {
-				t.Errorf("%q: %v", id, err)
-			}
-			continue
-		}
-		got, err := parseServiceID(uri)
-		if (err == nil) != (want.service != "") || (err == nil && (got.service != want.service || got.namespace != want.namespace || got.partition != want.partition)) {
-			t.Errorf("parseServiceID(%q) = %+v, %v; want %+v", id, got, err, want)
-		}
 	}
 }
 
