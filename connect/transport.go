@@ -104,7 +104,6 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	rt := t.HTTPTransport.Transport
 	rt.Proxy = nil // mesh traffic goes to the instance, never through HTTP_PROXY
 	t.base = rt.TLSClientConfig.Clone()
-	t.base.ClientSessionCache = tls.NewLRUClientSessionCache(0)
 	rt.DialTLSContext = t.dialTLS
 	var err error
 	t.held, err = hold(ctx, t.Consul, t.Service)

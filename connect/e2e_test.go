@@ -1,0 +1,212 @@
+package connect_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/caddymesh/caddymesh/internal/meshtest"
+)
+
+// propagation bounds how long a change in Consul takes to reach traffic.
+const propagation = 15 * time.Second
+
+// globals are the global options of every test config: the test admin
+// port and the agent.
+func globals() string {
+	return fmt.Sprintf("%s\n\tauto_https disable_redirects\n\tmesh {\n\t\tconsul {\n\t\t\taddress %s\n\t\t}\n\t}", meshtest.Globals(), agent.Addr)
+}
+
+// startCallerEcho starts an application that answers with the caller
+// Caddy passed it and the request's method and path.
+func startCallerEcho(t *testing.T) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "caller=%s %s %s", r.Header.Get("X-Mesh-Caller"), r.Method, r.URL.Path)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
+// setIntentions replaces destination's intentions.
+func setIntentions(t *testing.T, destination string, sources ...*api.SourceIntention) {
+	t.Helper()
+	entry := &api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: destination, Sources: sources}
+	if _, _, err := agent.Client.ConfigEntries().Set(entry, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = agent.Client.ConfigEntries().Delete(api.ServiceIntentions, destination, nil) })
+}
+
+// allowAll sends every caller of destination through, as the dev agent's
+// default does.
+func allowAll(t *testing.T, destination string) {
+	setIntentions(t, destination, &api.SourceIntention{Name: "*", Action: api.IntentionActionAllow})
+}
+
+// do sends method to url and returns the status and body; status 0 and
+// the error on a transport error.
+func do(method, url string) (int, string) {
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		return 0, err.Error()
+	}
+	resp, err := meshtest.Client.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(body))
+}
+
+// awaitStatus waits until method on url answers status.
+func awaitStatus(t *testing.T, what, method, url string, status int) string {
+	t.Helper()
+	var last string
+	meshtest.Eventually(t, propagation, what, func() bool {
+		var got int
+		got, last = do(method, url)
+		last = fmt.Sprintf("%d %s", got, last)
+		return got == status
+	})
+	return last
+}
+
+// registerNative registers service as a Connect-native service at port,
+// until the test ends.
+func registerNative(t *testing.T, service string, port int) {
+	t.Helper()
+	id := fmt.Sprintf("%s-%d", service, port)
+	err := agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: id, Name: service, Address: "127.0.0.1", Port: port,
+		Connect: &api.AgentServiceConnect{Native: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = agent.Client.Agent().ServiceDeregister(id) })
+}
+
+// inboundSite is the inbound site of service on port, in front of app,
+// as the issue's contract writes it.
+func inboundSite(service string, port int, app string) string {
+	return fmt.Sprintf(`https://:%d {
+	tls {
+		get_certificate connect %s
+		client_auth {
+			mode require_and_verify
+			trust_pool connect
+		}
+	}
+	mesh_identity {
+		from mtls
+		intentions %s
+	}
+	reverse_proxy %s {
+		header_up X-Mesh-Caller {http.vars.mesh_caller}
+	}
+}
+`, port, service, service, app)
+}
+
+// TestOutboundThroughConsulsProxy is the issue's first proof: the
+// application calls db through caddymesh, which speaks Connect's mutual
+// TLS as web to db's sidecar, Consul's own proxy, in front of a plain HTTP
+// backend. A deny intention makes the proxy refuse web.
+func TestOutboundThroughConsulsProxy(t *testing.T) {
+	db := meshtest.StartBackend(t, "db")
+	sidecarPort := meshtest.FreePort()
+	allowAll(t, "db")
+	sidecar := agent.StartConnectProxy(t, "-service", "db", "-service-addr", db.Addr(),
+		"-listen", fmt.Sprintf("127.0.0.1:%d", sidecarPort))
+	outbound := meshtest.FreePort()
+	meshtest.Load(t, fmt.Sprintf(`{
+	%s
+}
+http://127.0.0.1:%d {
+	reverse_proxy 127.0.0.1:%d {
+		transport connect web {
+			destination db
+			# Consul's proxy decides on intentions per connection.
+			keepalive off
+		}
+	}
+}`, globals(), outbound, sidecarPort), "caddyfile")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("db's sidecar:\n%s", sidecar.Log())
+		}
+	})
+	url := fmt.Sprintf("http://127.0.0.1:%d/", outbound)
+	if got := awaitStatus(t, "web to reach db through its sidecar", "GET", url, http.StatusOK); got != "200 db" {
+		t.Errorf("through the sidecar: %s, want 200 db", got)
+	}
+
+	setIntentions(t, "db", &api.SourceIntention{Name: "web", Action: api.IntentionActionDeny})
+	awaitStatus(t, "db's sidecar to refuse web", "GET", url, http.StatusBadGateway)
+	hits := db.Hits.Load()
+	if status, _ := do("GET", url); status != http.StatusBadGateway || db.Hits.Load() != hits {
+		t.Errorf("denied: %d, and db answered %d more; want 502 and none", status, db.Hits.Load()-hits)
+	}
+}
+
+// TestInboundFromConsulsProxy is the issue's second proof: web's sidecar,
+// Consul's own proxy, calls api, a Connect-native service behind
+// caddymesh, which verifies web's certificate against Consul's roots and
+// decides with api's intentions, L4 and then L7, per request.
+func TestInboundFromConsulsProxy(t *testing.T) {
+	inbound := meshtest.FreePort()
+	registerNative(t, "api", inbound)
+	allowAll(t, "api")
+	meshtest.Load(t, fmt.Sprintf("{\n\t%s\n}\n%s", globals(), inboundSite("api", inbound, startCallerEcho(t))), "caddyfile")
+	upstream := meshtest.FreePort()
+	caller := agent.StartConnectProxy(t, "-service", "web", "-upstream", fmt.Sprintf("api:%d", upstream))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("web's proxy:\n%s", caller.Log())
+		}
+	})
+	base := fmt.Sprintf("http://127.0.0.1:%d", upstream)
+	if got := awaitStatus(t, "web's proxy to reach api", "GET", base+"/hello", http.StatusOK); got != "200 caller=web GET /hello" {
+		t.Errorf("through caddymesh: %s, want 200 from the application, called by web", got)
+	}
+
+	setIntentions(t, "api", &api.SourceIntention{Name: "web", Action: api.IntentionActionDeny})
+	awaitStatus(t, "caddymesh to refuse web", "GET", base+"/hello", http.StatusForbidden)
+
+	setServiceDefaults(t, "api", "http")
+	setIntentions(t, "api", &api.SourceIntention{Name: "web", Permissions: []*api.IntentionPermission{{
+		Action: api.IntentionActionAllow,
+		HTTP:   &api.IntentionHTTPPermission{PathPrefix: "/public/", Methods: []string{"GET"}},
+	}}})
+	awaitStatus(t, "the L7 intention to let web GET /public/", "GET", base+"/public/a", http.StatusOK)
+	for _, c := range []struct {
+		method, path string
+		status       int
+	}{
+		{"GET", "/public/a", http.StatusOK},
+		{"POST", "/public/a", http.StatusForbidden},
+		{"GET", "/private", http.StatusForbidden},
+		{"GET", "/public/../private", http.StatusForbidden},
+	} {
+		if status, body := do(c.method, base+c.path); status != c.status {
+			t.Errorf("%s %s: %d %s, want %d", c.method, c.path, status, body, c.status)
+		}
+	}
+}
+
+// setServiceDefaults sets service's protocol, which L7 intentions need.
+func setServiceDefaults(t *testing.T, service, protocol string) {
+	t.Helper()
+	entry := &api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: service, Protocol: protocol}
+	if _, _, err := agent.Client.ConfigEntries().Set(entry, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = agent.Client.ConfigEntries().Delete(api.ServiceDefaults, service, nil) })
+}
