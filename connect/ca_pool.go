@@ -42,8 +42,11 @@ func (*CAPool) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision takes the shared watch of the roots and builds the pool.
+// Provision takes the shared watch of the roots and builds the pool. As
+// the client trust of every TLS connection policy of an HTTP server, it
+// turns the server's strict SNI-Host check off (see acceptConnectClients).
 func (p *CAPool) Provision(ctx caddy.Context) error {
+	acceptConnectClients(ctx)
 	var err error
 	if p.held, err = hold(ctx, p.Consul, ""); err != nil {
 		return err

@@ -65,17 +65,22 @@ func do(method, url string) (int, string) {
 	return resp.StatusCode, strings.TrimSpace(string(body))
 }
 
-// awaitStatus waits until method on url answers status.
+// awaitStatus waits until method on url answers status, and returns the
+// answer.
 func awaitStatus(t *testing.T, what, method, url string, status int) string {
 	t.Helper()
-	var last string
-	meshtest.Eventually(t, propagation, what, func() bool {
-		var got int
-		got, last = do(method, url)
-		last = fmt.Sprintf("%d %s", got, last)
-		return got == status
-	})
-	return last
+	deadline := time.Now().Add(propagation)
+	for {
+		got, body := do(method, url)
+		last := fmt.Sprintf("%d %s", got, body)
+		if got == status {
+			return last
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting until %s; last answer: %s", propagation, what, last)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // registerNative registers service as a Connect-native service at port,
@@ -181,11 +186,11 @@ func TestInboundFromConsulsProxy(t *testing.T) {
 	awaitStatus(t, "caddymesh to refuse web", "GET", base+"/hello", http.StatusForbidden)
 
 	setServiceDefaults(t, "api", "http")
-	setIntentions(t, "api", &api.SourceIntention{Name: "web", Permissions: []*api.IntentionPermission{{
-		Action: api.IntentionActionAllow,
-		HTTP:   &api.IntentionHTTPPermission{PathPrefix: "/public/", Methods: []string{"GET"}},
-	}}})
-	awaitStatus(t, "the L7 intention to let web GET /public/", "GET", base+"/public/a", http.StatusOK)
+	setIntentions(t, "api", &api.SourceIntention{Name: "web", Permissions: []*api.IntentionPermission{
+		{Action: api.IntentionActionAllow, HTTP: &api.IntentionHTTPPermission{PathPrefix: "/public/", Methods: []string{"GET"}}},
+		{Action: api.IntentionActionDeny, HTTP: &api.IntentionHTTPPermission{PathPrefix: "/"}},
+	}})
+	awaitStatus(t, "the L7 intention to refuse web's POST", "POST", base+"/public/a", http.StatusForbidden)
 	for _, c := range []struct {
 		method, path string
 		status       int
