@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddymesh/caddymesh/internal/consul"
 )
 
 func TestConsulAddressIsParsedAtProvision(t *testing.T) {
@@ -17,13 +19,13 @@ func TestConsulAddressIsParsedAtProvision(t *testing.T) {
 		"unix://":               "needs a socket path",
 		"http://127.0.0.1:port": `consul: address "http://127.0.0.1:port"`,
 	} {
-		_, err := resolveConnection(&ConsulConfig{Address: address})
+		_, err := consul.Resolve(&ConsulConfig{Address: address})
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("address %q: error %v, want one saying %q", address, err, want)
 		}
 	}
 	for _, address := range []string{"127.0.0.1:8500", "consul.internal", "http://[::1]:8500", "https://consul.internal:8501", "unix:///run/consul.sock"} {
-		if _, err := resolveConnection(&ConsulConfig{Address: address}); err != nil {
+		if _, err := consul.Resolve(&ConsulConfig{Address: address}); err != nil {
 			t.Errorf("address %q: %v", address, err)
 		}
 	}

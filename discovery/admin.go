@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
 )
 
@@ -106,9 +107,9 @@ type watchView struct {
 // empty, in a stable order.
 func watchViews(service string) []watchView {
 	views := []watchView{}
-	forEachWatcher(func(w *watcher, users int) {
-		if service == "" || w.key.service == service {
-			views = append(views, w.view(users))
+	consul.HealthWatches.Range(func(_ consul.HealthKey, w *consul.HealthWatch, users int) {
+		if service == "" || w.Key.Service == service {
+			views = append(views, viewOf(w, users))
 		}
 	})
 	slices.SortFunc(views, func(a, b watchView) int {
@@ -118,26 +119,28 @@ func watchViews(service string) []watchView {
 	return views
 }
 
-func (w *watcher) view(users int) watchView {
-	status := w.status.Load()
+// viewOf is how the admin API shows w, which users sources use.
+func viewOf(w *consul.HealthWatch, users int) watchView {
+	status := w.Status()
 	v := watchView{
-		Service: w.key.service, Datacenter: w.key.datacenter, Tags: w.tags, Filter: w.userFilter,
-		Health: w.key.health, Consistency: w.key.consistency, Near: w.key.near, Consul: w.key.address,
-		Routes: users, ConsulIndex: status.index, LastError: status.err, Instances: []pool.Instance{},
+		Service: w.Key.Service, Datacenter: w.Key.Datacenter, Tags: w.Tags, Filter: w.UserFilter,
+		Health: w.Key.Health, Consistency: w.Key.Consistency, Near: w.Key.Near, Consul: w.Key.Address,
+		Routes: users, ConsulIndex: status.Index, LastError: status.Err, Instances: []pool.Instance{},
 	}
-	leader := w.leaderState()
-	v.Staleness = status.staleness(time.Now(), leader).Round(time.Millisecond).String()
-	v.KnownLeader = status.knownLeader(leader)
-	v.HoldingLast = w.holding.Load()
-	if !status.syncedAt.IsZero() {
-		v.LastSync = &status.syncedAt
+	v.Staleness = w.Staleness(time.Now()).Round(time.Millisecond).String()
+	v.KnownLeader = w.KnownLeader()
+	if !status.SyncedAt.IsZero() {
+		v.LastSync = &status.SyncedAt
 	}
-	if !status.failingSince.IsZero() {
-		v.FailingSince = &status.failingSince
+	if !status.FailingSince.IsZero() {
+		v.FailingSince = &status.FailingSince
 	}
-	if a := w.current.Load(); a != nil {
-		v.SnapshotVersion, v.Healthy, v.Total, v.Maintenance = a.healthy.Version, len(a.healthy.Instances), len(a.all.Instances), a.maintenance
-		v.Instances = a.all.Instances
+	if a := w.Current(); a != nil {
+		if a.Held() {
+			v.HoldingLast = &a.HeldUntil
+		}
+		v.SnapshotVersion, v.Healthy, v.Total, v.Maintenance = a.Healthy.Version, len(a.Healthy.Instances), len(a.All.Instances), a.Maintenance
+		v.Instances = a.All.Instances
 	}
 	return v
 }

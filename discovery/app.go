@@ -1,7 +1,6 @@
 package discovery
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -10,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
+	"github.com/caddymesh/caddymesh/internal/meshapp"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
@@ -42,7 +43,7 @@ type App struct {
 	// is KEEP_UNCHANGED, as in Consul.
 	PathWithEscapedSlashesAction string `json:"path_with_escaped_slashes_action,omitempty"`
 
-	conn   connection
+	conn   consul.Connection
 	held   atomic.Bool // whether this config holds its registrations
 	logger *zap.Logger
 
@@ -65,10 +66,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.escapedSlashes, err = urlpath.ParseEscapedSlashes(a.PathWithEscapedSlashesAction); err != nil {
 		return fmt.Errorf("mesh: path_with_escaped_slashes_action %w", err)
 	}
-	if a.conn, err = resolveConnection(a.Consul); err != nil {
+	if a.conn, err = consul.Resolve(a.Consul); err != nil {
 		return err
 	}
-	if err := metrics.register(ctx); err != nil {
+	if err := registerMetrics(ctx); err != nil {
 		return err
 	}
 	ids := make(map[string]bool)
@@ -86,7 +87,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
-	return useEvents(ctx)
+	return consul.UseEvents(ctx)
 }
 
 // bindToLifecycle registers once every app of the config has started (so
@@ -99,7 +100,7 @@ func (a *App) bindToLifecycle(ctx caddy.Context) error {
 		return fmt.Errorf("mesh register: loading the events app: %v", err)
 	}
 	events := app.(*caddyevents.App)
-	return errors.Join(events.On("started", onEvent(a.register)), events.On("stopping", onEvent(a.deregister)))
+	return errors.Join(events.On("started", consul.OnEvent(a.register)), events.On("stopping", consul.OnEvent(a.deregister)))
 }
 
 // Start does nothing: registering waits for the "started" event.
@@ -127,42 +128,26 @@ func (a *App) deregister() {
 	}
 }
 
-// onEvent is an events handler that calls a function.
-type onEvent func()
-
-// Handle implements caddyevents.Handler.
-func (f onEvent) Handle(context.Context, caddy.Event) error {
-	f()
-	return nil
-}
-
 // EscapedSlashes says what path normalization does with escaped slashes,
 // for the modules that decide on paths.
 func (a *App) EscapedSlashes() urlpath.EscapedSlashes { return a.escapedSlashes }
 
-// appEscapedSlashes returns what the mesh app says path normalization does
-// with escaped slashes: Consul's default when the config has no mesh app.
-func appEscapedSlashes(ctx caddy.Context) (urlpath.EscapedSlashes, error) {
-	app, err := meshApp(ctx)
-	if app == nil || err != nil {
-		return urlpath.KeepUnchanged, err
-	}
-	return app.escapedSlashes, nil
-}
-
-// appConsulConfig returns the mesh app's Consul settings, or nil when the
-// config has no mesh app.
-func appConsulConfig(ctx caddy.Context) (*ConsulConfig, error) {
-	app, err := meshApp(ctx)
+// meshApp returns the config's mesh app, or nil when it has none.
+func meshApp(ctx caddy.Context) (*App, error) {
+	app, err := meshapp.Get(ctx)
 	if app == nil || err != nil {
 		return nil, err
 	}
-	return app.Consul, nil
+	return app.(*App), nil
 }
+
+// ConsulSettings returns the app's Consul settings, which every module's
+// own consul block overrides (consul.AppSettings).
+func (a *App) ConsulSettings() *ConsulConfig { return a.Consul }
 
 // Interface guards
 var (
-	_ caddy.App           = (*App)(nil)
-	_ caddy.Provisioner   = (*App)(nil)
-	_ caddyevents.Handler = onEvent(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ consul.AppSettings = (*App)(nil)
 )

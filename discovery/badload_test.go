@@ -49,7 +49,7 @@ var modulesUnderLoad = map[string]string{
 // ownGoroutines counts the goroutines running caddymesh's own code.
 func ownGoroutines() int {
 	return meshtest.Goroutines("caddymesh/caddymesh/discovery.") + meshtest.Goroutines("caddymesh/caddymesh/middleware.") +
-		meshtest.Goroutines("caddymesh/caddymesh/internal/keyed.")
+		meshtest.Goroutines("caddymesh/caddymesh/internal/keyed.") + meshtest.Goroutines("caddymesh/caddymesh/internal/consul.")
 }
 
 // watchSummary is what /mesh/services says: each watch and its users.

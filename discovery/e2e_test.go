@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/caddymesh/caddymesh/discovery"
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/consultest"
 	"github.com/caddymesh/caddymesh/internal/meshtest"
 	"github.com/caddymesh/caddymesh/internal/pool"
@@ -27,7 +28,7 @@ import (
 
 const (
 	propagation = 5 * time.Second // generous bound for what takes milliseconds
-	watchLoop   = "discovery.(*poller[...]).run"
+	watchLoop   = consul.PollLoop
 )
 
 // serve loads a config whose mesh app points at agent, with one site on a

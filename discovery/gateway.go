@@ -13,6 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
+	"github.com/caddymesh/caddymesh/internal/meshapp"
 	"github.com/caddymesh/caddymesh/internal/reqkey"
 	"github.com/caddymesh/caddymesh/internal/svcname"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
@@ -67,8 +69,8 @@ type ServiceFromRequest struct {
 
 	name       reqkey.Func
 	slashes    urlpath.EscapedSlashes // how paths are normalized
-	catalogKey catalogKey
-	catalog    *catalogWatch
+	catalogKey consul.CatalogKey
+	catalog    *consul.CatalogWatch
 	reachable  atomic.Pointer[reachableServices]
 }
 
@@ -99,29 +101,23 @@ func (s *ServiceFromRequest) Provision(ctx caddy.Context) error {
 		return err
 	}
 	s.name = reqkey.Compile(s.Service)
-	appConsul, err := appConsulConfig(ctx)
+	var err error
+	if s.slashes, err = meshapp.EscapedSlashes(ctx); err != nil {
+		return err
+	}
+	conn, err := consul.Provision(ctx, s.Consul)
 	if err != nil {
 		return err
 	}
-	if s.slashes, err = appEscapedSlashes(ctx); err != nil {
-		return err
-	}
-	conn, err := resolveConnection(s.Consul, appConsul)
-	if err != nil {
-		return err
-	}
-	if err := metrics.register(ctx); err != nil {
-		return err
-	}
-	s.catalogKey = catalogKey{endpoint: conn.endpoint, datacenter: conn.datacenter}
-	s.catalog, err = takeCatalog(s.catalogKey, conn)
+	s.catalogKey = consul.CatalogKey{Endpoint: conn.Endpoint, Datacenter: conn.Datacenter}
+	s.catalog, err = consul.TakeCatalog(s.catalogKey, conn)
 	return err
 }
 
 // Validate rejects bad values, naming the field and the value.
 func (s *ServiceFromRequest) Validate() error {
 	switch {
-	case !hasPlaceholders(s.Service):
+	case !reqkey.HasPlaceholders(s.Service):
 		return fmt.Errorf("mesh_service: service %q: must take the name from the request with a placeholder, such as {http.request.uri.path.0}", s.Service)
 	case len(s.AllowServices) == 0 && s.RequireTag == "":
 		return errors.New("mesh_service: allow_services or require_tag is required: which services may be reached?")
@@ -141,7 +137,8 @@ func (s *ServiceFromRequest) Cleanup() error {
 	if s.catalog == nil {
 		return nil
 	}
-	return releaseCatalog(s.catalogKey)
+	consul.Catalogs.Release(s.catalogKey)
+	return nil
 }
 
 // ServeHTTP lets through requests for services that may be reached,
@@ -170,7 +167,7 @@ func (s *ServiceFromRequest) ServeHTTP(w http.ResponseWriter, r *http.Request, n
 // reachableServices returns the services requests may reach, worked out
 // once per catalog answer; nil until Consul first answers.
 func (s *ServiceFromRequest) reachableServices() map[string]any {
-	services := s.catalog.services.Load()
+	services := s.catalog.Services()
 	if services == nil {
 		return nil
 	}

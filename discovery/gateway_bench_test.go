@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/reqkey"
 )
@@ -46,8 +47,7 @@ func serviceGate(n int) *ServiceFromRequest {
 	for i := range n - 1 {
 		services[fmt.Sprintf("svc-%d", i)] = []string{"v1"}
 	}
-	s.catalog = new(catalogWatch)
-	s.catalog.services.Store(&services)
+	s.catalog = consul.NewFixedCatalog(services)
 	return s
 }
 
@@ -56,7 +56,7 @@ func serviceGate(n int) *ServiceFromRequest {
 func lazySource(names []string) *ConsulUpstreams {
 	ready := make(chan struct{})
 	close(ready)
-	watch := &serviceWatch{service: "web", watchers: []*watcher{answered(names)}}
+	watch := &serviceWatch{service: "web", watchers: []*consul.HealthWatch{answered(names)}}
 	cu := &ConsulUpstreams{Service: "{http.vars." + ServiceVar + "}", serviceName: reqkey.Compile("{http.vars." + ServiceVar + "}")}
 	cu.lazy = &lazyServices{source: cu}
 	cu.lazy.byName.Store(&map[string]*lazyService{"web": {watch: watch, ready: ready}})

@@ -2,7 +2,6 @@ package discovery
 
 import (
 	"cmp"
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/args"
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/svcname"
 )
 
@@ -27,11 +27,11 @@ func init() {
 
 // intentionWatches holds one intentions watch per Consul endpoint and
 // destination, shared like the health watchers.
-var intentionWatches = caddy.NewUsagePool()
+var intentionWatches = consul.NewRegistry[intentionsKey, *intentionsWatch]()
 
 // intentionsKey is what makes two intentions watches differ.
 type intentionsKey struct {
-	endpoint
+	consul.Endpoint
 	destination string
 }
 
@@ -96,30 +96,18 @@ func (ci *ConsulIntentions) Provision(ctx caddy.Context) error {
 		}
 		ci.Destination = app.Register[0].Name
 	}
-	var appConsul *ConsulConfig
-	if app != nil {
-		appConsul = app.Consul
-	}
-	conn, err := resolveConnection(ci.Consul, appConsul)
+	conn, err := consul.Provision(ctx, ci.Consul)
 	if err != nil {
 		return err
 	}
-	if err := metrics.register(ctx); err != nil {
-		return err
-	}
-	ci.key = intentionsKey{endpoint: conn.endpoint, destination: ci.Destination}
-	value, _, err := intentionWatches.LoadOrNew(ci.key, func() (caddy.Destructor, error) {
+	ci.key = intentionsKey{Endpoint: conn.Endpoint, destination: ci.Destination}
+	ci.watch, err = intentionWatches.Take(ci.key, func() (*intentionsWatch, error) {
 		return startIntentionsWatch(ci.Destination, conn)
 	})
 	if err != nil {
 		return err
 	}
-	ci.watch = value.(*intentionsWatch)
-	select {
-	case <-ci.watch.tried:
-	case <-time.After(firstAnswerTimeout):
-	case <-ctx.Done():
-	}
+	consul.AwaitFirstTries(ctx, firstAnswerTimeout, ci.watch)
 	return nil
 }
 
@@ -138,8 +126,8 @@ func (ci *ConsulIntentions) Cleanup() error {
 	if ci.watch == nil {
 		return nil
 	}
-	_, err := intentionWatches.Delete(ci.key)
-	return err
+	intentionWatches.Release(ci.key)
+	return nil
 }
 
 // Allows reports whether the intentions let caller (a service of a
@@ -204,7 +192,7 @@ func (ci *ConsulIntentions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // intentionsWatch keeps a destination's intentions current.
 type intentionsWatch struct {
-	*poller[intentionsAnswer]
+	*consul.Poller[intentionsAnswer]
 	destination string
 	rules       atomic.Pointer[intentionRules]
 	// trustDomain is the trust domain of Consul's Connect roots, once
@@ -223,28 +211,25 @@ type intentionsAnswer struct {
 	defaultAllow bool
 }
 
-func startIntentionsWatch(destination string, conn connection) (*intentionsWatch, error) {
-	p, err := newPoller[intentionsAnswer](destination, conn.datacenter, conn)
+func startIntentionsWatch(destination string, conn consul.Connection) (*intentionsWatch, error) {
+	w := &intentionsWatch{destination: destination}
+	p, err := consul.NewPoller(conn, consul.Querier[intentionsAnswer](w), consul.PollerOptions{Subject: destination, Datacenter: conn.Datacenter})
 	if err != nil {
 		return nil, err
 	}
-	w := &intentionsWatch{poller: p, destination: destination}
-	p.query, p.apply = w.query, w.apply
-	p.wait = func() time.Duration { return defaultWait }
-	return w, p.start()
+	w.Poller = p
+	return w, p.Start()
 }
 
-// Destruct stops the watch. The usage pool calls it when the last user
-// lets go.
-func (w *intentionsWatch) Destruct() error {
-	w.stop()
-	return nil
-}
+// Wait is the blocking queries' wait.
+func (w *intentionsWatch) Wait() time.Duration { return consul.DefaultWait }
 
-func (w *intentionsWatch) query(_ context.Context, q *api.QueryOptions) (intentionsAnswer, *api.QueryMeta, error) {
-	q.AllowStale = !w.asksLeader()
+// Query asks for the intentions of the destination, and, once, the
+// agent's default and the trust domain.
+func (w *intentionsWatch) Query(client *api.Client, q *api.QueryOptions, leader bool) (intentionsAnswer, *api.QueryMeta, error) {
+	q.AllowStale = !leader
 	match := &api.IntentionMatch{By: api.IntentionMatchDestination, Names: []string{w.destination}}
-	found, meta, err := w.client.Connect().IntentionMatch(match, q)
+	found, meta, err := client.Connect().IntentionMatch(match, q)
 	if err != nil {
 		return intentionsAnswer{}, nil, err
 	}
@@ -267,10 +252,10 @@ func (w *intentionsWatch) readAgentDefault(q *api.QueryOptions, aclDefault strin
 		return nil
 	}
 	var self map[string]map[string]any
-	_, err := w.client.Raw().Query("/v1/agent/self", &self, q)
+	_, err := w.Client().Raw().Query("/v1/agent/self", &self, q)
 	var status api.StatusError
 	if errors.As(err, &status) && status.Code == http.StatusForbidden {
-		w.log().Warn("the token may not read the local agent (agent:read), so its default_intention_policy is not known: "+
+		w.Log().Warn("the token may not read the local agent (agent:read), so its default_intention_policy is not known: "+
 			"callers no intention decides get the ACL default policy instead; grant agent:read, or set the intentions' default",
 			zap.String("acl_default_policy", aclDefault))
 		w.agentDefaultRead = true
@@ -295,13 +280,13 @@ func (w *intentionsWatch) readTrustDomain(q *api.QueryOptions) {
 	if w.trustDomain.Load() != nil {
 		return
 	}
-	roots, _, err := w.client.Agent().ConnectCARoots(q)
+	roots, _, err := w.Client().Agent().ConnectCARoots(q)
 	if err == nil && roots.TrustDomain == "" {
 		err = errors.New("no trust domain in Consul's answer")
 	}
 	if err != nil {
 		if !w.rootsFailed {
-			w.log().Warn("cannot read the trust domain of Consul's Connect roots: SPIFFE IDs are refused until it is read", zap.Error(err))
+			w.Log().Warn("cannot read the trust domain of Consul's Connect roots: SPIFFE IDs are refused until it is read", zap.Error(err))
 			w.rootsFailed = true
 		}
 		return
@@ -309,12 +294,13 @@ func (w *intentionsWatch) readTrustDomain(q *api.QueryOptions) {
 	w.trustDomain.Store(&roots.TrustDomain)
 }
 
-func (w *intentionsWatch) apply(a intentionsAnswer) {
+// Apply compiles the intentions, and says when they changed.
+func (w *intentionsWatch) Apply(a intentionsAnswer) {
 	previous := w.rules.Load()
-	rules := compileIntentions(a, w.log())
+	rules := compileIntentions(a, w.Log())
 	w.rules.Store(rules)
 	if previous == nil || !slices.Equal(previous.versions, rules.versions) || previous.defaultAllow != rules.defaultAllow {
-		w.log().Info("intentions changed", zap.Int("intentions", len(rules.intentions)), zap.Bool("default_allow", rules.defaultAllow))
+		w.Log().Info("intentions changed", zap.Int("intentions", len(rules.intentions)), zap.Bool("default_allow", rules.defaultAllow))
 	}
 }
 
@@ -499,22 +485,10 @@ func (hm *headerMatch) matches(header http.Header) bool {
 	return ok != hm.Invert
 }
 
-// meshApp returns the config's mesh app, or nil when it has none.
-func meshApp(ctx caddy.Context) (*App, error) {
-	app, err := ctx.AppIfConfigured("mesh")
-	if errors.Is(err, caddy.ErrNotConfigured) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("loading the mesh app: %w", err)
-	}
-	return app.(*App), nil
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner     = (*ConsulIntentions)(nil)
 	_ caddy.CleanerUpper    = (*ConsulIntentions)(nil)
 	_ caddyfile.Unmarshaler = (*ConsulIntentions)(nil)
-	_ caddy.Destructor      = (*intentionsWatch)(nil)
+	_ consul.Watch          = (*intentionsWatch)(nil)
 )

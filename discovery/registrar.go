@@ -15,6 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/hashicorp/consul/api"
 	"go.uber.org/zap"
+
+	"github.com/caddymesh/caddymesh/internal/consul"
 )
 
 // Registration states, as the admin API and metrics show them.
@@ -50,7 +52,7 @@ type registrar struct {
 	wanted atomic.Pointer[wantedRegistration]
 	status atomic.Pointer[registrationStatus]
 	logger func() *zap.Logger
-	pacer  *pacer
+	pacer  *consul.Pacer
 
 	interrupt atomic.Pointer[context.CancelFunc] // cuts the current wait short
 	cancel    context.CancelFunc
@@ -61,7 +63,7 @@ type registrar struct {
 // which connection.
 type wantedRegistration struct {
 	spec   *Registration
-	conn   connection
+	conn   consul.Connection
 	client *api.Client
 	http   *http.Client
 }
@@ -76,7 +78,7 @@ type registrationStatus struct {
 
 // acquireRegistrations makes sure each of specs is registered in Consul
 // through conn, for one more config.
-func acquireRegistrations(specs []*Registration, conn connection) error {
+func acquireRegistrations(specs []*Registration, conn consul.Connection) error {
 	registrars.Lock()
 	defer registrars.Unlock()
 	for _, spec := range specs {
@@ -128,8 +130,8 @@ func releaseRegistrations(specs []*Registration) {
 	}
 }
 
-func newWantedRegistration(spec *Registration, conn connection) (*wantedRegistration, error) {
-	client, httpClient, err := conn.newClient()
+func newWantedRegistration(spec *Registration, conn consul.Connection) (*wantedRegistration, error) {
+	client, httpClient, err := conn.NewClient()
 	if err != nil {
 		return nil, err
 	}
@@ -144,20 +146,20 @@ func (w *wantedRegistration) same(other *wantedRegistration) bool {
 
 func startRegistrar(want *wantedRegistration) *registrar {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := newRegistrar(want, realClock)
+	r := newRegistrar(want, consul.RealClock)
 	r.cancel = cancel
 	go r.run(ctx)
 	return r
 }
 
-func newRegistrar(want *wantedRegistration, c clock) *registrar {
+func newRegistrar(want *wantedRegistration, c consul.Clock) *registrar {
 	r := &registrar{
 		logger: func() *zap.Logger { return caddy.Log().Named("mesh.register") },
-		pacer:  newPacer(c),
+		pacer:  consul.NewPacer(c, nil),
 		done:   make(chan struct{}),
 	}
 	r.wanted.Store(want)
-	r.status.Store(&registrationStatus{State: stateRegistering, Since: c.now()})
+	r.status.Store(&registrationStatus{State: stateRegistering, Since: c.Now()})
 	return r
 }
 
@@ -182,7 +184,7 @@ func (r *registrar) setStatus(state string, err error) {
 	if previous.State == state && (err == nil || previous.Error == err.Error()) {
 		return
 	}
-	status := &registrationStatus{State: state, Since: r.pacer.clock.now()}
+	status := &registrationStatus{State: state, Since: r.pacer.Clock().Now()}
 	if err != nil {
 		status.Error = err.Error()
 	}
@@ -205,7 +207,7 @@ func (r *registrar) setStatus(state string, err error) {
 // fails.
 func (r *registrar) run(ctx context.Context) {
 	defer close(r.done)
-	for r.pacer.ready(ctx) {
+	for r.pacer.Ready(ctx) {
 		want := r.wanted.Load()
 		err := r.register(ctx, want)
 		if err == nil {
@@ -216,7 +218,7 @@ func (r *registrar) run(ctx context.Context) {
 		}
 		if err != nil {
 			r.setStatus(stateFailing, err)
-			if !r.pacer.failed(ctx) {
+			if !r.pacer.Failed(ctx) {
 				return
 			}
 		}
@@ -225,7 +227,7 @@ func (r *registrar) run(ctx context.Context) {
 
 // register puts the instance into the agent, replacing any checks it had.
 func (r *registrar) register(ctx context.Context, want *wantedRegistration) error {
-	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true, Token: want.conn.token}
+	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true, Token: want.conn.Token()}
 	err := want.client.Agent().ServiceRegisterOpts(want.spec.agentRegistration(), opts.WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("registering with the agent: %w", err)
@@ -244,7 +246,7 @@ func (r *registrar) keep(ctx context.Context, want *wantedRegistration) error {
 	if r.wanted.Load() != want { // changed before interrupt was set
 		return nil
 	}
-	registered := r.pacer.clock.now()
+	registered := r.pacer.Clock().Now()
 	var nodeID string
 	var askedNode bool
 	check := want.spec.Check
@@ -253,8 +255,8 @@ func (r *registrar) keep(ctx context.Context, want *wantedRegistration) error {
 		wait = time.Duration(check.Interval) / 2
 	}
 	var index uint64
-	for r.pacer.ready(ctx) {
-		q := &api.QueryOptions{Token: want.conn.token}
+	for r.pacer.Ready(ctx) {
+		q := &api.QueryOptions{Token: want.conn.Token()}
 		if check.TTL {
 			err := want.client.Agent().UpdateTTLOpts("service:"+want.spec.ID, "reported by caddymesh", api.HealthPassing, q.WithContext(ctx))
 			if err != nil {
@@ -268,11 +270,11 @@ func (r *registrar) keep(ctx context.Context, want *wantedRegistration) error {
 			}
 			return fmt.Errorf("asking the agent: %w", err)
 		}
-		r.pacer.succeeded()
+		r.pacer.Succeeded()
 		if !askedNode {
 			nodeID, askedNode = r.agentNodeID(ctx, want), true
 		}
-		inGrace := r.pacer.clock.now().Sub(registered) < syncGrace
+		inGrace := r.pacer.Clock().Now().Sub(registered) < syncGrace
 		judgeBy := wait
 		if inGrace { // judge in time
 			judgeBy = min(wait, syncGrace)
@@ -284,12 +286,12 @@ func (r *registrar) keep(ctx context.Context, want *wantedRegistration) error {
 		if err != nil {
 			r.setStatus(stateAgentOnly, fmt.Errorf("the servers cannot be asked: %w", err))
 			index = 0
-			if !r.pacer.failed(ctx) {
+			if !r.pacer.Failed(ctx) {
 				return nil
 			}
 			continue
 		}
-		index = nextIndex(index, next)
+		index = consul.NextIndex(index, next)
 		state, reason := catalogState(entries, nodeID)
 		if state == stateAgentOnly && inGrace {
 			state, reason = stateRegistering, nil
@@ -302,10 +304,10 @@ func (r *registrar) keep(ctx context.Context, want *wantedRegistration) error {
 // catalogEntries asks the servers (through the agent) for the instance's
 // catalog entries with their checks, blocking from index for up to wait.
 func (r *registrar) catalogEntries(ctx context.Context, want *wantedRegistration, index uint64, wait time.Duration) ([]*api.ServiceEntry, uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, wait+wait/16+requestSlack)
+	ctx, cancel := context.WithTimeout(ctx, consul.QueryTimeout(wait))
 	defer cancel()
 	q := &api.QueryOptions{
-		Token: want.conn.token, WaitIndex: index, WaitTime: wait,
+		Token: want.conn.Token(), WaitIndex: index, WaitTime: wait,
 		Filter: fmt.Sprintf("Service.ID == %q", want.spec.ID),
 	}
 	entries, meta, err := want.client.Health().Service(want.spec.Name, "", false, q.WithContext(ctx))
@@ -320,7 +322,7 @@ func (r *registrar) catalogEntries(ctx context.Context, want *wantedRegistration
 // read it (agent:read), and then entries are not told apart.
 func (r *registrar) agentNodeID(ctx context.Context, want *wantedRegistration) string {
 	var self struct{ Config struct{ NodeID string } }
-	q := (&api.QueryOptions{Token: want.conn.token}).WithContext(ctx)
+	q := (&api.QueryOptions{Token: want.conn.Token()}).WithContext(ctx)
 	if _, err := want.client.Raw().Query("/v1/agent/self", &self, q); err != nil {
 		r.log().Info("cannot read the agent's node ID (agent:read); a stale catalog entry of this instance will not be told from its own", zap.Error(err))
 		return ""
@@ -362,7 +364,7 @@ func (r *registrar) deregister() {
 	defer want.http.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), deregisterTimeout)
 	defer cancel()
-	q := (&api.QueryOptions{Token: want.conn.token}).WithContext(ctx)
+	q := (&api.QueryOptions{Token: want.conn.Token()}).WithContext(ctx)
 	if err := want.client.Agent().ServiceDeregisterOpts(want.spec.ID, q); err != nil {
 		r.log().Error("taking the instance out of consul failed; consul removes it when its check has been critical for deregister_critical_after",
 			zap.Error(err))

@@ -11,6 +11,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
+	"github.com/caddymesh/caddymesh/internal/consultest"
 	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
 
@@ -19,14 +21,14 @@ import (
 // past limit requests it hangs, so that a test counts a bounded run.
 type failingAgent struct {
 	srv       *httptest.Server
-	clock     *fakeClock
+	clock     *consultest.Clock
 	limit     int
 	mu        sync.Mutex
 	requests  int
 	registers []time.Time // on the registrar's clock
 }
 
-func newFailingAgent(t *testing.T, c *fakeClock, limit int) *failingAgent {
+func newFailingAgent(t *testing.T, c *consultest.Clock, limit int) *failingAgent {
 	a := &failingAgent{clock: c, limit: limit}
 	stop := make(chan struct{})
 	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -34,7 +36,7 @@ func newFailingAgent(t *testing.T, c *fakeClock, limit int) *failingAgent {
 		a.requests++
 		n := a.requests
 		if r.URL.Path == "/v1/agent/service/register" {
-			a.registers = append(a.registers, c.now())
+			a.registers = append(a.registers, c.Now())
 		}
 		a.mu.Unlock()
 		if n > a.limit {
@@ -62,17 +64,17 @@ func (a *failingAgent) seen() (int, []time.Time) {
 
 func TestRegistrarBacksOffWhenKeepingFails(t *testing.T) {
 	const limit = 20
-	c := newFakeClock(true)
+	c := consultest.NewClock(true)
 	agent := newFailingAgent(t, c, limit)
 	spec := &Registration{Name: "web", ID: "web-1", Port: 8080}
 	if err := spec.prepare(); err != nil {
 		t.Fatal(err)
 	}
-	want, err := newWantedRegistration(spec, connection{endpoint: endpoint{address: agent.srv.URL}})
+	want, err := newWantedRegistration(spec, mustResolve(t, agent.srv.URL))
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := newRegistrar(want, c.clock())
+	r := newRegistrar(want, c)
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	go r.run(ctx)
@@ -90,9 +92,9 @@ func TestRegistrarBacksOffWhenKeepingFails(t *testing.T) {
 	}
 	for k := 1; k < len(registers); k++ {
 		gap := registers[k].Sub(registers[k-1])
-		full := min(retryBase<<(k-1), retryMax)
-		if gap < full/2 || gap > full+queryInterval+time.Millisecond { // a limiter rounds to the nanosecond
-			t.Errorf("after failure %d the registrar waited %s before registering again, want from %s to %s", k, gap, full/2, full+queryInterval)
+		full := min(consul.RetryBase<<(k-1), consul.RetryMax)
+		if gap < full/2 || gap > full+consul.QueryInterval+time.Millisecond { // a limiter rounds to the nanosecond
+			t.Errorf("after failure %d the registrar waited %s before registering again, want from %s to %s", k, gap, full/2, full+consul.QueryInterval)
 		}
 	}
 	if status := r.status.Load(); status.State != stateFailing || !strings.Contains(status.Error, "asking the agent") {

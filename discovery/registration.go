@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/caddymesh/caddymesh/internal/bounds"
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/svcname"
 )
 
@@ -156,7 +157,7 @@ func (r *Registration) checkSettings() error {
 		}
 	}
 	if r.Address != "" {
-		if err := checkHostOnly(r.Address); err != nil {
+		if err := consul.CheckHostOnly(r.Address); err != nil {
 			return fmt.Errorf("address %q: %v", r.Address, err)
 		}
 	}
@@ -178,12 +179,12 @@ func (c *RegistrationCheck) validate() error {
 		return errors.New("check: only one of http, tcp and ttl may be set")
 	}
 	if c.HTTP != "" {
-		if err := checkURL(c.HTTP, "http", "https"); err != nil {
+		if err := consul.CheckURL(c.HTTP, "http", "https"); err != nil {
 			return fmt.Errorf("check http %q: %v", c.HTTP, err)
 		}
 	}
 	if c.TCP != "" {
-		if err := checkHostPort(c.TCP); err != nil {
+		if err := consul.CheckHostPort(c.TCP); err != nil {
 			return fmt.Errorf("check tcp %q: %v", c.TCP, err)
 		}
 	}

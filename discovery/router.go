@@ -20,6 +20,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 	"go.uber.org/zap"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
+	"github.com/caddymesh/caddymesh/internal/meshapp"
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/running"
 	"github.com/caddymesh/caddymesh/internal/svcname"
@@ -80,8 +82,8 @@ type Router struct {
 
 	ctx      caddy.Context
 	logger   *zap.Logger
-	source   *ConsulUpstreams // how routed services are watched
-	catalogs []*catalogWatch  // names and tags; and services with meta routes
+	source   *ConsulUpstreams       // how routed services are watched
+	catalogs []*consul.CatalogWatch // names and tags; and services with meta routes
 	table    atomic.Pointer[routeTable]
 	proxies  map[proxyKind]*reverseproxy.Handler
 	slashes  urlpath.EscapedSlashes // how paths are normalized
@@ -116,24 +118,15 @@ func (rt *Router) Provision(ctx caddy.Context) error {
 	if err := rt.provisionProxies(ctx); err != nil {
 		return err
 	}
-	appConsul, err := appConsulConfig(ctx)
+	var err error
+	if rt.slashes, err = meshapp.EscapedSlashes(ctx); err != nil {
+		return err
+	}
+	conn, err := consul.Provision(ctx, rt.Consul)
 	if err != nil {
 		return err
 	}
-	if rt.slashes, err = appEscapedSlashes(ctx); err != nil {
-		return err
-	}
-	conn, err := resolveConnection(rt.Consul, appConsul)
-	if err != nil {
-		return err
-	}
-	if err := metrics.register(ctx); err != nil {
-		return err
-	}
-	if err := useEvents(ctx); err != nil {
-		return err
-	}
-	rt.source = &ConsulUpstreams{logger: rt.logger, conn: conn, datacenters: []string{conn.datacenter}}
+	rt.source = &ConsulUpstreams{logger: rt.logger, conn: conn, datacenters: []string{conn.Datacenter}}
 	rt.source.setDefaults()
 	rt.wake = make(chan struct{}, 1)
 	rt.watches = make(map[string]*serviceWatch)
@@ -240,17 +233,17 @@ func withUpstreamHost(h *reverseproxy.Handler) {
 
 // watchCatalogs takes the catalog watches: names and tags, and, with
 // meta_prefix, the services whose meta declares routes.
-func (rt *Router) watchCatalogs(conn connection) error {
-	keys := []catalogKey{{endpoint: conn.endpoint, datacenter: conn.datacenter}}
+func (rt *Router) watchCatalogs(conn consul.Connection) error {
+	keys := []consul.CatalogKey{{Endpoint: conn.Endpoint, Datacenter: conn.Datacenter}}
 	if rt.MetaPrefix != "" {
-		keys = append(keys, catalogKey{endpoint: conn.endpoint, datacenter: conn.datacenter, filter: rt.metaFilter()})
+		keys = append(keys, consul.CatalogKey{Endpoint: conn.Endpoint, Datacenter: conn.Datacenter, Filter: rt.metaFilter()})
 	}
 	for _, key := range keys {
-		c, err := takeCatalog(key, conn)
+		c, err := consul.TakeCatalog(key, conn)
 		if err != nil {
 			return err
 		}
-		c.subscribe(rt.wake)
+		c.Subscribe(rt.wake)
 		rt.catalogs = append(rt.catalogs, c)
 	}
 	return nil
@@ -274,12 +267,12 @@ func (rt *Router) Cleanup() error {
 	routers.Remove(rt)
 	var errs []error
 	for _, c := range rt.catalogs {
-		c.unsubscribe(rt.wake)
-		errs = append(errs, releaseCatalog(c.key))
+		c.Unsubscribe(rt.wake)
+		consul.Catalogs.Release(c.Key)
 	}
 	for _, sw := range rt.watches {
 		rt.unsubscribe(sw)
-		errs = append(errs, sw.release())
+		sw.release()
 	}
 	for _, h := range rt.proxies {
 		errs = append(errs, h.Cleanup())
@@ -307,7 +300,7 @@ func (rt *Router) refresh() {
 	var found []declared
 	var rejected []rejectedRoute
 	for _, name := range slices.Sorted(maps.Keys(rt.watches)) {
-		if a := rt.watches[name].watchers[0].current.Load(); a != nil {
+		if a := rt.watches[name].watchers[0].Current(); a != nil {
 			found, rejected = rt.declarations(name, a, found, rejected)
 		}
 	}
@@ -323,7 +316,7 @@ func (rt *Router) refresh() {
 func (rt *Router) routedServices() map[string]bool {
 	routed := make(map[string]bool)
 	for i, c := range rt.catalogs {
-		services := c.services.Load()
+		services := c.Services()
 		if services == nil {
 			continue
 		}
@@ -347,9 +340,7 @@ func (rt *Router) syncWatches(routed map[string]bool) {
 	for name, sw := range rt.watches {
 		if !routed[name] {
 			rt.unsubscribe(sw)
-			if err := sw.release(); err != nil {
-				rt.logger.Error("letting go of a service", zap.String("service", name), zap.Error(err))
-			}
+			sw.release()
 			delete(rt.watches, name)
 		}
 	}
@@ -363,7 +354,7 @@ func (rt *Router) syncWatches(routed map[string]bool) {
 			continue
 		}
 		for _, w := range sw.watchers {
-			w.subscribe(rt.wake)
+			w.Subscribe(rt.wake)
 		}
 		rt.watches[name] = sw
 	}
@@ -371,7 +362,7 @@ func (rt *Router) syncWatches(routed map[string]bool) {
 
 func (rt *Router) unsubscribe(sw *serviceWatch) {
 	for _, w := range sw.watchers {
-		w.unsubscribe(rt.wake)
+		w.Unsubscribe(rt.wake)
 	}
 }
 
@@ -379,10 +370,10 @@ func (rt *Router) unsubscribe(sw *serviceWatch) {
 // every instance not in maintenance declares, and the healthy ones serve.
 // $DC in a declaration is the instance's datacenter. Declarations that
 // cannot be read go to rejected.
-func (rt *Router) declarations(service string, a *answer, found []declared, rejected []rejectedRoute) ([]declared, []rejectedRoute) {
+func (rt *Router) declarations(service string, a *consul.Answer, found []declared, rejected []rejectedRoute) ([]declared, []rejectedRoute) {
 	type inDatacenter struct{ declaration, datacenter string }
 	byDeclaration := make(map[inDatacenter]int) // index in found; -1 when rejected
-	for _, inst := range a.all.Instances {
+	for _, inst := range a.All.Instances {
 		for _, d := range rt.declaredBy(inst) {
 			key := inDatacenter{d, inst.Datacenter}
 			if _, seen := byDeclaration[key]; seen {
@@ -398,7 +389,7 @@ func (rt *Router) declarations(service string, a *answer, found []declared, reje
 			found = append(found, declared{route: r, service: service})
 		}
 	}
-	for _, inst := range a.healthy.Instances {
+	for _, inst := range a.Healthy.Instances {
 		for _, d := range rt.declaredBy(inst) {
 			if i, ok := byDeclaration[inDatacenter{d, inst.Datacenter}]; ok && i >= 0 {
 				found[i].instances = append(found[i].instances, inst)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
 )
 
@@ -129,7 +130,7 @@ func isCleanPathPrefix(prefix string) bool {
 func checkHost(host string) error {
 	name, port, hasPort := strings.Cut(host, ":")
 	if hasPort {
-		if checkPort(port) != nil || strings.HasPrefix(name, "*.") {
+		if consul.CheckPort(port) != nil || strings.HasPrefix(name, "*.") {
 			return fmt.Errorf("host %q: a port is from 1 to 65535, after a name or an address (not a wildcard)", host)
 		}
 	}
@@ -235,7 +236,7 @@ func newRouteTable(found []declared, rejected []rejectedRoute, previous *routeTa
 			continue
 		}
 		e := &routeEntry{route: d.route, Service: d.service, serviceVar: d.service,
-			instances: reuse(kept[d.service+" "+d.Declaration], d.instances)}
+			instances: consul.Reuse(kept[d.service+" "+d.Declaration], d.instances)}
 		t.add(e)
 	}
 	return t

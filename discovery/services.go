@@ -3,7 +3,6 @@ package discovery
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/svcname"
 )
@@ -28,23 +28,19 @@ const (
 // per datacenter, in failover order.
 type serviceWatch struct {
 	service        string
-	watchers       []*watcher
-	keys           []watchKey // what to give back to the pool
+	watchers       []*consul.HealthWatch
+	keys           []consul.HealthKey // what to give back to the registry
 	panicThreshold int
 	panicking      atomic.Bool
 	logger         *zap.Logger
 }
 
 // release lets go of the watchers; the last user of one stops it.
-func (sw *serviceWatch) release() error {
-	var errs []error
+func (sw *serviceWatch) release() {
 	for _, key := range sw.keys {
-		if _, err := watchers.Delete(key); err != nil {
-			errs = append(errs, err)
-		}
+		consul.HealthWatches.Release(key)
 	}
 	sw.keys = nil
-	return errors.Join(errs...)
 }
 
 // awaitFirstAnswers waits until every watcher has had its first try at
@@ -52,18 +48,9 @@ func (sw *serviceWatch) release() error {
 // Consul is down, and GetUpstreams errors (so Caddy uses any static
 // upstreams) until it answers.
 func (sw *serviceWatch) awaitFirstAnswers(ctx context.Context, timeout time.Duration) {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for _, w := range sw.watchers {
-		select {
-		case <-w.tried:
-		case <-deadline.C:
-			sw.logger.Warn("consul has not answered yet; starting without instances",
-				zap.String("service", sw.service), zap.Duration("waited", timeout))
-			return
-		case <-ctx.Done():
-			return
-		}
+	if !consul.AwaitFirstTries(ctx, timeout, sw.watchers...) && ctx.Err() == nil {
+		sw.logger.Warn("consul has not answered yet; starting without instances",
+			zap.String("service", sw.service), zap.Duration("waited", timeout))
 	}
 }
 
@@ -77,17 +64,17 @@ func (sw *serviceWatch) noAnswer() error {
 // (hold_last), or, when none has one, of the first where panic mode finds
 // instances; nil when no datacenter has answered yet.
 func (sw *serviceWatch) choose() *pool.Snapshot {
-	var first, held *answer
+	var first, held *consul.Answer
 	for _, w := range sw.watchers {
-		a := w.current.Load()
+		a := w.Current() // one snapshot: instances and hold together
 		if a == nil {
 			continue
 		}
 		if first == nil {
 			first = a
 		}
-		if len(a.healthy.Instances) > 0 {
-			if w.holding.Load() == nil {
+		if len(a.Healthy.Instances) > 0 {
+			if !a.Held() {
 				return sw.servable(a)
 			}
 			held = cmp.Or(held, a)
@@ -97,39 +84,39 @@ func (sw *serviceWatch) choose() *pool.Snapshot {
 		return sw.servable(held)
 	}
 	for _, w := range sw.watchers {
-		if a := w.current.Load(); a != nil && sw.panics(a) {
+		if a := w.Current(); a != nil && sw.panics(a) {
 			return sw.servable(a)
 		}
 	}
 	if first == nil {
 		return nil
 	}
-	return first.healthy
+	return first.Healthy
 }
 
 // servable returns a's healthy instances, or all of them in panic mode.
-func (sw *serviceWatch) servable(a *answer) *pool.Snapshot {
+func (sw *serviceWatch) servable(a *consul.Answer) *pool.Snapshot {
 	panicking := sw.panics(a)
 	if sw.panicking.Load() != panicking && sw.panicking.CompareAndSwap(!panicking, panicking) {
 		sw.logPanic(a, panicking)
 	}
 	if panicking {
-		return a.all
+		return a.All
 	}
-	return a.healthy
+	return a.Healthy
 }
 
 // panics reports whether fewer than the panic threshold's percent of a's
 // instances are healthy.
-func (sw *serviceWatch) panics(a *answer) bool {
-	return len(a.healthy.Instances)*100 < sw.panicThreshold*len(a.all.Instances)
+func (sw *serviceWatch) panics(a *consul.Answer) bool {
+	return len(a.Healthy.Instances)*100 < sw.panicThreshold*len(a.All.Instances)
 }
 
-func (sw *serviceWatch) logPanic(a *answer, panicking bool) {
+func (sw *serviceWatch) logPanic(a *consul.Answer, panicking bool) {
 	fields := []zap.Field{
 		zap.String("service", sw.service),
-		zap.Int("healthy", len(a.healthy.Instances)),
-		zap.Int("total", len(a.all.Instances)),
+		zap.Int("healthy", len(a.Healthy.Instances)),
+		zap.Int("total", len(a.All.Instances)),
 		zap.Int("panic_threshold", sw.panicThreshold),
 	}
 	if panicking {
@@ -297,9 +284,7 @@ func (ls *lazyServices) sweep() {
 	}
 	ls.mu.Unlock()
 	for _, s := range idle {
-		if err := s.watch.release(); err != nil {
-			ls.source.logger.Error("letting go of an idle service", zap.String("service", s.watch.service), zap.Error(err))
-		}
+		s.watch.release()
 	}
 }
 
@@ -310,12 +295,11 @@ func (ls *lazyServices) releaseAll() error {
 	all := *ls.byName.Load()
 	ls.byName.Store(&map[string]*lazyService{})
 	ls.mu.Unlock()
-	var errs []error
 	for _, s := range all {
 		<-s.ready
 		if s.watch != nil {
-			errs = append(errs, s.watch.release())
+			s.watch.release()
 		}
 	}
-	return errors.Join(errs...)
+	return nil
 }

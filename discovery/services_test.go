@@ -6,6 +6,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/reqkey"
 )
 
@@ -32,8 +33,7 @@ func namespacedGate() *ServiceFromRequest {
 		"go.micro.api.v2.greeter": {"public"}, "go.micro.srv.greeter": {"public"}, "go.micro.apix": {"public"},
 		"greeter": {"public"}, "go.micro.api..bad": {"public"},
 	}
-	s.catalog = new(catalogWatch)
-	s.catalog.services.Store(&services)
+	s.catalog = consul.NewFixedCatalog(services)
 	return s
 }
 

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/bounds"
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/reqkey"
 	"github.com/caddymesh/caddymesh/internal/svcname"
@@ -24,18 +25,10 @@ func init() {
 	caddy.RegisterModule(new(ConsulUpstreams))
 }
 
-// Consistency modes of the queries to Consul.
-const (
-	consistencyDefault = "default"
-	consistencyStale   = "stale"
-	consistencyCached  = "cached"
-)
-
 // Bounds of a blocking query's wait.
 const (
-	defaultWait = 5 * time.Minute
-	minWait     = time.Second
-	maxWait     = 10 * time.Minute
+	minWait = time.Second
+	maxWait = 10 * time.Minute
 )
 
 // Bounds of the options of a source whose service name has placeholders.
@@ -138,7 +131,7 @@ type ConsulUpstreams struct {
 	// field by field.
 	Consul *ConsulConfig `json:"consul,omitempty"`
 
-	conn        connection
+	conn        consul.Connection
 	datacenters []string
 	filter      string
 	static      *serviceWatch // the service, when its name is fixed
@@ -164,27 +157,18 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 	if err := cu.validate(); err != nil {
 		return err
 	}
-	if err := metrics.register(ctx); err != nil {
-		return err
-	}
 	cu.setDefaults()
-	appConsul, err := appConsulConfig(ctx)
-	if err != nil {
-		return err
-	}
-	if cu.conn, err = resolveConnection(cu.Consul, appConsul); err != nil {
-		return err
-	}
-	if err := useEvents(ctx); err != nil {
+	var err error
+	if cu.conn, err = consul.Provision(ctx, cu.Consul); err != nil {
 		return err
 	}
 	cu.filter = cu.fullFilter()
 	cu.preselector = preselectorOf(pool.EnclosingProxy(ctx))
 	cu.datacenters = cu.Datacenters
 	if len(cu.datacenters) == 0 {
-		cu.datacenters = []string{cu.conn.datacenter}
+		cu.datacenters = []string{cu.conn.Datacenter}
 	}
-	if hasPlaceholders(cu.Service) {
+	if reqkey.HasPlaceholders(cu.Service) {
 		cu.serviceName = reqkey.Compile(cu.Service)
 		cu.lazy = newLazyServices(ctx, cu)
 		return nil
@@ -196,35 +180,30 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// hasPlaceholders reports whether s holds a Caddy placeholder.
-func hasPlaceholders(s string) bool {
-	open := strings.IndexByte(s, '{')
-	return open >= 0 && strings.IndexByte(s[open:], '}') > 0
-}
-
 // watch takes the shared watcher of service in each of the source's
 // datacenters, starting those nobody runs yet.
 func (cu *ConsulUpstreams) watch(service string) (*serviceWatch, error) {
 	sw := &serviceWatch{service: service, panicThreshold: cu.PanicThreshold, logger: cu.logger}
 	for _, dc := range cu.datacenters {
-		key := watchKey{
-			endpoint: cu.conn.endpoint, service: service, datacenter: dc, filter: cu.filter,
-			health: cu.Health, near: cu.Near, consistency: cu.Consistency, wait: time.Duration(cu.Wait),
-			holdLast: time.Duration(*cu.HoldLast),
+		key := consul.HealthKey{
+			Endpoint: cu.conn.Endpoint, Service: service, Datacenter: dc, Filter: cu.filter,
+			Health: cu.Health, Near: cu.Near, Consistency: cu.Consistency, Wait: time.Duration(cu.Wait),
+			HoldLast: time.Duration(*cu.HoldLast),
 		}
-		value, _, err := watchers.LoadOrNew(key, func() (caddy.Destructor, error) {
-			w, err := newWatcher(key, cu.conn)
+		w, err := consul.HealthWatches.Take(key, func() (*consul.HealthWatch, error) {
+			w, err := consul.NewHealthWatch(key, cu.conn, consul.PollerOptions{})
 			if err != nil {
 				return nil, err
 			}
-			w.tags, w.userFilter = cu.Tags, cu.Filter
-			return w, w.start()
+			w.Tags, w.UserFilter = cu.Tags, cu.Filter
+			return w, w.Start()
 		})
 		if err != nil {
-			return nil, errors.Join(err, sw.release())
+			sw.release()
+			return nil, err
 		}
 		sw.keys = append(sw.keys, key)
-		sw.watchers = append(sw.watchers, value.(*watcher))
+		sw.watchers = append(sw.watchers, w)
 	}
 	return sw, nil
 }
@@ -237,7 +216,7 @@ func (cu *ConsulUpstreams) Cleanup() error {
 		return cu.lazy.releaseAll()
 	}
 	if cu.static != nil {
-		return cu.static.release()
+		cu.static.release()
 	}
 	return nil
 }
@@ -284,14 +263,14 @@ func (cu *ConsulUpstreams) validate() error {
 	switch {
 	case strings.TrimSpace(cu.Service) == "":
 		return errors.New("consul upstreams: service is required")
-	case !hasPlaceholders(cu.Service) && !svcname.Valid(cu.Service):
+	case !reqkey.HasPlaceholders(cu.Service) && !svcname.Valid(cu.Service):
 		return fmt.Errorf("consul upstreams: service %q: %s", cu.Service, svcname.Rule)
-	case cu.Health != "" && cu.Health != healthPassing && cu.Health != healthWarning:
+	case cu.Health != "" && cu.Health != consul.HealthPassing && cu.Health != consul.HealthWarning:
 		return fmt.Errorf("consul upstreams: health %q: must be passing or warning", cu.Health)
-	case cu.Consistency != "" && cu.Consistency != consistencyDefault &&
-		cu.Consistency != consistencyStale && cu.Consistency != consistencyCached:
+	case cu.Consistency != "" && cu.Consistency != consul.ConsistencyDefault &&
+		cu.Consistency != consul.ConsistencyStale && cu.Consistency != consul.ConsistencyCached:
 		return fmt.Errorf("consul upstreams: consistency %q: must be default, stale or cached", cu.Consistency)
-	case !hasPlaceholders(cu.Service) && (cu.MaxServices != 0 || cu.IdleTimeout != 0 || cu.ResolveTimeout != 0):
+	case !reqkey.HasPlaceholders(cu.Service) && (cu.MaxServices != 0 || cu.IdleTimeout != 0 || cu.ResolveTimeout != 0):
 		return fmt.Errorf("consul upstreams: max_services, idle_timeout and resolve_timeout are for a service name with placeholders, not %q", cu.Service)
 	}
 	if err := cmp.Or(
@@ -330,16 +309,16 @@ func holdLastInBounds(holdLast *caddy.Duration) error {
 
 func (cu *ConsulUpstreams) setDefaults() {
 	if cu.Health == "" {
-		cu.Health = healthPassing
+		cu.Health = consul.HealthPassing
 	}
 	if cu.Consistency == "" {
-		cu.Consistency = consistencyStale
+		cu.Consistency = consul.ConsistencyStale
 	}
 	if cu.Wait == 0 {
-		cu.Wait = caddy.Duration(defaultWait)
+		cu.Wait = caddy.Duration(consul.DefaultWait)
 	}
 	if cu.HoldLast == nil {
-		cu.HoldLast = new(caddy.Duration(defaultHoldLast))
+		cu.HoldLast = new(caddy.Duration(consul.DefaultHoldLast))
 	}
 	cu.MaxServices = cmp.Or(cu.MaxServices, defaultMaxServices)
 	cu.IdleTimeout = cmp.Or(cu.IdleTimeout, caddy.Duration(defaultIdleTimeout))
@@ -367,5 +346,4 @@ var (
 	_ caddy.Provisioner           = (*ConsulUpstreams)(nil)
 	_ caddy.CleanerUpper          = (*ConsulUpstreams)(nil)
 	_ reverseproxy.UpstreamSource = (*ConsulUpstreams)(nil)
-	_ caddy.Destructor            = (*watcher)(nil)
 )

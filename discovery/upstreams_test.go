@@ -16,6 +16,7 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
 )
 
@@ -79,16 +80,29 @@ func TestFullFilter(t *testing.T) {
 
 // answered returns a watcher that has answered with the given healthy
 // instances and, besides them, the given unhealthy ones.
-func answered(healthy []string, unhealthy ...string) *watcher {
-	var a answer
-	a.healthy = pool.NewSnapshot(instancesNamed(healthy...))
-	a.all = a.healthy
+func answered(healthy []string, unhealthy ...string) *consul.HealthWatch {
+	var a consul.Answer
+	a.Healthy = pool.NewSnapshot(instancesNamed(healthy...))
+	a.All = a.Healthy
 	if len(unhealthy) > 0 {
-		a.all = pool.NewSnapshot(instancesNamed(append(append([]string{}, healthy...), unhealthy...)...))
+		a.All = pool.NewSnapshot(instancesNamed(append(append([]string{}, healthy...), unhealthy...)...))
 	}
-	w := &watcher{}
-	w.current.Store(&a)
-	return w
+	return consul.NewFixedHealthWatch(consul.HealthKey{Service: "web"}, &a)
+}
+
+// unanswered returns a watcher that has not answered yet.
+func unanswered() *consul.HealthWatch {
+	return consul.NewFixedHealthWatch(consul.HealthKey{Service: "web"}, nil)
+}
+
+// mustResolve returns the connection to the Consul at address.
+func mustResolve(t testing.TB, address string) consul.Connection {
+	t.Helper()
+	conn, err := consul.Resolve(&ConsulConfig{Address: address})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }
 
 func instancesNamed(ids ...string) []pool.Instance {
@@ -114,26 +128,26 @@ func TestChoose(t *testing.T) {
 	tests := []struct {
 		name      string
 		threshold int
-		watchers  []*watcher
+		watchers  []*consul.HealthWatch
 		want      string
 	}{
-		{"no answer yet", 0, []*watcher{{}}, "<no answer>"},
+		{"no answer yet", 0, []*consul.HealthWatch{unanswered()}, "<no answer>"},
 		{"healthy instances of the only datacenter", 0,
-			[]*watcher{answered([]string{"a", "b"}, "c")}, "a,b"},
+			[]*consul.HealthWatch{answered([]string{"a", "b"}, "c")}, "a,b"},
 		{"the first datacenter with a healthy instance wins", 0,
-			[]*watcher{answered(nil, "a"), answered([]string{"b"}), answered([]string{"c"})}, "b"},
+			[]*consul.HealthWatch{answered(nil, "a"), answered([]string{"b"}), answered([]string{"c"})}, "b"},
 		{"a datacenter that has not answered is skipped", 0,
-			[]*watcher{{}, answered([]string{"b"})}, "b"},
+			[]*consul.HealthWatch{unanswered(), answered([]string{"b"})}, "b"},
 		{"no healthy instance anywhere gives an empty list", 0,
-			[]*watcher{answered(nil, "a"), answered(nil, "b")}, ""},
+			[]*consul.HealthWatch{answered(nil, "a"), answered(nil, "b")}, ""},
 		{"panic mode below the threshold serves all instances", 50,
-			[]*watcher{answered([]string{"a"}, "b", "c")}, "a,b,c"},
+			[]*consul.HealthWatch{answered([]string{"a"}, "b", "c")}, "a,b,c"},
 		{"no panic at the threshold", 50,
-			[]*watcher{answered([]string{"a", "b"}, "c", "d")}, "a,b"},
+			[]*consul.HealthWatch{answered([]string{"a", "b"}, "c", "d")}, "a,b"},
 		{"panic mode with no healthy instance anywhere serves the first datacenter's", 10,
-			[]*watcher{answered(nil), answered(nil, "b"), answered(nil, "c")}, "b"},
+			[]*consul.HealthWatch{answered(nil), answered(nil, "b"), answered(nil, "c")}, "b"},
 		{"failover wins over panic", 50,
-			[]*watcher{answered(nil, "a"), answered([]string{"b"})}, "b"},
+			[]*consul.HealthWatch{answered(nil, "a"), answered([]string{"b"})}, "b"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -146,7 +160,7 @@ func TestChoose(t *testing.T) {
 }
 
 // staticSource is a source of the service web, as its watchers say.
-func staticSource(watchers ...*watcher) *ConsulUpstreams {
+func staticSource(watchers ...*consul.HealthWatch) *ConsulUpstreams {
 	return &ConsulUpstreams{Service: "web", static: &serviceWatch{service: "web", watchers: watchers, logger: zap.NewNop()}}
 }
 
@@ -181,7 +195,7 @@ func TestGetUpstreams(t *testing.T) {
 }
 
 func TestGetUpstreamsBeforeFirstAnswer(t *testing.T) {
-	cu := staticSource(&watcher{})
+	cu := staticSource(unanswered())
 	r := newRequest()
 	pool.Attach(r, pool.NewSnapshot(nil)) // left by an earlier attempt
 	if _, err := cu.GetUpstreams(r); err == nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
 
@@ -145,7 +146,7 @@ func TestLimitThroughCaddy(t *testing.T) {
 // then an empty one: the handlers' sweepers and the intentions watch must
 // stop with the config they belong to.
 func TestNoGoroutineOutlivesItsConfig(t *testing.T) {
-	const sweeper, watch = "middleware.(*perKey[...]).sweep", "discovery.(*poller[...]).run"
+	const sweeper, watch = "middleware.(*perKey[...]).sweep", consul.PollLoop
 	port := meshtest.FreePort()
 	meshtest.Load(t, fmt.Sprintf("{\n\t%s\n}\n", meshtest.Globals())+
 		intentionsSite(port, "address "+agent.Addr, "")+fmt.Sprintf(`:%d {

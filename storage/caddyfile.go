@@ -3,8 +3,8 @@ package storage
 import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
-	"github.com/caddymesh/caddymesh/discovery"
 	"github.com/caddymesh/caddymesh/internal/args"
+	"github.com/caddymesh/caddymesh/internal/consul"
 )
 
 // UnmarshalCaddyfile sets up the storage from the tokens of the storage
@@ -34,7 +34,7 @@ func (s *ConsulKV) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "aes_key_file":
 			err = args.String(d, &s.AESKeyFile)
 		case "consul":
-			s.Consul = new(discovery.ConsulConfig)
+			s.Consul = new(consul.Config)
 			err = s.Consul.UnmarshalCaddyfile(d)
 		default:
 			return d.Errf("unrecognized consul_kv option '%s'", d.Val())

@@ -17,7 +17,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"go.uber.org/zap"
 
-	"github.com/caddymesh/caddymesh/discovery"
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/running"
 )
 
@@ -63,7 +63,7 @@ type ConsulKV struct {
 	// CONSUL_HTTP_TOKEN...). The storage uses the datacenter of the agent it
 	// talks to, as Consul sessions belong to the agent's datacenter; naming
 	// another datacenter here is an error.
-	Consul *discovery.ConsulConfig `json:"consul,omitempty"`
+	Consul *consul.Config `json:"consul,omitempty"`
 
 	client    *api.Client
 	closeIdle func()
@@ -98,7 +98,7 @@ func (s *ConsulKV) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
-	client, closeIdle, err := discovery.NewConsulClient(ctx, s.Consul)
+	client, closeIdle, err := consul.NewClient(ctx, s.Consul)
 	if err != nil {
 		return fmt.Errorf("consul_kv: %w", err)
 	}

@@ -16,7 +16,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 
-	"github.com/caddymesh/caddymesh/discovery"
+	"github.com/caddymesh/caddymesh/internal/consul"
 )
 
 // TestStorageContract runs certmagic's Storage contract (its doc comments:
@@ -179,7 +179,7 @@ func TestProvisionErrors(t *testing.T) {
 		{"prefix_with_leading_slash", &ConsulKV{Prefix: "/caddy"}, `prefix "/caddy"`},
 		{"missing_key_file", &ConsulKV{AESKeyFile: filepath.Join(dir, "none")}, "reading aes_key_file"},
 		{"key_of_16_bytes", &ConsulKV{AESKeyFile: short}, `aes_key_file "` + short + `" must hold 32 bytes`},
-		{"datacenter", &ConsulKV{Consul: &discovery.ConsulConfig{Datacenter: "dc2"}}, `datacenter "dc2"`},
+		{"datacenter", &ConsulKV{Consul: &consul.Config{Datacenter: "dc2"}}, `datacenter "dc2"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := caddyContext()
@@ -199,7 +199,7 @@ func TestProvisionErrors(t *testing.T) {
 // at a Consul that does not answer.
 func TestErrorsNameOperationAndKeyNeverTheToken(t *testing.T) {
 	const token = "s3cret-token-value"
-	s := newStorage(t, &ConsulKV{Consul: &discovery.ConsulConfig{Address: "127.0.0.1:1", Token: token}})
+	s := newStorage(t, &ConsulKV{Consul: &consul.Config{Address: "127.0.0.1:1", Token: token}})
 	ctx := context.Background()
 	_, errLoad := s.Load(ctx, "certs/x")
 	errStore := s.Store(ctx, "certs/x", []byte("v"))

@@ -6,7 +6,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/caddymesh/caddymesh/discovery"
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/consultest"
 	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
@@ -23,7 +23,7 @@ func TestMain(m *testing.M) {
 func newStorage(t testing.TB, s *ConsulKV) *ConsulKV {
 	t.Helper()
 	if s.Consul == nil {
-		s.Consul = &discovery.ConsulConfig{Address: agent.Addr}
+		s.Consul = &consul.Config{Address: agent.Addr}
 	}
 	ctx, cancel := caddyContext()
 	t.Cleanup(cancel)

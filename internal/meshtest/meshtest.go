@@ -262,7 +262,7 @@ func (tr *Traffic) report(t testing.TB, during string, droppedAllowed int64) {
 }
 
 // Goroutines counts the goroutines whose stack mentions fn, a function
-// name such as "discovery.(*watcher).run".
+// name such as "consul.(*Poller[...]).run".
 func Goroutines(fn string) int {
 	count := 0
 	for _, stack := range stacks() {

@@ -105,3 +105,9 @@ func hostLabel(host string, index int) string {
 	}
 	return strings.ToLower(host[strings.LastIndexByte(host, '.')+1:])
 }
+
+// HasPlaceholders reports whether s holds a Caddy placeholder.
+func HasPlaceholders(s string) bool {
+	open := strings.IndexByte(s, '{')
+	return open >= 0 && strings.IndexByte(s[open:], '}') > 0
+}

@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"crypto/ecdsa"
@@ -37,7 +37,7 @@ func TestResolveConnectionPrecedence(t *testing.T) {
 	tests := []struct {
 		name          string
 		env           map[string]string
-		source, app   *ConsulConfig
+		source, app   *Config
 		wantAddress   string
 		wantToken     string
 		wantDC        string
@@ -50,20 +50,20 @@ func TestResolveConnectionPrecedence(t *testing.T) {
 			wantAddress: "10.0.0.1:8500", wantToken: "env-token", wantNamespace: "env-ns"},
 		{name: "the app overrides the environment",
 			env:         map[string]string{"CONSUL_HTTP_ADDR": "10.0.0.1:8500", "CONSUL_HTTP_TOKEN": "env-token"},
-			app:         &ConsulConfig{Address: "10.0.0.2:8500", Token: "app-token"},
+			app:         &Config{Address: "10.0.0.2:8500", Token: "app-token"},
 			wantAddress: "10.0.0.2:8500", wantToken: "app-token"},
 		{name: "the source overrides the app field by field",
-			app:         &ConsulConfig{Address: "10.0.0.2:8500", Token: "app-token", Datacenter: "dc1"},
-			source:      &ConsulConfig{Datacenter: "dc2"},
+			app:         &Config{Address: "10.0.0.2:8500", Token: "app-token", Datacenter: "dc1"},
+			source:      &Config{Datacenter: "dc2"},
 			wantAddress: "10.0.0.2:8500", wantToken: "app-token", wantDC: "dc2"},
 		{name: "placeholders are expanded",
 			env:         map[string]string{"MY_TOKEN": "from-placeholder", "MY_ADDR": "10.0.0.3:8500"},
-			app:         &ConsulConfig{Address: "{env.MY_ADDR}", Token: "{env.MY_TOKEN}"},
+			app:         &Config{Address: "{env.MY_ADDR}", Token: "{env.MY_TOKEN}"},
 			wantAddress: "10.0.0.3:8500", wantToken: "from-placeholder"},
 		{name: "a placeholder that expands to nothing falls back",
 			env:         map[string]string{"CONSUL_HTTP_TOKEN": "env-token"},
-			source:      &ConsulConfig{Token: "{env.UNSET_VARIABLE}"},
-			app:         &ConsulConfig{Token: "app-token"},
+			source:      &Config{Token: "{env.UNSET_VARIABLE}"},
+			app:         &Config{Token: "app-token"},
 			wantAddress: "127.0.0.1:8500", wantToken: "app-token"},
 		{name: "the token file in the environment wins over the token in the environment",
 			env:         map[string]string{"CONSUL_HTTP_TOKEN": "env-token", "CONSUL_HTTP_TOKEN_FILE": "TOKENFILE"},
@@ -76,14 +76,14 @@ func TestResolveConnectionPrecedence(t *testing.T) {
 			for k, v := range tt.env {
 				t.Setenv(k, strings.ReplaceAll(v, "TOKENFILE", tokenFile))
 			}
-			conn, err := resolveConnection(tt.source, tt.app)
+			conn, err := Resolve(tt.source, tt.app)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if conn.address != tt.wantAddress || conn.token != tt.wantToken ||
-				conn.datacenter != tt.wantDC || conn.namespace != tt.wantNamespace {
+			if conn.Address != tt.wantAddress || conn.token != tt.wantToken ||
+				conn.Datacenter != tt.wantDC || conn.Namespace != tt.wantNamespace {
 				t.Errorf("got address %q token %q dc %q namespace %q, want %q %q %q %q",
-					conn.address, conn.token, conn.datacenter, conn.namespace,
+					conn.Address, conn.token, conn.Datacenter, conn.Namespace,
 					tt.wantAddress, tt.wantToken, tt.wantDC, tt.wantNamespace)
 			}
 		})
@@ -93,18 +93,18 @@ func TestResolveConnectionPrecedence(t *testing.T) {
 func TestResolveConnectionReadsTokenFile(t *testing.T) {
 	clearConsulEnv(t)
 	path := writeFile(t, "token", "s3cr3t\n")
-	conn, err := resolveConnection(&ConsulConfig{TokenFile: path}, &ConsulConfig{Token: "app-token"})
+	conn, err := Resolve(&Config{TokenFile: path}, &Config{Token: "app-token"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if conn.token != "s3cr3t" {
 		t.Errorf("token = %q, want the file's content", conn.token)
 	}
-	if conn.tokenHash == "" || strings.Contains(conn.tokenHash, "s3cr3t") {
-		t.Errorf("token hash %q must identify the token without revealing it", conn.tokenHash)
+	if conn.TokenHash == "" || strings.Contains(conn.TokenHash, "s3cr3t") {
+		t.Errorf("token hash %q must identify the token without revealing it", conn.TokenHash)
 	}
-	other, _ := resolveConnection(&ConsulConfig{Token: "other"})
-	if other.endpoint == conn.endpoint {
+	other, _ := Resolve(&Config{Token: "other"})
+	if other.Endpoint == conn.Endpoint {
 		t.Error("connections with different tokens must have different endpoints")
 	}
 }
@@ -118,27 +118,27 @@ func TestResolveConnectionErrorsNameFieldAndValue(t *testing.T) {
 	emptyToken := writeFile(t, "empty", "\n")
 	tests := []struct {
 		name   string
-		config *ConsulConfig
+		config *Config
 		want   []string
 	}{
-		{"unreadable token file", &ConsulConfig{TokenFile: "/nonexistent/token"},
+		{"unreadable token file", &Config{TokenFile: "/nonexistent/token"},
 			[]string{"token_file", "/nonexistent/token"}},
-		{"empty token file", &ConsulConfig{TokenFile: emptyToken},
+		{"empty token file", &Config{TokenFile: emptyToken},
 			[]string{"token_file", emptyToken, "empty"}},
-		{"token and token file together", &ConsulConfig{Token: token, TokenFile: emptyToken},
+		{"token and token file together", &Config{Token: token, TokenFile: emptyToken},
 			[]string{"token_file", emptyToken}},
-		{"missing CA file", &ConsulConfig{Token: token, TLS: &ConsulTLS{CAFile: "/nonexistent/ca.pem"}},
+		{"missing CA file", &Config{Token: token, TLS: &TLS{CAFile: "/nonexistent/ca.pem"}},
 			[]string{"ca_file", "/nonexistent/ca.pem"}},
-		{"CA file without a certificate", &ConsulConfig{Token: token, TLS: &ConsulTLS{CAFile: notPEM}},
+		{"CA file without a certificate", &Config{Token: token, TLS: &TLS{CAFile: notPEM}},
 			[]string{"ca_file", notPEM}},
-		{"certificate without key", &ConsulConfig{Token: token, TLS: &ConsulTLS{CertFile: certFile}},
+		{"certificate without key", &Config{Token: token, TLS: &TLS{CertFile: certFile}},
 			[]string{"cert_file", certFile, "key_file"}},
-		{"key that does not match", &ConsulConfig{Token: token, TLS: &ConsulTLS{CertFile: certFile, KeyFile: notPEM}},
+		{"key that does not match", &Config{Token: token, TLS: &TLS{CertFile: certFile, KeyFile: notPEM}},
 			[]string{"cert_file", "key_file", notPEM}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := resolveConnection(tt.config)
+			_, err := Resolve(tt.config)
 			if err == nil {
 				t.Fatal("want an error")
 			}
@@ -153,7 +153,7 @@ func TestResolveConnectionErrorsNameFieldAndValue(t *testing.T) {
 		})
 	}
 	t.Run("valid TLS files", func(t *testing.T) {
-		_, err := resolveConnection(&ConsulConfig{TLS: &ConsulTLS{CAFile: certFile, CertFile: certFile, KeyFile: keyFile}})
+		_, err := Resolve(&Config{TLS: &TLS{CAFile: certFile, CertFile: certFile, KeyFile: keyFile}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/hashicorp/consul/api"
 )
 
@@ -22,11 +21,11 @@ const (
 
 // leaderChecks holds one leader check per Consul connection and
 // datacenter, shared by every poller that uses them.
-var leaderChecks = caddy.NewUsagePool()
+var leaderChecks = NewRegistry[leaderKey, *leaderCheck]()
 
 // leaderKey is what makes two leader checks differ.
 type leaderKey struct {
-	endpoint
+	Endpoint
 	datacenter string
 }
 
@@ -34,52 +33,47 @@ type leaderKey struct {
 // needs no ACL and is answered by whichever server the agent asks) every
 // leaderCheckInterval, on a goroutine of its own.
 type leaderCheck struct {
-	state  atomic.Pointer[leaderState]
+	state  atomic.Pointer[LeaderState]
 	http   *http.Client
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-// leaderState is what the last leader checks found.
-type leaderState struct {
-	checked   time.Time // when the last check ended; zero before the first
-	known     bool      // whether it found a leader
-	lastFound time.Time // when a check last found one
+// LeaderState is what the last leader checks found.
+type LeaderState struct {
+	// Checked is when the last check ended; zero before the first.
+	Checked time.Time
+	// Known is whether it found a leader.
+	Known bool
+	// LastFound is when a check last found one.
+	LastFound time.Time
 }
 
 // takeLeaderCheck returns the shared leader check of conn in datacenter,
-// starting it if it is the first; releaseLeaderCheck lets go of it.
-func takeLeaderCheck(conn connection, datacenter string) (*leaderCheck, leaderKey, error) {
-	key := leaderKey{conn.endpoint, datacenter}
-	value, _, err := leaderChecks.LoadOrNew(key, func() (caddy.Destructor, error) {
-		client, httpClient, err := conn.newClient()
+// starting it if it is the first; leaderChecks.Release lets go of it.
+func takeLeaderCheck(conn Connection, datacenter string) (*leaderCheck, leaderKey, error) {
+	key := leaderKey{conn.Endpoint, datacenter}
+	l, err := leaderChecks.Take(key, func() (*leaderCheck, error) {
+		client, httpClient, err := conn.NewClient()
 		if err != nil {
 			return nil, err
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		l := &leaderCheck{cancel: cancel, done: make(chan struct{}), http: httpClient}
-		l.state.Store(&leaderState{})
+		l.state.Store(&LeaderState{})
 		q := &api.QueryOptions{Datacenter: datacenter, Token: conn.token}
 		go l.run(ctx, client, q)
 		return l, nil
 	})
-	if err != nil {
-		return nil, key, err
-	}
-	return value.(*leaderCheck), key, nil
+	return l, key, err
 }
 
-func releaseLeaderCheck(key leaderKey) {
-	_, _ = leaderChecks.Delete(key)
-}
-
-// Destruct stops the check. The usage pool calls it when the last poller
-// lets go.
-func (l *leaderCheck) Destruct() error {
+// Stop stops the check. The registry calls it when the last poller lets
+// go.
+func (l *leaderCheck) Stop() {
 	l.cancel()
 	<-l.done
 	l.http.CloseIdleConnections()
-	return nil
 }
 
 func (l *leaderCheck) run(ctx context.Context, client *api.Client, q *api.QueryOptions) {
@@ -92,7 +86,7 @@ func (l *leaderCheck) run(ctx context.Context, client *api.Client, q *api.QueryO
 			return
 		}
 		l.record(time.Now(), err == nil && leader != "")
-		if !sleep(ctx, leaderCheckInterval) {
+		if !Sleep(ctx, leaderCheckInterval) {
 			return
 		}
 	}
@@ -100,12 +94,12 @@ func (l *leaderCheck) run(ctx context.Context, client *api.Client, q *api.QueryO
 
 // record keeps the outcome of a check that ended at now.
 func (l *leaderCheck) record(now time.Time, found bool) {
-	next := leaderState{checked: now, known: found, lastFound: l.state.Load().lastFound}
+	next := LeaderState{Checked: now, Known: found, LastFound: l.state.Load().LastFound}
 	if found {
-		next.lastFound = now
+		next.LastFound = now
 	}
 	l.state.Store(&next)
 }
 
 // Interface guards
-var _ caddy.Destructor = (*leaderCheck)(nil)
+var _ Watch = (*leaderCheck)(nil)

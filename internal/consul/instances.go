@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"net"
@@ -12,11 +12,11 @@ import (
 
 // Health modes: which instances are in rotation.
 const (
-	// healthPassing admits only instances whose checks all pass.
-	healthPassing = "passing"
-	// healthWarning also admits instances with warning checks, at their
+	// HealthPassing admits only instances whose checks all pass.
+	HealthPassing = "passing"
+	// HealthWarning also admits instances with warning checks, at their
 	// warning weight.
-	healthWarning = "warning"
+	HealthWarning = "warning"
 )
 
 // maxWeight is the largest weight an instance can have; Consul's Envoy
@@ -68,7 +68,7 @@ func classify(entries []*api.ServiceEntry, mode string) classified {
 // whether it is in rotation.
 func instanceOf(e *api.ServiceEntry, status, mode string) (pool.Instance, bool) {
 	svc := e.Service
-	healthy := status == api.HealthPassing || (status == api.HealthWarning && mode == healthWarning)
+	healthy := status == api.HealthPassing || (status == api.HealthWarning && mode == HealthWarning)
 
 	weight := 1
 	if weighted := svc.Weights != (api.AgentWeights{}); weighted {

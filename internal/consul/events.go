@@ -1,6 +1,7 @@
-package discovery
+package consul
 
 import (
+	"context"
 	"errors"
 	"sync/atomic"
 
@@ -11,19 +12,19 @@ import (
 // Events the mesh emits through Caddy's events app, each with the service
 // and datacenter in its data, so that users can hook them (exec, webhooks).
 const (
-	// eventUpstreamsChanged: a watched service's instances changed; data
+	// EventUpstreamsChanged: a watched service's instances changed; data
 	// also has the healthy and total counts.
-	eventUpstreamsChanged = "mesh.upstreams_changed"
-	// eventConsulUnreachable: a watch's queries started failing; data also
+	EventUpstreamsChanged = "mesh.upstreams_changed"
+	// EventConsulUnreachable: a watch's queries started failing; data also
 	// has the error.
-	eventConsulUnreachable = "mesh.consul_unreachable"
-	// eventConsulRecovered: a watch's queries succeed again; data also has
+	EventConsulUnreachable = "mesh.consul_unreachable"
+	// EventConsulRecovered: a watch's queries succeed again; data also has
 	// the outage's duration.
-	eventConsulRecovered = "mesh.consul_recovered"
-	// eventHoldingLast: Consul's answer dropped every healthy instance of a
+	EventConsulRecovered = "mesh.consul_recovered"
+	// EventHoldingLast: Consul's answer dropped every healthy instance of a
 	// watched service at once, and the last ones are kept for hold_last;
 	// data also has how many are held and until when.
-	eventHoldingLast = "mesh.holding_last"
+	EventHoldingLast = "mesh.holding_last"
 )
 
 // eventSink is an events app and the context to emit through it with.
@@ -37,10 +38,10 @@ type eventSink struct {
 // started them.
 var events atomic.Pointer[eventSink]
 
-// useEvents makes watchers emit through the events app of ctx's config once
+// UseEvents makes watches emit through the events app of ctx's config once
 // that config has started (an events app binds its subscriptions when it
 // starts), or not at all when the config has no events app.
-func useEvents(ctx caddy.Context) error {
+func UseEvents(ctx caddy.Context) error {
 	app, err := ctx.AppIfConfigured("events")
 	if errors.Is(err, caddy.ErrNotConfigured) {
 		events.Store(nil)
@@ -50,12 +51,24 @@ func useEvents(ctx caddy.Context) error {
 		return err
 	}
 	sink := &eventSink{ctx: ctx, app: app.(*caddyevents.App)}
-	return sink.app.On("started", onEvent(func() { events.Store(sink) }))
+	return sink.app.On("started", OnEvent(func() { events.Store(sink) }))
 }
 
-// emit emits an event, if anything can hear it.
-func emit(name string, data map[string]any) {
+// Emit emits an event, if anything can hear it.
+func Emit(name string, data map[string]any) {
 	if sink := events.Load(); sink != nil {
 		sink.app.Emit(sink.ctx, name, data)
 	}
 }
+
+// OnEvent is an events handler that calls a function.
+type OnEvent func()
+
+// Handle implements caddyevents.Handler.
+func (f OnEvent) Handle(context.Context, caddy.Event) error {
+	f()
+	return nil
+}
+
+// Interface guards
+var _ caddyevents.Handler = OnEvent(nil)

@@ -1,8 +1,7 @@
-package discovery
+package consul
 
 import (
 	"cmp"
-	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/caddymesh/caddymesh/internal/consultest"
 	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
 
@@ -48,10 +48,10 @@ type fakeConsul struct {
 	mu     sync.Mutex
 	script []reply
 	seen   []seen
-	always *reply        // when set, answers every request past the script
-	gate   chan struct{} // when set, each scripted answer waits for step
-	leader string        // what /v1/status/leader answers
-	clock  *fakeClock    // the watcher's, when set
+	always *reply            // when set, answers every request past the script
+	gate   chan struct{}     // when set, each scripted answer waits for step
+	leader string            // what /v1/status/leader answers
+	clock  *consultest.Clock // the watcher's, when set
 }
 
 func newFakeConsul(t *testing.T, script ...reply) *fakeConsul {
@@ -94,7 +94,7 @@ func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 	n := len(f.seen)
 	s := seen{index: r.URL.Query().Get("index"), token: r.Header.Get("X-Consul-Token"), wait: r.URL.Query().Get("wait"), stale: r.URL.Query().Has("stale")}
 	if f.clock != nil {
-		s.at = f.clock.now()
+		s.at = f.clock.Now()
 	}
 	f.seen = append(f.seen, s)
 	var rep reply
@@ -156,42 +156,47 @@ func (f *fakeConsul) awaitRequests(n int) {
 
 // watch starts a watcher of service web on the fake, logging into the
 // returned observer.
-func (f *fakeConsul) watch(token string) (*watcher, *observer.ObservedLogs) {
+func (f *fakeConsul) watch(token string) (*HealthWatch, *observer.ObservedLogs) {
 	return f.watchWith(token, 0, nil)
 }
 
 // watchWith starts a watcher of service web on the fake with hold_last
 // holdLast and, when c is set, c as its clock.
-func (f *fakeConsul) watchWith(token string, holdLast time.Duration, c *fakeClock) (*watcher, *observer.ObservedLogs) {
-	key := watchKey{
-		endpoint: endpoint{address: f.srv.URL}, service: "web",
-		health: healthPassing, consistency: consistencyStale, wait: time.Second, holdLast: holdLast,
+func (f *fakeConsul) watchWith(token string, holdLast time.Duration, c *consultest.Clock) (*HealthWatch, *observer.ObservedLogs) {
+	return f.watchPaced(token, holdLast, c, nil)
+}
+
+// watchPaced starts a watcher as watchWith does, with limiter l unless it
+// is nil.
+func (f *fakeConsul) watchPaced(token string, holdLast time.Duration, c *consultest.Clock, l Limiter) (*HealthWatch, *observer.ObservedLogs) {
+	key := HealthKey{
+		Endpoint: Endpoint{Address: f.srv.URL}, Service: "web",
+		Health: HealthPassing, Consistency: ConsistencyStale, Wait: time.Second, HoldLast: holdLast,
 	}
-	w, err := newWatcher(key, connection{endpoint: key.endpoint, token: token})
+	core, logs := observer.New(zap.DebugLevel)
+	opts := PollerOptions{Logger: func() *zap.Logger { return zap.New(core) }, Distrust: 300 * time.Millisecond, Limiter: l}
+	if c != nil {
+		f.clock, opts.Clock = c, c
+	}
+	w, err := NewHealthWatch(key, Connection{Endpoint: key.Endpoint, token: token}, opts)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	core, logs := observer.New(zap.DebugLevel)
-	w.logger = func() *zap.Logger { return zap.New(core) }
-	w.distrust = 300 * time.Millisecond
-	if c != nil {
-		f.clock, w.clock = c, c.clock()
-	}
-	if err := w.start(); err != nil {
+	if err := w.Start(); err != nil {
 		f.t.Fatal(err)
 	}
-	f.t.Cleanup(func() { w.Destruct() })
+	f.t.Cleanup(w.Stop)
 	return w, logs
 }
 
 // healthyIDs returns the IDs of the watcher's current healthy instances.
-func healthyIDs(w *watcher) []string {
-	a := w.current.Load()
+func healthyIDs(w *HealthWatch) []string {
+	a := w.Current()
 	if a == nil {
 		return nil
 	}
 	ids := []string{}
-	for _, inst := range a.healthy.Instances {
+	for _, inst := range a.Healthy.Instances {
 		ids = append(ids, inst.ID)
 	}
 	return ids
@@ -210,20 +215,20 @@ func TestWatcherPublishesOnlyRealChanges(t *testing.T) {
 	w, _ := f.watch("")
 	f.awaitRequests(1)
 	f.step()
-	first := w.current.Load()
+	first := w.Current()
 	f.step()
-	if w.current.Load() != first {
+	if w.Current() != first {
 		t.Error("an answer with the same instances replaced the snapshot")
 	}
 	f.step()
-	latest := w.current.Load()
+	latest := w.Current()
 	if got := healthyIDs(w); strings.Join(got, ",") != "a,b,c" {
 		t.Fatalf("healthy = %v, want a,b,c", got)
 	}
-	if latest.healthy.Version == first.healthy.Version {
+	if latest.Healthy.Version == first.Healthy.Version {
 		t.Error("a real change kept the old version")
 	}
-	if latest.all != latest.healthy {
+	if latest.All != latest.Healthy {
 		t.Error("when every instance is healthy, all and healthy must be one snapshot")
 	}
 }
@@ -258,8 +263,8 @@ func TestNextIndex(t *testing.T) {
 		{0, 0, 1},  // never below 1
 	}
 	for _, tt := range tests {
-		if got := nextIndex(tt.previous, tt.returned); got != tt.want {
-			t.Errorf("nextIndex(%d, %d) = %d, want %d", tt.previous, tt.returned, got, tt.want)
+		if got := NextIndex(tt.previous, tt.returned); got != tt.want {
+			t.Errorf("NextIndex(%d, %d) = %d, want %d", tt.previous, tt.returned, got, tt.want)
 		}
 	}
 }
@@ -276,13 +281,13 @@ func TestWatcherServesLastGoodSetThroughErrors(t *testing.T) {
 	if got := healthyIDs(w); strings.Join(got, ",") != "a,b" {
 		t.Errorf("during the outage healthy = %v, want the last good a,b", got)
 	}
-	if status := w.status.Load(); status.staleness(time.Now(), w.leaderState()) <= 0 || status.err == "" {
-		t.Errorf("during the outage: staleness %s, error %q; want both reported", status.staleness(time.Now(), w.leaderState()), status.err)
+	if status := w.Status(); status.Staleness(time.Now(), w.LeaderState()) <= 0 || status.Err == "" {
+		t.Errorf("during the outage: staleness %s, error %q; want both reported", status.Staleness(time.Now(), w.LeaderState()), status.Err)
 	}
 	f.awaitRequests(7)
-	meshtest.Eventually(t, 5*time.Second, "the leader check has found the leader", func() bool { return w.leaderState().known })
-	if status := w.status.Load(); status.staleness(time.Now(), w.leaderState()) != 0 || status.err != "" || status.index != 50 {
-		t.Errorf("after the outage: staleness %s, error %q, index %d; want 0, none, 50", status.staleness(time.Now(), w.leaderState()), status.err, status.index)
+	meshtest.Eventually(t, 5*time.Second, "the leader check has found the leader", func() bool { return w.LeaderState().Known })
+	if status := w.Status(); status.Staleness(time.Now(), w.LeaderState()) != 0 || status.Err != "" || status.Index != 50 {
+		t.Errorf("after the outage: staleness %s, error %q, index %d; want 0, none, 50", status.Staleness(time.Now(), w.LeaderState()), status.Err, status.Index)
 	}
 	if got := healthyIDs(w); strings.Join(got, ",") != "a,b,c" {
 		t.Errorf("after the outage healthy = %v, want a,b,c", got)
@@ -298,42 +303,93 @@ func TestWatcherServesLastGoodSetThroughErrors(t *testing.T) {
 	}
 }
 
+// countingLimiter is a Limiter that records every reservation, and
+// delays each by delay, or by the wrapped limiter's when it has one.
+type countingLimiter struct {
+	mu      sync.Mutex
+	wrapped Limiter
+	delay   time.Duration
+	delays  []time.Duration
+}
+
+func (l *countingLimiter) Reserve(now time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := l.delay
+	if l.wrapped != nil {
+		d = l.wrapped.Reserve(now)
+	}
+	l.delays = append(l.delays, d)
+	return d
+}
+
+func (l *countingLimiter) reserved() []time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]time.Duration(nil), l.delays...)
+}
+
 func TestWatcherBacksOffOnErrors(t *testing.T) {
+	const failures = 8
 	failure := reply{status: http.StatusInternalServerError}
-	f := newFakeConsul(t, failure, failure, failure, failure, failure, failure, failure, failure) // then hangs
-	f.watchWith("", 0, newFakeClock(true))
-	f.awaitRequests(9)
-	// Between the k-th failure and the next query: the k-th backoff, from
-	// half of min(50ms·2^(k-1), 2s) up to all of it, plus at most one
-	// rate-limit interval.
-	requests := f.requests()
-	for k := 1; k < len(requests); k++ {
-		gap := requests[k].at.Sub(requests[k-1].at)
-		full := min(retryBase<<(k-1), retryMax)
-		if gap < full/2 || gap > full+queryInterval+time.Millisecond { // a limiter rounds to the nanosecond
-			t.Errorf("after failure %d the watcher waited %s, want from %s to %s", k, gap, full/2, full+queryInterval)
+	script := make([]reply, failures)
+	for i := range script {
+		script[i] = failure
+	}
+	f := newFakeConsul(t, script...) // then hangs
+	c, limiter := consultest.NewClock(true), &countingLimiter{}
+	f.watchPaced("", 0, c, limiter)
+	f.awaitRequests(failures + 1)
+	// The limiter never delays, so every sleep is a backoff: one after
+	// each failure, the k-th from half of min(50ms·2^(k-1), 2s) up to all
+	// of it; and the next query comes after exactly that sleep.
+	// (A slow run may see the hanging query time out too: only the
+	// scripted failures are checked.)
+	sleeps, requests := c.Sleeps(), f.requests()
+	if len(sleeps) < failures || len(sleeps) >= len(requests) {
+		t.Fatalf("the watcher slept %d times over %d failures and %d queries, want once after each failure: %v", len(sleeps), failures, len(requests), sleeps)
+	}
+	for k := 1; k <= failures; k++ {
+		full := min(RetryBase<<(k-1), RetryMax)
+		if sleeps[k-1] < full/2 || sleeps[k-1] >= full {
+			t.Errorf("after failure %d the watcher backed off %s, want from %s to under %s", k, sleeps[k-1], full/2, full)
 		}
+		if gap := requests[k].at.Sub(requests[k-1].at); gap != sleeps[k-1] {
+			t.Errorf("query %d came %s after the one before, want its backoff, %s", k+1, gap, sleeps[k-1])
+		}
+	}
+	if n := len(limiter.reserved()); n < len(requests) || n > len(requests)+1 {
+		t.Errorf("the limiter was asked %d times for %d queries, want once per query", n, len(requests))
 	}
 }
 
 func TestWatcherRateLimitsChurn(t *testing.T) {
+	const answers = 12
 	var script []reply
-	for i := range 12 {
+	for i := range answers {
 		script = append(script, reply{index: uint64(10 + i), instances: []string{"a"}}) // a new index every time
 	}
 	f := newFakeConsul(t, script...) // then hangs
-	f.watchWith("", 0, newFakeClock(true))
-	f.awaitRequests(13)
-	// A burst of 2, then one query per interval, never fewer, never more.
-	requests := f.requests()
+	c, limiter := consultest.NewClock(true), &countingLimiter{wrapped: NewLimiter()}
+	f.watchPaced("", 0, c, limiter)
+	f.awaitRequests(answers + 1)
+	// A burst of 2, then one query per interval, never fewer, never more:
+	// each query took its turn from the limiter, and waited what it said.
+	requests, reserved := f.requests(), limiter.reserved()
+	if len(reserved) < len(requests) || len(reserved) > len(requests)+1 { // the next may be taken already
+		t.Fatalf("%d turns taken from the limiter for %d queries, want one per query", len(reserved), len(requests))
+	}
 	for k := 1; k < len(requests); k++ {
 		gap := requests[k].at.Sub(requests[k-1].at)
-		want := queryInterval
-		if k < queryBurst {
+		want := QueryInterval
+		if k < QueryBurst {
 			want = 0
 		}
 		if gap < want-time.Millisecond || gap > want+time.Millisecond {
 			t.Errorf("query %d came %s after the one before, want %s", k+1, gap, want)
+		}
+		if gap != reserved[k] {
+			t.Errorf("query %d came %s after the one before, want the limiter's %s", k+1, gap, reserved[k])
 		}
 	}
 }
@@ -371,8 +427,8 @@ func TestWatcherDistrustsEmptyAnswerAfterOutage(t *testing.T) {
 		f.always = &reply{index: 3} // still empty
 		w, _ := f.watch("")
 		meshtest.Eventually(t, 5*time.Second, "the empty answer is believed", func() bool {
-			a := w.current.Load()
-			return a != nil && len(a.healthy.Instances) == 0
+			a := w.Current()
+			return a != nil && len(a.Healthy.Instances) == 0
 		})
 		held := f.requests()[3] // the query right after the empty answer was held back
 		ms, err := strconv.Atoi(strings.TrimSuffix(held.wait, "ms"))
@@ -448,8 +504,8 @@ func TestWatcherWarnsOnceAboutAnUnknownService(t *testing.T) {
 	}
 }
 
-func TestWatcherGoroutineEndsWithDestruct(t *testing.T) {
-	const loop = "discovery.(*poller[...]).run"
+func TestWatcherGoroutineEndsWithStop(t *testing.T) {
+	const loop = PollLoop
 	before := meshtest.Goroutines(loop)
 	f := newFakeConsul(t, reply{index: 10, instances: []string{"a"}})
 	w, _ := f.watch("")
@@ -457,44 +513,11 @@ func TestWatcherGoroutineEndsWithDestruct(t *testing.T) {
 	if n := meshtest.Goroutines(loop); n != before+1 {
 		t.Fatalf("%d watch loops running, want %d", n, before+1)
 	}
-	w.Destruct()
+	w.Stop()
 	if n := meshtest.Goroutines(loop); n != before {
-		t.Errorf("%d watch loops after Destruct, want %d", n, before)
+		t.Errorf("%d watch loops after Stop, want %d", n, before)
 	}
 }
-
-// fakeClock is a poller's clock in tests: it moves only when told, or,
-// when advance is set, by every sleep of the poller, which returns at once.
-type fakeClock struct {
-	mu      sync.Mutex
-	t       time.Time
-	advance bool
-}
-
-func newFakeClock(advance bool) *fakeClock {
-	return &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), advance: advance}
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func (c *fakeClock) sleep(ctx context.Context, d time.Duration) bool {
-	if c.advance {
-		c.add(d)
-	}
-	return ctx.Err() == nil
-}
-
-func (c *fakeClock) clock() clock { return clock{now: c.now, sleep: c.sleep} }
 
 func TestWatcherDoesNotRollBackAfterAnOutage(t *testing.T) {
 	failure := reply{status: http.StatusInternalServerError}
@@ -529,7 +552,7 @@ func TestWatcherDoesNotRollBackAfterAnOutage(t *testing.T) {
 		}
 	})
 	t.Run("believed once the distrust has passed", func(t *testing.T) {
-		c := newFakeClock(false)
+		c := consultest.NewClock(false)
 		f := newGatedFakeConsul(t,
 			reply{index: 100, instances: []string{"a"}},
 			failure,
@@ -541,13 +564,13 @@ func TestWatcherDoesNotRollBackAfterAnOutage(t *testing.T) {
 		f.awaitRequests(1)
 		f.step()
 		f.step() // recovered at c's time: distrust for 300ms
-		c.add(299 * time.Millisecond)
+		c.Add(299 * time.Millisecond)
 		f.step()
 		f.step()
 		if got := strings.Join(healthyIDs(w), ","); got != "a" {
 			t.Errorf("within the distrust healthy = %s, want a", got)
 		}
-		c.add(time.Millisecond)
+		c.Add(time.Millisecond)
 		f.step() // the leader answers
 		if got := strings.Join(healthyIDs(w), ","); got != "old" {
 			t.Errorf("from the leader healthy = %s, want old", got)
@@ -557,7 +580,7 @@ func TestWatcherDoesNotRollBackAfterAnOutage(t *testing.T) {
 
 func TestWatcherHoldsTheLastInstancesWhenAllGoAtOnce(t *testing.T) {
 	const holdLast = 10 * time.Second
-	c := newFakeClock(false)
+	c := consultest.NewClock(false)
 	f := newGatedFakeConsul(t,
 		reply{index: 10, instances: []string{"a", "b"}},
 		reply{index: 11}, // the agent they registered through left
@@ -570,13 +593,13 @@ func TestWatcherHoldsTheLastInstancesWhenAllGoAtOnce(t *testing.T) {
 	f.awaitRequests(1)
 	f.step()
 	f.step()
-	if got := strings.Join(healthyIDs(w), ","); got != "a,b" || w.holding.Load() == nil {
-		t.Fatalf("after all went at once: healthy %s, holding %v; want a,b held", got, w.holding.Load())
+	if got := strings.Join(healthyIDs(w), ","); got != "a,b" || !w.Current().Held() {
+		t.Fatalf("after all went at once: healthy %s, holding %v; want a,b held", got, w.Current().HeldUntil)
 	}
-	if until := *w.holding.Load(); !until.Equal(c.now().Add(holdLast)) {
-		t.Errorf("held until %s, want hold_last from now, %s", until, c.now().Add(holdLast))
+	if until := w.Current().HeldUntil; !until.Equal(c.Now().Add(holdLast)) {
+		t.Errorf("held until %s, want hold_last from now, %s", until, c.Now().Add(holdLast))
 	}
-	c.add(holdLast - time.Millisecond)
+	c.Add(holdLast - time.Millisecond)
 	f.step()
 	if got := strings.Join(healthyIDs(w), ","); got != "a,b" {
 		t.Errorf("just before hold_last healthy = %s, want a,b still", got)
@@ -584,15 +607,15 @@ func TestWatcherHoldsTheLastInstancesWhenAllGoAtOnce(t *testing.T) {
 	if wait := f.requests()[3].wait; wait != "1ms" {
 		t.Errorf("query 1ms before the hold ends waited %s, want 1ms: the rest of the hold", wait)
 	}
-	c.add(time.Millisecond)
+	c.Add(time.Millisecond)
 	f.step()
-	if got := healthyIDs(w); len(got) != 0 || w.holding.Load() != nil {
-		t.Errorf("at hold_last healthy = %v, holding %v; want the empty answer believed", got, w.holding.Load())
+	if got := healthyIDs(w); len(got) != 0 || w.Current().Held() {
+		t.Errorf("at hold_last healthy = %v, holding %v; want the empty answer believed", got, w.Current().HeldUntil)
 	}
 	f.step()
 	f.step()
-	if got := healthyIDs(w); len(got) != 1 || w.holding.Load() == nil {
-		t.Errorf("c alone went: healthy %v, holding %v; want c held", got, w.holding.Load())
+	if got := healthyIDs(w); len(got) != 1 || !w.Current().Held() {
+		t.Errorf("c alone went: healthy %v, holding %v; want c held", got, w.Current().HeldUntil)
 	}
 	if n := countLogs(logs, "all at once"); n != 2 {
 		t.Errorf("holds logged %d times, want 2", n)
@@ -605,44 +628,44 @@ func TestWatcherHoldLastOffBelievesEmptyAnswers(t *testing.T) {
 	f.awaitRequests(1)
 	f.step()
 	f.step()
-	if got := healthyIDs(w); len(got) != 0 || w.holding.Load() != nil {
-		t.Errorf("hold_last 0: healthy %v, holding %v; want the empty answer believed", got, w.holding.Load())
+	if got := healthyIDs(w); len(got) != 0 || w.Current().Held() {
+		t.Errorf("hold_last 0: healthy %v, holding %v; want the empty answer believed", got, w.Current().HeldUntil)
 	}
 }
 
 func TestStaleness(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
-	answered := watchStatus{syncedAt: t0, confirmedAt: t0, answerLeader: true}
+	answered := Status{SyncedAt: t0, ConfirmedAt: t0, AnswerLeader: true}
 	stale := answered
-	stale.lastContact = 40 * time.Millisecond
+	stale.LastContact = 40 * time.Millisecond
 	failing := answered
-	failing.err, failing.confirmedAt = "connection refused", at(20*time.Second)
-	noLeaderEver := watchStatus{syncedAt: t0}
+	failing.Err, failing.ConfirmedAt = "connection refused", at(20*time.Second)
+	noLeaderEver := Status{SyncedAt: t0}
 	tests := []struct {
 		name   string
-		status watchStatus
-		leader leaderState
+		status Status
+		leader LeaderState
 		now    time.Time
 		want   time.Duration
 	}{
-		{"nothing answered yet", watchStatus{}, leaderState{}, at(time.Minute), 0},
+		{"nothing answered yet", Status{}, LeaderState{}, at(time.Minute), 0},
 		{"a blocking query in flight with a leader is current", answered,
-			leaderState{checked: at(50 * time.Second), known: true, lastFound: at(50 * time.Second)}, at(time.Minute), 0},
+			LeaderState{Checked: at(50 * time.Second), Known: true, LastFound: at(50 * time.Second)}, at(time.Minute), 0},
 		{"plus the server's last contact in stale mode", stale,
-			leaderState{checked: at(50 * time.Second), known: true, lastFound: at(50 * time.Second)}, at(time.Minute), 40 * time.Millisecond},
+			LeaderState{Checked: at(50 * time.Second), Known: true, LastFound: at(50 * time.Second)}, at(time.Minute), 40 * time.Millisecond},
 		{"without a leader, since the leader was last found", answered,
-			leaderState{checked: at(50 * time.Second), lastFound: at(40 * time.Second)}, at(time.Minute), 20 * time.Second},
+			LeaderState{Checked: at(50 * time.Second), LastFound: at(40 * time.Second)}, at(time.Minute), 20 * time.Second},
 		{"without a leader since before the answer, since the answer", answered,
-			leaderState{checked: at(50 * time.Second)}, at(time.Minute), time.Minute},
+			LeaderState{Checked: at(50 * time.Second)}, at(time.Minute), time.Minute},
 		{"failing, since Consul last confirmed, not since it last answered", failing,
-			leaderState{checked: at(50 * time.Second), known: true, lastFound: at(50 * time.Second)}, at(time.Minute), 40 * time.Second},
+			LeaderState{Checked: at(50 * time.Second), Known: true, LastFound: at(50 * time.Second)}, at(time.Minute), 40 * time.Second},
 		{"answered but never with a leader, since the answer", noLeaderEver,
-			leaderState{checked: at(time.Second)}, at(time.Minute), time.Minute},
+			LeaderState{Checked: at(time.Second)}, at(time.Minute), time.Minute},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.status.staleness(tt.now, &tt.leader); got != tt.want {
+			if got := tt.status.Staleness(tt.now, &tt.leader); got != tt.want {
 				t.Errorf("staleness = %s, want %s", got, tt.want)
 			}
 		})
@@ -654,12 +677,12 @@ func TestWatcherSeesNoLeaderWhileBlocking(t *testing.T) {
 	f.leader = ""
 	w, _ := f.watch("")
 	f.awaitRequests(2)
-	meshtest.Eventually(t, 5*time.Second, "the leader check has run", func() bool { return !w.leaderState().checked.IsZero() })
-	status := w.status.Load()
-	if status.knownLeader(w.leaderState()) {
+	meshtest.Eventually(t, 5*time.Second, "the leader check has run", func() bool { return !w.LeaderState().Checked.IsZero() })
+	status := w.Status()
+	if status.KnownLeader(w.LeaderState()) {
 		t.Error("known_leader is true without a leader")
 	}
-	if d := status.staleness(time.Now().Add(time.Minute), w.leaderState()); d < time.Minute {
+	if d := status.Staleness(time.Now().Add(time.Minute), w.LeaderState()); d < time.Minute {
 		t.Errorf("a minute on without a leader, staleness %s, want at least a minute", d)
 	}
 }

@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"testing"
@@ -42,36 +42,36 @@ func TestClassify(t *testing.T) {
 		healthy bool
 		all     []instance // nil: left out entirely
 	}{
-		{"passing instance without weights has weight 1", healthPassing,
+		{"passing instance without weights has weight 1", HealthPassing,
 			entry("a", "10.0.0.2", 8080, none, api.HealthPassing), true, []instance{{"10.0.0.2:8080", 1, "passing"}}},
-		{"passing instance has its passing weight", healthPassing,
+		{"passing instance has its passing weight", HealthPassing,
 			entry("a", "10.0.0.2", 8080, w(5, 1), api.HealthPassing, api.HealthPassing), true, []instance{{"10.0.0.2:8080", 5, "passing"}}},
-		{"warning instance is out of rotation in passing mode", healthPassing,
+		{"warning instance is out of rotation in passing mode", HealthPassing,
 			entry("a", "10.0.0.2", 8080, w(5, 2), api.HealthPassing, api.HealthWarning), false, []instance{{"10.0.0.2:8080", 2, "warning"}}},
-		{"warning instance has its warning weight in warning mode", healthWarning,
+		{"warning instance has its warning weight in warning mode", HealthWarning,
 			entry("a", "10.0.0.2", 8080, w(5, 2), api.HealthWarning), true, []instance{{"10.0.0.2:8080", 2, "warning"}}},
-		{"critical check takes an instance out of rotation in warning mode", healthWarning,
+		{"critical check takes an instance out of rotation in warning mode", HealthWarning,
 			entry("a", "10.0.0.2", 8080, w(5, 2), api.HealthWarning, api.HealthCritical), false, []instance{{"10.0.0.2:8080", 5, "critical"}}},
-		{"critical serfHealth of the node takes its instances out", healthPassing,
+		{"critical serfHealth of the node takes its instances out", HealthPassing,
 			func() *api.ServiceEntry {
 				e := entry("a", "10.0.0.2", 8080, none, api.HealthPassing)
 				e.Checks = append(e.Checks, &api.HealthCheck{CheckID: "serfHealth", Status: api.HealthCritical})
 				return e
 			}(), false, []instance{{"10.0.0.2:8080", 1, "critical"}}},
-		{"warning weight 0 takes the instance out of rotation", healthWarning,
+		{"warning weight 0 takes the instance out of rotation", HealthWarning,
 			entry("a", "10.0.0.2", 8080, w(3, 0), api.HealthWarning), false, []instance{{"10.0.0.2:8080", 1, "warning"}}},
-		{"weight above 128 is clamped", healthPassing,
+		{"weight above 128 is clamped", HealthPassing,
 			entry("a", "10.0.0.2", 8080, w(1000, 1), api.HealthPassing), true, []instance{{"10.0.0.2:8080", 128, "passing"}}},
-		{"empty service address falls back to the node address", healthPassing,
+		{"empty service address falls back to the node address", HealthPassing,
 			entry("a", "", 8080, none, api.HealthPassing), true, []instance{{"10.0.0.1:8080", 1, "passing"}}},
-		{"IPv6 address is bracketed", healthPassing,
+		{"IPv6 address is bracketed", HealthPassing,
 			entry("a", "fd00::2", 8080, none, api.HealthPassing), true, []instance{{"[fd00::2]:8080", 1, "passing"}}},
-		{"instance without a port is left out", healthPassing,
+		{"instance without a port is left out", HealthPassing,
 			entry("a", "10.0.0.2", 0, none, api.HealthPassing), false, nil},
-		{"service in maintenance is left out", healthPassing, maintenance, false, nil},
-		{"node in maintenance is left out", healthPassing, nodeMaintenance, false, nil},
-		{"connect-proxy instance is left out", healthPassing, sidecar, false, nil},
-		{"instance without checks is passing", healthPassing,
+		{"service in maintenance is left out", HealthPassing, maintenance, false, nil},
+		{"node in maintenance is left out", HealthPassing, nodeMaintenance, false, nil},
+		{"connect-proxy instance is left out", HealthPassing, sidecar, false, nil},
+		{"instance without checks is passing", HealthPassing,
 			entry("a", "10.0.0.2", 8080, none), true, []instance{{"10.0.0.2:8080", 1, "passing"}}},
 	}
 	for _, tt := range tests {
@@ -98,7 +98,7 @@ func TestClassifyKeepsOrderTagsMetaAndNode(t *testing.T) {
 	a.Service.Tags, a.Service.Meta = []string{"v2", "blue"}, map[string]string{"version": "2"}
 	b := entry("b", "10.0.0.3", 1, api.AgentWeights{}, api.HealthCritical)
 	c := entry("c", "10.0.0.4", 1, api.AgentWeights{}, api.HealthPassing)
-	got := classify([]*api.ServiceEntry{a, b, c}, healthPassing)
+	got := classify([]*api.ServiceEntry{a, b, c}, HealthPassing)
 	if ids := []string{got.healthy[0].ID, got.healthy[1].ID}; ids[0] != "a" || ids[1] != "c" {
 		t.Errorf("healthy = %v, want [a c]", ids)
 	}

@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"errors"
@@ -22,12 +22,12 @@ func checkConsulAddress(address string) error {
 	if !strings.Contains(address, "://") {
 		address = "http://" + address
 	}
-	return checkURL(address, "http", "https")
+	return CheckURL(address, "http", "https")
 }
 
-// checkURL parses raw as an absolute URL of one of schemes, with a host
+// CheckURL parses raw as an absolute URL of one of schemes, with a host
 // and, if it has one, a port from 1 to 65535.
-func checkURL(raw string, schemes ...string) error {
+func CheckURL(raw string, schemes ...string) error {
 	if !strings.Contains(raw, "://") {
 		return fmt.Errorf("must be a URL starting with %s://", strings.Join(schemes, ":// or "))
 	}
@@ -42,13 +42,13 @@ func checkURL(raw string, schemes ...string) error {
 		return errors.New("no host")
 	}
 	if port := u.Port(); port != "" {
-		return checkPort(port)
+		return CheckPort(port)
 	}
 	return nil
 }
 
-// checkHostPort parses host:port, with a host and a port from 1 to 65535.
-func checkHostPort(hostPort string) error {
+// CheckHostPort parses host:port, with a host and a port from 1 to 65535.
+func CheckHostPort(hostPort string) error {
 	host, port, err := net.SplitHostPort(hostPort)
 	if err != nil {
 		return err
@@ -56,19 +56,20 @@ func checkHostPort(hostPort string) error {
 	if host == "" {
 		return errors.New("no host")
 	}
-	return checkPort(port)
+	return CheckPort(port)
 }
 
-func checkPort(port string) error {
+// CheckPort checks a port: a number from 1 to 65535.
+func CheckPort(port string) error {
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return fmt.Errorf("port %q: must be from 1 to 65535", port)
 	}
 	return nil
 }
 
-// checkHostOnly refuses an address that is not a bare host: a name or an
+// CheckHostOnly refuses an address that is not a bare host: a name or an
 // IP address, without a port, a scheme or a path.
-func checkHostOnly(host string) error {
+func CheckHostOnly(host string) error {
 	if strings.ContainsAny(host, "/ []@") || (strings.Contains(host, ":") && net.ParseIP(host) == nil) {
 		return errors.New("must be a host name or an IP address, without a port")
 	}
