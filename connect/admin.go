@@ -62,7 +62,7 @@ func serveConnect(w http.ResponseWriter, r *http.Request) error {
 	}
 	view := connectView{Leaves: []leafView{}, Roots: []rootsView{}}
 	for _, lw := range allLeafWatches() {
-		v := leafView{Service: lw.service}
+		v := leafView{Service: lw.key.Service}
 		if l := lw.current.Load(); l != nil {
 			v.Serial, v.SPIFFEID, v.ValidAfter, v.ValidBefore = l.serial, l.id.String(), &l.validAfter, &l.validBefore
 		}
@@ -75,7 +75,9 @@ func serveConnect(w http.ResponseWriter, r *http.Request) error {
 		}
 		view.Roots = append(view.Roots, v)
 	}
-	slices.SortFunc(view.Leaves, func(a, b leafView) int { return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Serial, b.Serial)) })
+	slices.SortFunc(view.Leaves, func(a, b leafView) int {
+		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Serial, b.Serial))
+	})
 	slices.SortFunc(view.Roots, func(a, b rootsView) int { return cmp.Compare(a.TrustDomain, b.TrustDomain) })
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(view)

@@ -8,7 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 
-	"github.com/caddymesh/caddymesh/discovery"
+	"github.com/caddymesh/caddymesh/internal/consul"
 )
 
 func init() {
@@ -28,7 +28,7 @@ func init() {
 // the next load.
 type CAPool struct {
 	// Connection settings overriding the mesh app's, field by field.
-	Consul *discovery.ConsulConfig `json:"consul,omitempty"`
+	Consul *consul.Config `json:"consul,omitempty"`
 
 	held *held
 	pool *x509.CertPool

@@ -3,8 +3,8 @@ package connect
 import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
-	"github.com/caddymesh/caddymesh/discovery"
 	"github.com/caddymesh/caddymesh/internal/args"
+	"github.com/caddymesh/caddymesh/internal/consul"
 )
 
 // UnmarshalCaddyfile reads the module from `get_certificate connect`, in a
@@ -41,7 +41,7 @@ func (p *CAPool) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // unmarshalConsulOnly reads a block whose one option is consul.
-func unmarshalConsulOnly(d *caddyfile.Dispenser, dst **discovery.ConsulConfig, module string) error {
+func unmarshalConsulOnly(d *caddyfile.Dispenser, dst **consul.Config, module string) error {
 	block := args.NewBlock()
 	for d.NextBlock(0) {
 		if err := block.Check(d); err != nil {
@@ -50,7 +50,7 @@ func unmarshalConsulOnly(d *caddyfile.Dispenser, dst **discovery.ConsulConfig, m
 		if d.Val() != "consul" {
 			return d.Errf("unrecognized %s option '%s'", module, d.Val())
 		}
-		*dst = new(discovery.ConsulConfig)
+		*dst = new(consul.Config)
 		if err := (*dst).UnmarshalCaddyfile(d); err != nil {
 			return err
 		}
@@ -113,7 +113,7 @@ func (t *Transport) unmarshalOption(d *caddyfile.Dispenser, block *args.Block) e
 	case "partition":
 		return args.String(d, &t.Partition)
 	}
-	t.Consul = new(discovery.ConsulConfig)
+	t.Consul = new(consul.Config)
 	return t.Consul.UnmarshalCaddyfile(d)
 }
 

@@ -17,7 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 
-	"github.com/caddymesh/caddymesh/discovery"
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/svcname"
 )
 
@@ -38,7 +38,7 @@ type CertGetter struct {
 	Service string `json:"service,omitempty"`
 
 	// Connection settings overriding the mesh app's, field by field.
-	Consul *discovery.ConsulConfig `json:"consul,omitempty"`
+	Consul *consul.Config `json:"consul,omitempty"`
 
 	held *held
 }

@@ -7,81 +7,70 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"go.uber.org/zap"
 
-	"github.com/caddymesh/caddymesh/discovery"
+	"github.com/caddymesh/caddymesh/internal/consul"
 )
 
 // firstAnswerTimeout bounds how long provisioning waits for Consul's first
-// answer, so that traffic does not start without certificates.
+// answers, so that traffic does not start without certificates.
 const firstAnswerTimeout = 3 * time.Second
 
 // held is what a module holds of the shared watches: the roots of its
 // Consul connection, and a service's leaf when it presents one.
 type held struct {
-	conn     consulConn
-	roots    *rootsWatch
-	leaf     *leafWatch // nil for the CA pool
-	leafKey  leafKey
-	released bool
+	roots   *rootsWatch
+	rootsAt consul.Endpoint
+	leaf    *leafWatch // nil for the CA pool
 }
 
 // hold takes the shared watches a module needs, over the module's Consul
 // settings layered on the mesh app's: the roots, and service's leaf unless
 // service is empty. It waits briefly for their first answers.
-func hold(ctx caddy.Context, settings *discovery.ConsulConfig, service string) (*held, error) {
-	conn, err := dialConsul(ctx, settings)
+func hold(ctx caddy.Context, settings *consul.Config, service string) (*held, error) {
+	conn, err := consul.Provision(ctx, settings)
 	if err != nil {
 		return nil, err
 	}
-	if err := metrics.register(ctx); err != nil {
+	if err := consul.RegisterMetrics(ctx, metrics); err != nil {
 		return nil, err
 	}
-	logger := caddy.Log().Named("mesh.connect")
-	h := &held{conn: conn}
-	value, _, err := rootsWatches.LoadOrNew(conn.key, func() (caddy.Destructor, error) {
-		return startRootsWatch(conn, logger), nil
-	})
-	if err != nil {
+	h := &held{rootsAt: conn.Endpoint}
+	if h.roots, err = takeRoots(conn); err != nil {
 		return nil, err
 	}
-	h.roots = value.(*rootsWatch)
 	if service != "" {
-		h.leafKey = leafKey{conn: conn.key, service: service}
-		value, _, err := leafWatches.LoadOrNew(h.leafKey, func() (caddy.Destructor, error) {
-			return startLeafWatch(conn, service, logger), nil
-		})
-		if err != nil {
+		if h.leaf, err = takeLeaf(leafKey{Endpoint: conn.Endpoint, Service: service}, conn); err != nil {
 			h.release()
 			return nil, err
 		}
-		h.leaf = value.(*leafWatch)
 	}
-	h.awaitFirstAnswers()
+	h.awaitFirstAnswers(ctx)
 	return h, nil
 }
 
-// awaitFirstAnswers waits, at most firstAnswerTimeout in all, until each
-// watch has had its first answer or failure.
-func (h *held) awaitFirstAnswers() {
-	deadline := time.Now().Add(firstAnswerTimeout)
-	h.roots.awaitFirstTry(time.Until(deadline))
+// awaitFirstAnswers waits, at most firstAnswerTimeout, until each watch
+// has had its first answer or failure.
+func (h *held) awaitFirstAnswers(ctx caddy.Context) {
+	watches := []consul.Tried{h.roots}
 	if h.leaf != nil {
-		h.leaf.awaitFirstTry(time.Until(deadline))
+		watches = append(watches, h.leaf)
 	}
+	consul.AwaitFirstTries(ctx, firstAnswerTimeout, watches...)
 }
 
-// release lets go of the watches; the last user stops them.
+// release lets go of the watches; the last user of each stops it.
 func (h *held) release() {
-	if h == nil || h.released {
+	if h == nil {
 		return
 	}
-	h.released = true
 	if h.leaf != nil {
-		_, _ = leafWatches.Delete(h.leafKey)
+		leafWatches.Release(h.leaf.key)
+		h.leaf = nil
 	}
-	_, _ = rootsWatches.Delete(h.conn.key)
-	h.conn.closeIdle()
+	if h.roots != nil {
+		rootsWatches.Release(h.rootsAt)
+		h.roots = nil
+	}
 }
 
 // errNoLeaf says a handshake had no certificate to present.
@@ -96,16 +85,7 @@ func (h *held) certificate(now time.Time) (*tls.Certificate, error) {
 		if l != nil {
 			h.leaf.logExpiredOnce(l)
 		}
-		return nil, fmt.Errorf("connect: %s: %w", h.leaf.service, errNoLeaf)
+		return nil, fmt.Errorf("connect: %s: %w", h.leaf.key.Service, errNoLeaf)
 	}
 	return l.cert, nil
-}
-
-// logExpiredOnce logs, once per certificate, that the leaf held has
-// expired without a new one from Consul.
-func (w *leafWatch) logExpiredOnce(l *leaf) {
-	if w.expiredLogged.CompareAndSwap(nil, l) {
-		w.logger.Error("the Connect leaf certificate has expired and Consul gave no new one: handshakes fail",
-			zap.String("service", w.service), zap.String("serial", l.serial), zap.Time("valid_before", l.validBefore))
-	}
 }

@@ -1,10 +1,9 @@
 package connect
 
 import (
-	"errors"
-
-	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddymesh/caddymesh/internal/consul"
 )
 
 // metrics are Connect's Prometheus metrics, registered in Caddy's registry
@@ -19,18 +18,6 @@ var metrics = leafExpiryCollector{
 // leafExpiryCollector reports caddy_mesh_connect_leaf_expiry_seconds.
 type leafExpiryCollector struct{ desc *prometheus.Desc }
 
-// register adds the collector to the registry of ctx's config.
-func (c leafExpiryCollector) register(ctx caddy.Context) error {
-	registry := ctx.GetMetricsRegistry()
-	if registry == nil {
-		return nil
-	}
-	if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
-		return err
-	}
-	return nil
-}
-
 // Describe sends the metric's description.
 func (c leafExpiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
@@ -44,8 +31,8 @@ func (c leafExpiryCollector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		expiry := float64(l.validBefore.Unix())
-		if known, ok := earliest[w.service]; !ok || expiry < known {
-			earliest[w.service] = expiry
+		if known, ok := earliest[w.key.Service]; !ok || expiry < known {
+			earliest[w.key.Service] = expiry
 		}
 	}
 	for service, expiry := range earliest {
@@ -56,19 +43,13 @@ func (c leafExpiryCollector) Collect(ch chan<- prometheus.Metric) {
 // allLeafWatches returns the running leaf watches.
 func allLeafWatches() []*leafWatch {
 	var watches []*leafWatch
-	leafWatches.Range(func(_, value any) bool {
-		watches = append(watches, value.(*leafWatch))
-		return true
-	})
+	leafWatches.Range(func(_ leafKey, w *leafWatch, _ int) { watches = append(watches, w) })
 	return watches
 }
 
 // allRootsWatches returns the running roots watches.
 func allRootsWatches() []*rootsWatch {
 	var watches []*rootsWatch
-	rootsWatches.Range(func(_, value any) bool {
-		watches = append(watches, value.(*rootsWatch))
-		return true
-	})
+	rootsWatches.Range(func(_ consul.Endpoint, w *rootsWatch, _ int) { watches = append(watches, w) })
 	return watches
 }

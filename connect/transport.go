@@ -16,7 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
-	"github.com/caddymesh/caddymesh/discovery"
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/spiffe"
 	"github.com/caddymesh/caddymesh/internal/svcname"
@@ -70,7 +70,7 @@ type Transport struct {
 	Partition string `json:"partition,omitempty"`
 
 	// Connection settings overriding the mesh app's, field by field.
-	Consul *discovery.ConsulConfig `json:"consul,omitempty"`
+	Consul *consul.Config `json:"consul,omitempty"`
 
 	// Caddy's HTTP transport, whose options apply as in `transport http`.
 	reverseproxy.HTTPTransport
