@@ -1,0 +1,226 @@
+package connect_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/caddymesh/caddymesh/internal/consultest"
+	"github.com/caddymesh/caddymesh/internal/loadgen"
+	"github.com/caddymesh/caddymesh/internal/meshtest"
+)
+
+// Each direction's load, in requests a second: most on kept-alive
+// connections, some on a new connection each, so that new handshakes run
+// all along (a handshake per request at the full rate would measure the
+// machine's CPU, not the rotation).
+const (
+	keptAliveRate = 190
+	freshRate     = 10
+)
+
+// TestCARotationUnderLoad is the issue's fourth proof: Consul's CA is
+// rotated (a new key: a new root, cross-signed by the old) while traffic
+// flows both ways: web's sidecar (Consul's proxy) calling api behind
+// caddymesh, and caddymesh calling db behind its sidecar (Consul's proxy).
+// No request fails, and caddymesh uses each new leaf as soon as Consul's
+// agent gives it (the agent spreads its re-signing over 30 s), with no
+// reload: the inbound trust pool, read at the load, still verifies the
+// callers' new leaves, through the cross-signed root they carry.
+func TestCARotationUnderLoad(t *testing.T) {
+	ca, err := consultest.Start(consultest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ca.Stop)
+	inbound, upstream, sidecarPort := meshtest.FreePort(), meshtest.FreePort(), meshtest.FreePort()
+	outbound, outboundFresh := meshtest.FreePort(), meshtest.FreePort()
+	registerNativeWith(t, ca, "api", inbound)
+	db := meshtest.StartBackend(t, "db")
+	ca.StartConnectProxy(t, "-service", "db", "-service-addr", db.Addr(), "-listen", fmt.Sprintf("127.0.0.1:%d", sidecarPort))
+	ca.StartConnectProxy(t, "-service", "web", "-upstream", fmt.Sprintf("api:%d", upstream))
+	meshtest.Load(t, fmt.Sprintf(`{
+	%s
+	auto_https disable_redirects
+	mesh {
+		consul {
+			address %s
+		}
+	}
+}
+%s
+http://127.0.0.1:%d {
+	reverse_proxy 127.0.0.1:%d {
+		transport connect web {
+			destination db
+		}
+	}
+}
+http://127.0.0.1:%d {
+	reverse_proxy 127.0.0.1:%d {
+		transport connect web {
+			destination db
+			keepalive off
+		}
+	}
+}`, meshtest.Globals(), ca.Addr, inboundSite("api", inbound, startCallerEcho(t)), outbound, sidecarPort, outboundFresh, sidecarPort), "caddyfile")
+	into := fmt.Sprintf("http://127.0.0.1:%d/hello", upstream)
+	out, outFresh := fmt.Sprintf("http://127.0.0.1:%d/", outbound), fmt.Sprintf("http://127.0.0.1:%d/", outboundFresh)
+	awaitStatus(t, "web's proxy to reach api", "GET", into, http.StatusOK)
+	awaitStatus(t, "caddymesh to reach db", "GET", outFresh, http.StatusOK)
+
+	keptAlive := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	fresh := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	loads := map[string]*loadgen.Run{
+		"into caddymesh, kept alive":   loadgen.Start(keptAlive, keptAliveRate, into),
+		"into caddymesh, new each":     loadgen.Start(fresh, freshRate, into),
+		"out of caddymesh, kept alive": loadgen.Start(keptAlive, keptAliveRate, out),
+		"out of caddymesh, new each":   loadgen.Start(keptAlive, freshRate, outFresh),
+	}
+	time.Sleep(2 * time.Second)
+	oldRoot := activeRoot(t, ca)
+	rotated := time.Now()
+	if _, err := ca.Client.Connect().CASetConfig(&api.CAConfig{Provider: "consul", Config: map[string]any{
+		"LeafCertTTL": "72h", "PrivateKeyType": "rsa", "PrivateKeyBits": 2048,
+	}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	newRoot := activeRoot(t, ca)
+	if bytes.Equal(newRoot.SubjectKeyId, oldRoot.SubjectKeyId) {
+		t.Fatal("the CA configuration did not make a new root")
+	}
+	apiIssued, webIssued := awaitAgentLeaf(t, ca, "api", newRoot), awaitAgentLeaf(t, ca, "web", newRoot)
+	presented := awaitLeafFrom(t, ca, inbound, newRoot)
+	webHeld := awaitHeldSerial(t, "web", webIssued.serial)
+	t.Logf("the agent re-signed api's leaf %s and web's %s after the rotation; caddymesh presented api's %s after the agent had it, and held web's %s after",
+		since(rotated, apiIssued.at), since(rotated, webIssued.at), since(apiIssued.at, presented), since(webIssued.at, webHeld))
+	time.Sleep(3 * time.Second)
+	for direction, load := range loads {
+		result := load.Stop()
+		q := result.Quantiles()
+		t.Logf("%s: %d requests, %d failed, p50 %s p99 %s p99.9 %s", direction, result.Sent, result.Failed, q[0], q[1], q[2])
+		if result.Failed > 0 {
+			t.Errorf("%s: %d of %d requests failed across the rotation: %v", direction, result.Failed, result.Sent, result.Failures)
+		}
+	}
+}
+
+// since is the time from start to end, rounded to the millisecond; 0 when
+// end came first (the second of two polls saw it at once).
+func since(start, end time.Time) time.Duration {
+	return max(end.Sub(start), 0).Round(time.Millisecond)
+}
+
+// issued is a leaf the agent gave, and when the test first saw it.
+type issued struct {
+	serial string
+	at     time.Time
+}
+
+// awaitAgentLeaf waits until the agent's leaf of service is signed by root.
+func awaitAgentLeaf(t *testing.T, a *consultest.Agent, service string, root *x509.Certificate) issued {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		leaf, _, err := a.Client.Agent().ConnectCALeaf(service, nil)
+		if err == nil {
+			block, _ := pem.Decode([]byte(leaf.CertPEM))
+			if cert, err := x509.ParseCertificate(block.Bytes); err == nil && bytes.Equal(cert.AuthorityKeyId, root.SubjectKeyId) {
+				return issued{serial: leaf.SerialNumber, at: time.Now()}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("the agent gave no leaf of %s from the new root", service)
+	return issued{}
+}
+
+// awaitHeldSerial waits until GET /mesh/connect shows service's leaf with
+// serial, and returns when it did.
+func awaitHeldSerial(t *testing.T, service, serial string) time.Time {
+	t.Helper()
+	var last []leafShown
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		last = adminLeaves(t)
+		for _, l := range last {
+			if l.Service == service && l.Serial == serial {
+				return time.Now()
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("caddymesh holds %+v, not %s's leaf %s", last, service, serial)
+	return time.Time{}
+}
+
+// registerNativeWith registers service with agent a as Connect-native at
+// port, until the test ends.
+func registerNativeWith(t *testing.T, a *consultest.Agent, service string, port int) {
+	t.Helper()
+	err := a.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		Name: service, Address: "127.0.0.1", Port: port, Connect: &api.AgentServiceConnect{Native: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// activeRoot returns the agent's active Connect root.
+func activeRoot(t *testing.T, a *consultest.Agent) *x509.Certificate {
+	t.Helper()
+	roots, _, err := a.Client.Agent().ConnectCARoots(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, root := range roots.Roots {
+		if root.ID == roots.ActiveRootID {
+			block, _ := pem.Decode([]byte(root.RootCertPEM))
+			cert, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return cert
+		}
+	}
+	t.Fatal("no active root")
+	return nil
+}
+
+// awaitLeafFrom waits until the server on port presents a leaf that root
+// signed, to a client with a leaf of its own, and returns when it did.
+func awaitLeafFrom(t *testing.T, a *consultest.Agent, port int, root *x509.Certificate) time.Time {
+	t.Helper()
+	leaf, _, err := a.Client.Agent().ConnectCALeaf("probe", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair([]byte(leaf.CertPEM), []byte(leaf.PrivateKeyPEM))
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}
+	var seen string
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), config)
+		if err == nil {
+			server := conn.ConnectionState().PeerCertificates[0]
+			conn.Close()
+			if bytes.Equal(server.AuthorityKeyId, root.SubjectKeyId) {
+				return time.Now()
+			}
+			seen = server.SerialNumber.String()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("the server still presents leaf %s, not one from the new root", seen)
+	return time.Time{}
+}
