@@ -96,11 +96,16 @@ http://127.0.0.1:%d {
 	if bytes.Equal(newRoot.SubjectKeyId, oldRoot.SubjectKeyId) {
 		t.Fatal("the CA configuration did not make a new root")
 	}
-	apiIssued, webIssued := awaitAgentLeaf(t, ca, "api", newRoot), awaitAgentLeaf(t, ca, "web", newRoot)
-	presented := awaitLeafFrom(t, ca, inbound, newRoot)
-	webHeld := awaitHeldSerial(t, "web", webIssued.serial)
+	probe := newProbe(t, ca)
+	var webIssued string
+	seen := awaitAll(t, map[string]func() bool{
+		"agent api":     func() bool { _, ok := agentLeafFrom(ca, "api", newRoot); return ok },
+		"agent web":     func() bool { serial, ok := agentLeafFrom(ca, "web", newRoot); webIssued = serial; return ok },
+		"presented api": func() bool { return probe.presentsLeafFrom(inbound, newRoot) },
+		"held web":      func() bool { return webIssued != "" && holds(t, "web", webIssued) },
+	})
 	t.Logf("the agent re-signed api's leaf %s and web's %s after the rotation; caddymesh presented api's %s after the agent had it, and held web's %s after",
-		since(rotated, apiIssued.at), since(rotated, webIssued.at), since(apiIssued.at, presented), since(webIssued.at, webHeld))
+		since(rotated, seen["agent api"]), since(rotated, seen["agent web"]), since(seen["agent api"], seen["presented api"]), since(seen["agent web"], seen["held web"]))
 	time.Sleep(3 * time.Second)
 	for direction, load := range loads {
 		result := load.Stop()
@@ -118,51 +123,83 @@ func since(start, end time.Time) time.Duration {
 	return max(end.Sub(start), 0).Round(time.Millisecond)
 }
 
-// issued is a leaf the agent gave, and when the test first saw it.
-type issued struct {
-	serial string
-	at     time.Time
-}
-
-// awaitAgentLeaf waits until the agent's leaf of service is signed by root.
-func awaitAgentLeaf(t *testing.T, a *consultest.Agent, service string, root *x509.Certificate) issued {
+// awaitAll polls each condition until all hold, at most a minute, and
+// returns when each first held.
+func awaitAll(t *testing.T, conditions map[string]func() bool) map[string]time.Time {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		leaf, _, err := a.Client.Agent().ConnectCALeaf(service, nil)
-		if err == nil {
-			block, _ := pem.Decode([]byte(leaf.CertPEM))
-			if cert, err := x509.ParseCertificate(block.Bytes); err == nil && bytes.Equal(cert.AuthorityKeyId, root.SubjectKeyId) {
-				return issued{serial: leaf.SerialNumber, at: time.Now()}
+	seen := make(map[string]time.Time)
+	deadline := time.Now().Add(time.Minute)
+	for len(seen) < len(conditions) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after a minute, only %v held", seen)
+		}
+		for name, holds := range conditions {
+			if _, ok := seen[name]; !ok && holds() {
+				seen[name] = time.Now()
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("the agent gave no leaf of %s from the new root", service)
-	return issued{}
+	return seen
 }
 
-// awaitHeldSerial waits until GET /mesh/connect shows service's leaf with
-// serial, and returns when it did.
-func awaitHeldSerial(t *testing.T, service, serial string) time.Time {
-	t.Helper()
-	var last []leafShown
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		last = adminLeaves(t)
-		for _, l := range last {
-			if l.Service == service && l.Serial == serial {
-				return time.Now()
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
+// agentLeafFrom returns the serial of the agent's leaf of service, and
+// whether root signed it.
+func agentLeafFrom(a *consultest.Agent, service string, root *x509.Certificate) (string, bool) {
+	leaf, _, err := a.Client.Agent().ConnectCALeaf(service, nil)
+	if err != nil {
+		return "", false
 	}
-	t.Fatalf("caddymesh holds %+v, not %s's leaf %s", last, service, serial)
-	return time.Time{}
+	block, _ := pem.Decode([]byte(leaf.CertPEM))
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil || !bytes.Equal(cert.AuthorityKeyId, root.SubjectKeyId) {
+		return "", false
+	}
+	return leaf.SerialNumber, true
+}
+
+// holds reports whether GET /mesh/connect shows service's leaf with
+// serial.
+func holds(t *testing.T, service, serial string) bool {
+	for _, l := range adminLeaves(t) {
+		if l.Service == service && l.Serial == serial {
+			return true
+		}
+	}
+	return false
+}
+
+// probe is a Connect client with a leaf of its own, to see what a server
+// presents.
+type probe struct{ config *tls.Config }
+
+// newProbe gets a leaf for the service probe from the agent.
+func newProbe(t *testing.T, a *consultest.Agent) probe {
+	t.Helper()
+	leaf, _, err := a.Client.Agent().ConnectCALeaf("probe", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair([]byte(leaf.CertPEM), []byte(leaf.PrivateKeyPEM))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return probe{config: &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}}
+}
+
+// presentsLeafFrom reports whether the server on port presents a leaf that
+// root signed.
+func (p probe) presentsLeafFrom(port int, root *x509.Certificate) bool {
+	conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), p.config)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	return bytes.Equal(conn.ConnectionState().PeerCertificates[0].AuthorityKeyId, root.SubjectKeyId)
 }
 
 // registerNativeWith registers service with agent a as Connect-native at
-// port, until the test ends.
+// port; the agent goes with the test.
 func registerNativeWith(t *testing.T, a *consultest.Agent, service string, port int) {
 	t.Helper()
 	err := a.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
@@ -192,35 +229,4 @@ func activeRoot(t *testing.T, a *consultest.Agent) *x509.Certificate {
 	}
 	t.Fatal("no active root")
 	return nil
-}
-
-// awaitLeafFrom waits until the server on port presents a leaf that root
-// signed, to a client with a leaf of its own, and returns when it did.
-func awaitLeafFrom(t *testing.T, a *consultest.Agent, port int, root *x509.Certificate) time.Time {
-	t.Helper()
-	leaf, _, err := a.Client.Agent().ConnectCALeaf("probe", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair([]byte(leaf.CertPEM), []byte(leaf.PrivateKeyPEM))
-	if err != nil {
-		t.Fatal(err)
-	}
-	config := &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}
-	var seen string
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), config)
-		if err == nil {
-			server := conn.ConnectionState().PeerCertificates[0]
-			conn.Close()
-			if bytes.Equal(server.AuthorityKeyId, root.SubjectKeyId) {
-				return time.Now()
-			}
-			seen = server.SerialNumber.String()
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("the server still presents leaf %s, not one from the new root", seen)
-	return time.Time{}
 }
