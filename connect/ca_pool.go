@@ -52,10 +52,13 @@ func (p *CAPool) Provision(ctx caddy.Context) error {
 		return err
 	}
 	p.pool = x509.NewCertPool()
-	if current := p.held.roots.current.Load(); current != nil {
-		for _, root := range current.certs {
-			p.pool.AddCertWithConstraint(root, p.stillListed(root))
-		}
+	current := p.held.roots.current.Load()
+	if current == nil {
+		ctx.Logger().Error("no Connect roots from Consul at this config load: every client certificate is refused until the next load")
+		return nil
+	}
+	for _, root := range current.certs {
+		p.pool.AddCertWithConstraint(root, p.stillListed(root))
 	}
 	return nil
 }
