@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 
@@ -15,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/meshtest"
+	"github.com/caddymesh/caddymesh/internal/spiffe"
 )
 
 // newIdentity provisions id, quiet: the tests refuse many requests.
@@ -297,4 +300,42 @@ func TestIdentityRefusesAnEmptyCallerName(t *testing.T) {
 			t.Errorf("allow %q deny %q: error %v, want one refusing the empty name", id.Allow, id.Deny, err)
 		}
 	}
+}
+
+func TestIdentityFromConnectRootsAdmitsOnlyTheirTrustDomain(t *testing.T) {
+	ca := meshtest.NewCA(t, "connect-ca")
+	rootCert := parsePEMFile(t, ca.File)
+	owner := new(int)
+	spiffe.Trusted.Set(owner, "5c1e.consul", [][]byte{rootCert.Raw})
+	t.Cleanup(func() { spiffe.Trusted.Set(owner, "", nil) })
+	configured := newIdentity(t, &Identity{From: []IdentitySource{{Source: "mtls"}}, TrustDomains: []string{"5c1e.consul", "other.consul"}})
+	for id, status := range map[string]int{
+		"spiffe://5c1e.consul/ns/default/dc/dc1/svc/web":  200,
+		"spiffe://other.consul/ns/default/dc/dc1/svc/web": 401, // configured, but not the roots' trust domain
+	} {
+		r := withCertificate(t, ca.Service(t, id), true)
+		r.TLS.VerifiedChains[0] = append(r.TLS.VerifiedChains[0], rootCert)
+		if a := serve(configured, r, callerIs); a.status != status {
+			t.Errorf("%s verified by a Connect root: %d %s, want %d", id, a.status, a.body, status)
+		}
+	}
+	notConnect := withCertificate(t, ca.Service(t, "spiffe://other.consul/ns/default/dc/dc1/svc/web"), true)
+	if a := serve(configured, notConnect, callerIs); a.status != 200 {
+		t.Errorf("other.consul from a file trust pool, configured: %d %s, want 200", a.status, a.body)
+	}
+}
+
+// parsePEMFile reads the one certificate of a PEM file.
+func parsePEMFile(t *testing.T, file string) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(data)
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
 }
