@@ -11,6 +11,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/caddymesh/caddymesh/connect"
+	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
 
@@ -214,4 +216,64 @@ func setServiceDefaults(t *testing.T, service, protocol string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _, _ = agent.Client.ConfigEntries().Delete(api.ServiceDefaults, service, nil) })
+}
+
+// TestJSONConfigAndNoWatchOutlivesIt loads the inbound and outbound
+// modules from JSON, as the golden adapt files write them, then a config
+// without them: no Connect watch is left running.
+func TestJSONConfigAndNoWatchOutlivesIt(t *testing.T) {
+	db := meshtest.StartBackend(t, "db")
+	sidecarPort, inbound, outbound := meshtest.FreePort(), meshtest.FreePort(), meshtest.FreePort()
+	allowAll(t, "db")
+	agent.StartConnectProxy(t, "-service", "db", "-service-addr", db.Addr(), "-listen", fmt.Sprintf("127.0.0.1:%d", sidecarPort))
+	meshtest.Load(t, fmt.Sprintf(`{
+	%s,
+	"apps": {
+		"mesh": {"consul": {"address": %q}},
+		"tls": {"automation": {"policies": [{"get_certificate": [{"via": "connect", "service": "api"}]}]}},
+		"http": {"servers": {
+			"inbound": {
+				"listen": [":%d"],
+				"tls_connection_policies": [{"client_authentication": {"ca": {"provider": "connect"}, "mode": "require_and_verify"}}],
+				"routes": [{"handle": [{"handler": "static_response", "body": "api"}]}]
+			},
+			"outbound": {
+				"listen": ["127.0.0.1:%d"],
+				"automatic_https": {"disable": true},
+				"routes": [{"handle": [{"handler": "reverse_proxy",
+					"transport": {"protocol": "connect", "service": "web", "destination": "db", "dial_timeout": "2s"},
+					"upstreams": [{"dial": "127.0.0.1:%d"}]}]}]
+			}
+		}}
+	}
+}`, meshtest.AdminJSON(), agent.Addr, inbound, outbound, sidecarPort), "json")
+	if got := awaitStatus(t, "the JSON outbound to reach db", "GET", fmt.Sprintf("http://127.0.0.1:%d/", outbound), http.StatusOK); got != "200 db" {
+		t.Errorf("JSON outbound: %s, want 200 db", got)
+	}
+	shown, _ := adminConnect(t)
+	if len(shown.Leaves) != 2 || len(shown.Roots) != 1 {
+		t.Errorf("with the JSON config, /mesh/connect shows %+v, want the leaves of api and web and one set of roots", shown)
+	}
+	meshtest.Load(t, fmt.Sprintf("{\n\t%s\n}\n:%d {\n\trespond ok\n}", meshtest.Globals(), meshtest.FreePort()), "caddyfile")
+	meshtest.Eventually(t, propagation, "the Connect watches to stop", func() bool {
+		return meshtest.Goroutines(consul.PollLoop) == 0
+	})
+	if shown, _ := adminConnect(t); len(shown.Leaves)+len(shown.Roots) != 0 {
+		t.Errorf("after a config without Connect, /mesh/connect shows %+v", shown)
+	}
+}
+
+// TestWatchesSurviveReloads: a reload that keeps a service's leaf keeps
+// its watch, and with it the leaf, without asking Consul again.
+func TestWatchesSurviveReloads(t *testing.T) {
+	port := meshtest.FreePort()
+	config := func(body string) string {
+		return fmt.Sprintf("{\n\t%s\n}\nhttps://:%d {\n\ttls {\n\t\tget_certificate connect api\n\t}\n\trespond %s\n}", globals(), port, body)
+	}
+	meshtest.Load(t, config("one"), "caddyfile")
+	before := connect.LeafWatchOf("api")
+	meshtest.Load(t, config("two"), "caddyfile")
+	if after := connect.LeafWatchOf("api"); before == nil || after != before {
+		t.Errorf("the leaf watch of api was %p before the reload and %p after, want the same one", before, after)
+	}
 }
