@@ -277,3 +277,59 @@ func TestWatchesSurviveReloads(t *testing.T) {
 		t.Errorf("the leaf watch of api was %p before the reload and %p after, want the same one", before, after)
 	}
 }
+
+// TestContract runs the issue's contract as written, on free ports: api
+// registered Connect-native by the registrar, called by web's sidecar
+// (Consul's proxy), which finds it in /v1/health/connect/api; and api's
+// application calling db through `dynamic consul db { connect }`, which
+// finds db's sidecar (Consul's proxy) there, and `transport connect api`,
+// which verifies db's identity from that catalog.
+func TestContract(t *testing.T) {
+	db := meshtest.StartBackend(t, "db")
+	inbound, outbound, sidecarPort, upstream := meshtest.FreePort(), meshtest.FreePort(), meshtest.FreePort(), meshtest.FreePort()
+	allowAll(t, "api")
+	allowAll(t, "db")
+	agent.StartConnectProxy(t, "-service", "db", "-service-addr", db.Addr(), "-listen", fmt.Sprintf("127.0.0.1:%d", sidecarPort), "-register")
+	meshtest.Load(t, fmt.Sprintf(`{
+	%s
+	auto_https disable_redirects
+	mesh {
+		consul {
+			address %s
+		}
+		register api {
+			port %d
+			connect native
+		}
+	}
+}
+https://:%d {
+	tls {
+		get_certificate connect api
+		client_auth {
+			mode require_and_verify
+			trust_pool connect
+		}
+	}
+	mesh_identity {
+		from mtls
+		intentions
+	}
+	reverse_proxy %s
+}
+http://127.0.0.1:%d {
+	reverse_proxy {
+		dynamic consul db {
+			connect
+		}
+		transport connect api
+	}
+}`, meshtest.Globals(), agent.Addr, inbound, inbound, startCallerEcho(t), outbound), "caddyfile")
+	if got := awaitStatus(t, "api to reach db through the mesh", "GET", fmt.Sprintf("http://127.0.0.1:%d/", outbound), http.StatusOK); got != "200 db" {
+		t.Errorf("outbound: %s, want 200 db", got)
+	}
+	agent.StartConnectProxy(t, "-service", "web", "-upstream", fmt.Sprintf("api:%d", upstream))
+	if got := awaitStatus(t, "web's proxy to find api in Connect's catalog", "GET", fmt.Sprintf("http://127.0.0.1:%d/hello", upstream), http.StatusOK); got != "200 caller= GET /hello" {
+		t.Errorf("inbound: %s, want 200 from the application", got)
+	}
+}
