@@ -79,10 +79,10 @@ http://127.0.0.1:%d {
 	keptAlive := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	fresh := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	loads := map[string]*loadgen.Run{
-		"into caddymesh, kept alive":   loadgen.Start(keptAlive, keptAliveRate, into),
-		"into caddymesh, new each":     loadgen.Start(fresh, freshRate, into),
-		"out of caddymesh, kept alive": loadgen.Start(keptAlive, keptAliveRate, out),
-		"out of caddymesh, new each":   loadgen.Start(keptAlive, freshRate, outFresh),
+		"into caddymesh, kept alive":   loadgen.Start(keptAlive, keptAliveRate/loadDivisor, into),
+		"into caddymesh, new each":     loadgen.Start(fresh, max(freshRate/loadDivisor, 1), into),
+		"out of caddymesh, kept alive": loadgen.Start(keptAlive, keptAliveRate/loadDivisor, out),
+		"out of caddymesh, new each":   loadgen.Start(keptAlive, max(freshRate/loadDivisor, 1), outFresh),
 	}
 	time.Sleep(2 * time.Second)
 	oldRoot := activeRoot(t, ca)
@@ -138,7 +138,7 @@ func awaitAll(t *testing.T, conditions map[string]func() bool) map[string]time.T
 				seen[name] = time.Now()
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 	return seen
 }
