@@ -123,14 +123,16 @@ func inboundSite(service string, port int, app string) string {
 }
 
 // TestOutboundThroughConsulsProxy is the issue's first proof: the
-// application calls db through caddymesh, which speaks Connect's mutual
-// TLS as web to db's sidecar, Consul's own proxy, in front of a plain HTTP
-// backend. A deny intention makes the proxy refuse web.
+// application calls ledger through caddymesh, which speaks Connect's
+// mutual TLS as web to ledger's sidecar, Consul's own proxy, in front of a
+// plain HTTP backend. A deny intention makes the proxy refuse web. (The
+// service is this test's alone: Consul's agent was seen to authorize with
+// a stale decision for a while after a service's intentions were deleted
+// and written again, which would leak one test's deny into the next.)
 func TestOutboundThroughConsulsProxy(t *testing.T) {
-	db := meshtest.StartBackend(t, "db")
+	ledger := meshtest.StartBackend(t, "ledger")
 	sidecarPort := meshtest.FreePort()
-	allowAll(t, "db")
-	sidecar := agent.StartConnectProxy(t, "-service", "db", "-service-addr", db.Addr(),
+	sidecar := agent.StartConnectProxy(t, "-service", "ledger", "-service-addr", ledger.Addr(),
 		"-listen", fmt.Sprintf("127.0.0.1:%d", sidecarPort))
 	outbound := meshtest.FreePort()
 	meshtest.Load(t, fmt.Sprintf(`{
@@ -139,7 +141,7 @@ func TestOutboundThroughConsulsProxy(t *testing.T) {
 http://127.0.0.1:%d {
 	reverse_proxy 127.0.0.1:%d {
 		transport connect web {
-			destination db
+			destination ledger
 			# Consul's proxy decides on intentions per connection.
 			keepalive off
 		}
@@ -147,19 +149,19 @@ http://127.0.0.1:%d {
 }`, globals(), outbound, sidecarPort), "caddyfile")
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("db's sidecar:\n%s", sidecar.Log())
+			t.Logf("ledger's sidecar:\n%s", sidecar.Log())
 		}
 	})
 	url := fmt.Sprintf("http://127.0.0.1:%d/", outbound)
-	if got := awaitStatus(t, "web to reach db through its sidecar", "GET", url, http.StatusOK); got != "200 db" {
-		t.Errorf("through the sidecar: %s, want 200 db", got)
+	if got := awaitStatus(t, "web to reach ledger through its sidecar", "GET", url, http.StatusOK); got != "200 ledger" {
+		t.Errorf("through the sidecar: %s, want 200 ledger", got)
 	}
 
-	setIntentions(t, "db", &api.SourceIntention{Name: "web", Action: api.IntentionActionDeny})
-	awaitStatus(t, "db's sidecar to refuse web", "GET", url, http.StatusBadGateway)
-	hits := db.Hits.Load()
-	if status, _ := do("GET", url); status != http.StatusBadGateway || db.Hits.Load() != hits {
-		t.Errorf("denied: %d, and db answered %d more; want 502 and none", status, db.Hits.Load()-hits)
+	setIntentions(t, "ledger", &api.SourceIntention{Name: "web", Action: api.IntentionActionDeny})
+	awaitStatus(t, "ledger's sidecar to refuse web", "GET", url, http.StatusBadGateway)
+	hits := ledger.Hits.Load()
+	if status, _ := do("GET", url); status != http.StatusBadGateway || ledger.Hits.Load() != hits {
+		t.Errorf("denied: %d, and ledger answered %d more; want 502 and none", status, ledger.Hits.Load()-hits)
 	}
 }
 
@@ -224,7 +226,6 @@ func setServiceDefaults(t *testing.T, service, protocol string) {
 func TestJSONConfigAndNoWatchOutlivesIt(t *testing.T) {
 	db := meshtest.StartBackend(t, "db")
 	sidecarPort, inbound, outbound := meshtest.FreePort(), meshtest.FreePort(), meshtest.FreePort()
-	allowAll(t, "db")
 	agent.StartConnectProxy(t, "-service", "db", "-service-addr", db.Addr(), "-listen", fmt.Sprintf("127.0.0.1:%d", sidecarPort))
 	meshtest.Load(t, fmt.Sprintf(`{
 	%s,
@@ -288,7 +289,6 @@ func TestContract(t *testing.T) {
 	db := meshtest.StartBackend(t, "db")
 	inbound, outbound, sidecarPort, upstream := meshtest.FreePort(), meshtest.FreePort(), meshtest.FreePort(), meshtest.FreePort()
 	allowAll(t, "api")
-	allowAll(t, "db")
 	agent.StartConnectProxy(t, "-service", "db", "-service-addr", db.Addr(), "-listen", fmt.Sprintf("127.0.0.1:%d", sidecarPort), "-register")
 	meshtest.Load(t, fmt.Sprintf(`{
 	%s

@@ -18,8 +18,6 @@ import (
 func TestWrongIdentityIsRefused(t *testing.T) {
 	db, cache := meshtest.StartBackend(t, "db"), meshtest.StartBackend(t, "cache")
 	dbPort, cachePort := meshtest.FreePort(), meshtest.FreePort()
-	allowAll(t, "db")
-	allowAll(t, "cache")
 	agent.StartConnectProxy(t, "-service", "db", "-service-addr", db.Addr(), "-listen", fmt.Sprintf("127.0.0.1:%d", dbPort))
 	agent.StartConnectProxy(t, "-service", "cache", "-service-addr", cache.Addr(), "-listen", fmt.Sprintf("127.0.0.1:%d", cachePort))
 	only, retried := meshtest.FreePort(), meshtest.FreePort()
