@@ -44,7 +44,7 @@ fleet: consul
 ## bench: the benchmarks behind BENCHMARKS.md, each beside its peer
 bench: consul
 	mkdir -p .work
-	$(GO) test -run '^$$' -bench GetUpstreams -benchmem -count 6 ./discovery/ > .work/upstreams.txt
+	$(GO) test -run '^$$' -bench GetUpstreams -benchmem -count 6 ./discovery/ ./gateway/ > .work/upstreams.txt
 	$(BENCHSTAT) -col /source .work/upstreams.txt
 	$(GO) test -run '^$$' -bench Propagation -benchtime 25x ./discovery/ | grep -E '^(Benchmark|cpu)'
 	$(GO) test -run '^$$' -bench Select -benchmem -count 6 ./lbpolicy/ > .work/select.txt
@@ -54,7 +54,7 @@ bench: consul
 	$(GO) test -run '^$$' -bench Preselect -benchmem ./lbpolicy/ | grep -E '^Benchmark'
 	$(GO) test -run '^$$' -bench Build -benchmem ./lbpolicy/ | grep -E '^Benchmark'
 	$(GO) test -count 1 -run 'TestRingBalance|TestBoundedLoadsWithZipf' -v ./lbpolicy/ | grep -E 'peak|moved'
-	$(GO) test -run '^$$' -bench 'RouteMatch|ServiceGate' -benchmem -count 6 ./discovery/ > .work/gateway.txt
+	$(GO) test -run '^$$' -bench 'RouteMatch|ServiceGate' -benchmem -count 6 ./gateway/ > .work/gateway.txt
 	$(BENCHSTAT) -col /handler -filter '.name:ServiceGate' .work/gateway.txt
 	$(BENCHSTAT) -col /router -filter '.name:RouteMatch' .work/gateway.txt
 	$(GO) test -run '^$$' -bench Handler -benchmem -count 6 ./middleware/ > .work/handlers.txt

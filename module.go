@@ -68,6 +68,7 @@ import (
 	_ "github.com/caddymesh/caddymesh/connect"
 	// The mesh app and the consul upstream source.
 	_ "github.com/caddymesh/caddymesh/discovery"
+	_ "github.com/caddymesh/caddymesh/gateway"
 	// The selection policies.
 	_ "github.com/caddymesh/caddymesh/lbpolicy"
 	// The sidecar's HTTP handlers.

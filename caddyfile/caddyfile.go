@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddymesh/caddymesh/discovery"
+	"github.com/caddymesh/caddymesh/gateway"
 	"github.com/caddymesh/caddymesh/middleware"
 )
 
@@ -33,10 +34,10 @@ func init() {
 // handlers make the handler of each caddymesh directive.
 var handlers = map[string]func() handler{
 	"mesh_identity": func() handler { return new(middleware.Identity) },
-	"mesh_service":  func() handler { return new(discovery.ServiceFromRequest) },
+	"mesh_service":  func() handler { return new(gateway.MeshService) },
 	"mesh_limit":    func() handler { return new(middleware.Limit) },
 	"mesh_breaker":  func() handler { return new(middleware.Breaker) },
-	"mesh_router":   func() handler { return new(discovery.Router) },
+	"mesh_router":   func() handler { return new(gateway.Router) },
 }
 
 // handler is a middleware that reads its own Caddyfile tokens.

@@ -2,13 +2,13 @@ package connect
 
 import (
 	"cmp"
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddymesh/caddymesh/internal/adminjson"
 )
 
 func init() {
@@ -31,7 +31,7 @@ func (Admin) CaddyModule() caddy.ModuleInfo {
 
 // Routes returns Connect's admin route.
 func (Admin) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: "/mesh/connect", Handler: caddy.AdminHandlerFunc(serveConnect)}}
+	return []caddy.AdminRoute{{Pattern: "/mesh/connect", Handler: adminjson.Get(connectViews)}}
 }
 
 // connectView is what GET /mesh/connect answers.
@@ -56,10 +56,8 @@ type rootsView struct {
 	IDs         []string `json:"ids"`
 }
 
-func serveConnect(w http.ResponseWriter, r *http.Request) error {
-	if r.Method != http.MethodGet {
-		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed; use GET", r.Method)}
-	}
+// connectViews answers GET /mesh/connect.
+func connectViews(*http.Request) (any, error) {
 	view := connectView{Leaves: []leafView{}, Roots: []rootsView{}}
 	for _, lw := range allLeafWatches() {
 		v := leafView{Service: lw.key.Service}
@@ -79,8 +77,7 @@ func serveConnect(w http.ResponseWriter, r *http.Request) error {
 		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Serial, b.Serial))
 	})
 	slices.SortFunc(view.Roots, func(a, b rootsView) int { return cmp.Compare(a.TrustDomain, b.TrustDomain) })
-	w.Header().Set("Content-Type", "application/json")
-	return json.NewEncoder(w).Encode(view)
+	return view, nil
 }
 
 // Interface guards

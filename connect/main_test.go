@@ -14,7 +14,4 @@ import (
 // Connect and its built-in CA are on in dev mode.
 var agent *consultest.Agent
 
-func TestMain(m *testing.M) {
-	meshtest.RunCaddyIfAsked()
-	consultest.Main(m, &agent)
-}
+func TestMain(m *testing.M) { meshtest.MainWithConsul(m, &agent) }

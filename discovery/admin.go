@@ -2,7 +2,6 @@ package discovery
 
 import (
 	"cmp"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/caddymesh/caddymesh/internal/adminjson"
 	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
 )
@@ -25,7 +25,8 @@ func init() {
 //   - GET /mesh/services: every Consul service watched, with its instances.
 //   - GET /mesh/services/<name>: the watches of one service.
 //   - GET /mesh/registrations: the instances this Caddy keeps registered.
-//   - GET /mesh/routes: the route table of each mesh_router.
+//
+// The gateway's admin.api.mesh_routes serves /mesh/routes.
 //
 // Answers are JSON; errors are JSON too ({"error": "..."}). No ACL token
 // ever appears in them.
@@ -42,10 +43,9 @@ func (Admin) CaddyModule() caddy.ModuleInfo {
 // Routes returns the mesh's admin routes.
 func (Admin) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
-		{Pattern: "/mesh/services", Handler: get(func(*http.Request) (any, error) { return watchViews(""), nil })},
-		{Pattern: "/mesh/services/", Handler: get(serviceWatches)},
-		{Pattern: "/mesh/registrations", Handler: get(func(*http.Request) (any, error) { return registrationViews(), nil })},
-		{Pattern: "/mesh/routes", Handler: get(func(*http.Request) (any, error) { return routeTableViews(), nil })},
+		{Pattern: "/mesh/services", Handler: adminjson.Get(func(*http.Request) (any, error) { return watchViews(""), nil })},
+		{Pattern: "/mesh/services/", Handler: adminjson.Get(serviceWatches)},
+		{Pattern: "/mesh/registrations", Handler: adminjson.Get(func(*http.Request) (any, error) { return registrationViews(), nil })},
 	}
 }
 
@@ -60,21 +60,6 @@ func serviceWatches(r *http.Request) (any, error) {
 		return nil, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("service %q is not watched", name)}
 	}
 	return views, nil
-}
-
-// get makes an admin handler of a GET-only JSON endpoint.
-func get(answer func(*http.Request) (any, error)) caddy.AdminHandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		if r.Method != http.MethodGet {
-			return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed; use GET", r.Method)}
-		}
-		body, err := answer(r)
-		if err != nil {
-			return err
-		}
-		w.Header().Set("Content-Type", "application/json")
-		return json.NewEncoder(w).Encode(body)
-	}
 }
 
 // watchView is a watch as the admin API shows it: what it watches, where
@@ -143,43 +128,6 @@ func viewOf(w *consul.HealthWatch, users int) watchView {
 		v.Instances = a.All.Instances
 	}
 	return v
-}
-
-// routeTableView is a mesh_router's table as the admin API shows it: its
-// routes in the order they are matched, the declarations that lost a
-// conflict, and those that could not be read.
-type routeTableView struct {
-	Routes    []routeView     `json:"routes"`
-	Conflicts []routeConflict `json:"conflicts"`
-	Rejected  []rejectedRoute `json:"rejected"`
-}
-
-// routeView is a route and the instances serving it.
-type routeView struct {
-	*routeEntry
-	Instances []string `json:"instances"`
-}
-
-func routeTableViews() []routeTableView {
-	views := []routeTableView{}
-	for _, t := range routeTables() {
-		v := routeTableView{Routes: []routeView{}, Conflicts: t.conflicts, Rejected: t.rejected}
-		for _, e := range t.inMatchOrder() {
-			dials := []string{}
-			for _, inst := range e.instances.Instances {
-				dials = append(dials, inst.Dial)
-			}
-			v.Routes = append(v.Routes, routeView{routeEntry: e, Instances: dials})
-		}
-		if v.Conflicts == nil {
-			v.Conflicts = []routeConflict{}
-		}
-		if v.Rejected == nil {
-			v.Rejected = []rejectedRoute{}
-		}
-		views = append(views, v)
-	}
-	return views
 }
 
 // Interface guards

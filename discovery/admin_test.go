@@ -1,7 +1,6 @@
 package discovery_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -56,26 +55,7 @@ func adminConfig(t *testing.T) {
 }
 
 // adminGet fetches an admin endpoint, decoding its JSON into out.
-func adminGet(t *testing.T, method, path string, out any) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest(method, meshtest.AdminURL()+path, nil)
-	req.Close = true // Caddy restarts its admin server on each config change: no keep-alive
-	resp, err := meshtest.Client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var raw json.RawMessage
-	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil {
-		t.Fatalf("%s %s: not JSON: %v", method, path, err)
-	}
-	if out != nil {
-		if err := json.Unmarshal(raw, out); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return resp.StatusCode, string(raw)
-}
+var adminGet = meshtest.AdminGet
 
 func TestAdminAPI(t *testing.T) {
 	adminConfig(t)

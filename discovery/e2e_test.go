@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,60 +25,22 @@ import (
 // agent and real HTTP backends on loopback. Each uses services of its own.
 
 const (
-	propagation = 5 * time.Second // generous bound for what takes milliseconds
+	propagation = meshtest.Propagation
 	watchLoop   = consul.PollLoop
 )
 
 // serve loads a config whose mesh app points at agent, with one site on a
 // free port; it returns the site's URL.
-func serve(t *testing.T, site string) string {
-	t.Helper()
-	port := meshtest.FreePort()
-	meshtest.Load(t, fmt.Sprintf(`{
-	%s
-	mesh {
-		consul {
-			address %s
-		}
-	}
-}
-:%d {
-%s
-}`, meshtest.Globals(), agent.Addr, port, site), "caddyfile")
-	return fmt.Sprintf("http://127.0.0.1:%d/", port)
-}
+func serve(t *testing.T, site string) string { return meshtest.Serve(t, agent.Addr, site) }
 
 // backends starts named backends and registers each as an instance of
 // service, with the given check status (passing when absent).
 func backends(t *testing.T, service string, statuses map[string]string, names ...string) map[string]*meshtest.Backend {
-	out := make(map[string]*meshtest.Backend)
-	for _, name := range names {
-		b := meshtest.StartBackend(t, name)
-		agent.Register(t, consultest.Instance{Service: service, ID: service + "-" + name, Port: b.Port(), Status: statuses[name]})
-		out[name] = b
-	}
-	return out
+	return meshtest.Backends(t, agent, service, statuses, names...)
 }
 
-// reached returns the backends that answered n requests to url, sorted.
-func reached(url string, n int) string {
-	var names []string
-	for name := range meshtest.Spread(url, n) {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return strings.Join(names, ",")
-}
-
-// awaitReached waits until n requests reach exactly the backends want.
-func awaitReached(t *testing.T, url, want string) {
-	t.Helper()
-	var got string
-	meshtest.Eventually(t, propagation, "traffic reaches exactly "+want, func() bool {
-		got = reached(url, 40)
-		return got == want
-	})
-}
+// reached and awaitReached are meshtest's.
+var reached, awaitReached = meshtest.Reached, meshtest.AwaitReached
 
 func TestTrafficFollowsConsulWithoutReload(t *testing.T) {
 	backends(t, "follow", map[string]string{"c": api.HealthCritical}, "a", "b", "c")
@@ -460,19 +420,8 @@ func port(t *testing.T) int {
 	return sitePorts[t.Name()]
 }
 
-// settledGoroutines returns the goroutine count once it stops falling.
-func settledGoroutines() int {
-	n := runtime.NumGoroutine()
-	for range 50 {
-		time.Sleep(100 * time.Millisecond)
-		m := runtime.NumGoroutine()
-		if m >= n {
-			return m
-		}
-		n = m
-	}
-	return n
-}
+// settledGoroutines is meshtest's.
+var settledGoroutines = meshtest.SettledGoroutines
 
 func TestBadConfigFailsAtProvision(t *testing.T) {
 	tests := []struct{ name, source, want string }{

@@ -14,6 +14,5 @@ import (
 var agent *consultest.Agent
 
 func TestMain(m *testing.M) {
-	meshtest.RunCaddyIfAsked()
-	consultest.Main(m, &agent)
+	meshtest.MainWithConsul(m, &agent)
 }

@@ -1,14 +1,9 @@
 package discovery
 
 import (
-	"fmt"
 	"net/http"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
-	"github.com/caddymesh/caddymesh/internal/meshtest"
 	"github.com/caddymesh/caddymesh/internal/pool"
 )
 
@@ -69,26 +64,5 @@ func TestSmallPoolsAndNoCandidatesHandCaddyTheWholePool(t *testing.T) {
 	r := newRequest()
 	if got := dials(t, none, r); len(got) != 40 || pool.FromRequest(r) == nil {
 		t.Errorf("with no candidates named, %d upstreams, want the whole pool of 40 and its snapshot", len(got))
-	}
-}
-
-// mesh_router's proxies hand Caddy candidates too, when their policy can
-// preselect them.
-func TestRouterProxiesAskTheirPolicy(t *testing.T) {
-	for policy, preselects := range map[string]bool{"smooth_weighted": true, "round_robin": false} {
-		meshtest.Load(t, fmt.Sprintf(`{%s, "apps": {"http": {"servers": {"srv": {"listen": [":%d"], "routes": [
-			{"handle": [{"handler": "mesh_router", "consul": {"address": "127.0.0.1:1"},
-				"proxy": {"load_balancing": {"selection_policy": {"policy": %q}}}}]}]}}}}}`,
-			meshtest.AdminJSON(), meshtest.FreePort(), policy), "json")
-		app, err := caddy.ActiveContext().App("http")
-		if err != nil {
-			t.Fatal(err)
-		}
-		router := app.(*caddyhttp.App).Servers["srv"].Routes[0].Handlers[0].(*Router)
-		for kind, proxy := range router.proxies {
-			if got := proxy.DynamicUpstreams.(routeUpstreams).preselector != nil; got != preselects {
-				t.Errorf("lb_policy %s, proxy %+v: preselects %v, want %v", policy, kind, got, preselects)
-			}
-		}
 	}
 }

@@ -44,7 +44,8 @@ func BenchmarkPropagation(b *testing.B) {
 	b.Run("via=mesh_router", func(b *testing.B) {
 		changes := changesOf(b, routed, http.StatusNotFound)
 		port := meshtest.FreePort()
-		meshtest.Load(b, fmt.Sprintf("{\n\t%s\n}\n", meshtest.Globals())+routerSite(port, ""), "caddyfile")
+		meshtest.Load(b, fmt.Sprintf("{\n\t%s\n}\n:%d {\n\tmesh_router {\n\t\tconsul {\n\t\t\taddress %s\n\t\t}\n\t}\n\trespond \"next\"\n}\n",
+			meshtest.Globals(), port, agent.Addr), "caddyfile")
 		url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 		measure(b, len(changes), func(i int) time.Duration {
 			return timeUntilStatus(b, changes[i].change, url, changes[i].status)

@@ -170,7 +170,7 @@ func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 		return err
 	}
 	cu.filter = cu.fullFilter()
-	cu.preselector = preselectorOf(pool.EnclosingProxy(ctx))
+	cu.preselector = pool.PreselectorOf(pool.EnclosingProxy(ctx))
 	cu.datacenters = cu.Datacenters
 	if len(cu.datacenters) == 0 {
 		cu.datacenters = []string{cu.conn.Datacenter}
@@ -249,20 +249,7 @@ func (cu *ConsulUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstre
 		pool.Attach(r, nil)
 		return nil, sw.noAnswer()
 	}
-	return handOut(r, snap, cu.preselector), nil
-}
-
-// newUpstreams returns fresh Upstream values for instances, in two
-// allocations: Caddy writes into each Upstream during an attempt, so they
-// cannot be shared between requests.
-func newUpstreams(instances []pool.Instance) []*reverseproxy.Upstream {
-	values := make([]reverseproxy.Upstream, len(instances))
-	list := make([]*reverseproxy.Upstream, len(instances))
-	for i := range instances {
-		values[i].Dial = instances[i].Dial
-		list[i] = &values[i]
-	}
-	return list
+	return pool.HandOut(r, snap, cu.preselector), nil
 }
 
 // validate rejects bad values, naming the field and the value.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
+	"github.com/caddymesh/caddymesh/internal/reqkey"
 )
 
 func TestValidateNamesFieldAndValue(t *testing.T) {
@@ -93,6 +94,45 @@ func answered(healthy []string, unhealthy ...string) *consul.HealthWatch {
 // unanswered returns a watcher that has not answered yet.
 func unanswered() *consul.HealthWatch {
 	return consul.NewFixedHealthWatch(consul.HealthKey{Service: "web"}, nil)
+}
+
+// serviceVar is the variable mesh_service sets, which a source named by
+// {http.vars.mesh_service} reads.
+const serviceVar = "mesh_service"
+
+// lazySource is a source named by {http.vars.mesh_service} that watches
+// the service "web" already, answered with the instances named.
+func lazySource(names []string) *ConsulUpstreams {
+	ready := make(chan struct{})
+	close(ready)
+	watch := &serviceWatch{service: "web", watchers: []*consul.HealthWatch{answered(names)}}
+	cu := &ConsulUpstreams{Service: "{http.vars." + serviceVar + "}", serviceName: reqkey.Compile("{http.vars." + serviceVar + "}")}
+	cu.lazy = &lazyServices{source: cu}
+	cu.lazy.byName.Store(&map[string]*lazyService{"web": {watch: watch, ready: ready}})
+	return cu
+}
+
+func TestServiceNamesFromRequestsFollowTheNameRule(t *testing.T) {
+	ls := lazySource([]string{"a"}).lazy
+	for _, name := range []string{"../etc", "x y", "", "a..b", ".x"} {
+		if watch := ls.get(newRequest(), name); watch != nil {
+			t.Errorf("a watch for the invalid name %q", name)
+		}
+	}
+	if n := len(*ls.byName.Load()); n != 1 {
+		t.Errorf("%d services after requests for invalid names, want the 1 already watched", n)
+	}
+}
+
+func TestSourceByNameDoesNotAllocateBeyondItsUpstreams(t *testing.T) {
+	r, cu := newRequest(), lazySource([]string{"a", "b", "c"})
+	caddyhttp.SetVar(r.Context(), serviceVar, "web")
+	if upstreams, err := cu.GetUpstreams(r); err != nil || len(upstreams) != 3 {
+		t.Fatalf("%d upstreams (%v), want 3", len(upstreams), err)
+	}
+	if allocs := testing.AllocsPerRun(100, func() { cu.GetUpstreams(r) }); allocs != 2 {
+		t.Errorf("GetUpstreams allocates %v times, want 2, as the source of one named service does", allocs)
+	}
 }
 
 // mustResolve returns the connection to the Consul at address.
@@ -228,11 +268,8 @@ func BenchmarkGetUpstreams(b *testing.B) {
 		})
 		b.Run(fmt.Sprintf("instances=%d/source=consul-by-name", n), func(b *testing.B) {
 			r := newRequest()
-			caddyhttp.SetVar(r.Context(), ServiceVar, "web")
+			caddyhttp.SetVar(r.Context(), serviceVar, "web")
 			benchmarkSource(b, lazySource(instanceNames(n)), r)
-		})
-		b.Run(fmt.Sprintf("instances=%d/source=mesh_router", n), func(b *testing.B) {
-			benchmarkSource(b, routeUpstreams{}, routerRequest(instanceNames(n)))
 		})
 		b.Run(fmt.Sprintf("instances=%d/source=caddy-srv", n), func(b *testing.B) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})

@@ -30,22 +30,7 @@ func TestMain(m *testing.M) { consultest.Main(m, &agent) }
 
 // serve loads a config with one site on a free port whose body is site,
 // and returns the site's URL.
-func serve(t *testing.T, site string) string {
-	t.Helper()
-	port := meshtest.FreePort()
-	meshtest.Load(t, fmt.Sprintf(`{
-	%s
-	mesh {
-		consul {
-			address %s
-		}
-	}
-}
-:%d {
-%s
-}`, meshtest.Globals(), agent.Addr, port, site), "caddyfile")
-	return fmt.Sprintf("http://127.0.0.1:%d/", port)
-}
+func serve(t *testing.T, site string) string { return meshtest.Serve(t, agent.Addr, site) }
 
 // sequence sends n requests one after another and spells who answered.
 func sequence(url string, n int, header ...string) string {

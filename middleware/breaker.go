@@ -92,6 +92,7 @@ type Breaker struct {
 	settings     circuitSettings
 	failureCodes statusSet
 	circuits     *perKey[*circuit]
+	now          func() time.Time // the clock: now, or a test's
 	events       *caddyevents.App
 	ctx          caddy.Context
 	logger       *zap.Logger
@@ -116,7 +117,7 @@ func (*Breaker) CaddyModule() caddy.ModuleInfo {
 
 // Provision fills defaults and compiles the settings.
 func (b *Breaker) Provision(ctx caddy.Context) error {
-	b.ctx, b.logger = ctx, ctx.Logger()
+	b.ctx, b.logger, b.now = ctx, ctx.Logger(), now
 	b.setDefaults()
 	if err := b.Validate(); err != nil {
 		return err
@@ -188,7 +189,7 @@ func (b *Breaker) Cleanup() error {
 // ServeHTTP lets the request through unless its circuit is open, and
 // counts its outcome.
 func (b *Breaker) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	start := now()
+	start := b.now()
 	e := b.circuits.acquire(r, start)
 	if e == nil {
 		return refuse(w, http.StatusServiceUnavailable, time.Second, errTooManyKeys)
@@ -205,7 +206,7 @@ func (b *Breaker) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if errors.Is(err, context.Canceled) {
 		return err // the client left: not the dependency's failure
 	}
-	end := now()
+	end := b.now()
 	if change := c.record(b.failed(err, status, end.Sub(start)), end, &b.settings); change != stayed {
 		b.announce(e.Key(), change)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,12 +93,34 @@ func TestBreakerCountsWhatFails(t *testing.T) {
 	}
 }
 
+// tickingClock is a clock that moves on by tick at each reading, from
+// the process's start, so that a test goes through time without sleeping.
+type tickingClock struct {
+	ticks atomic.Int64
+	tick  time.Duration
+}
+
+func (c *tickingClock) now() time.Time {
+	return started.Add(time.Duration(c.ticks.Add(1)) * c.tick)
+}
+
 func TestBreakerCountsSlowResponsesWithALatencyThreshold(t *testing.T) {
 	b := newBreaker(t, &Breaker{ConsecutiveFailures: 2, LatencyThreshold: caddy.Duration(time.Millisecond)})
+	at := started // the breaker's clock: it moves only when the handler takes its time
+	b.now = func() time.Time { return at }
 	slow := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
-		time.Sleep(5 * time.Millisecond)
+		at = at.Add(5 * time.Millisecond)
 		return nil
 	})
+	fast := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+		at = at.Add(time.Millisecond / 2)
+		return nil
+	})
+	serve(b, request("GET", "/"), fast)
+	serve(b, request("GET", "/"), fast)
+	if a := serve(b, request("GET", "/"), ok); a.status != http.StatusOK {
+		t.Fatalf("after two responses faster than latency_threshold: %d, want 200", a.status)
+	}
 	serve(b, request("GET", "/"), slow)
 	serve(b, request("GET", "/"), slow)
 	if a := serve(b, request("GET", "/"), ok); a.status != http.StatusServiceUnavailable {
@@ -148,6 +171,8 @@ func TestBreakerKeysHaveCircuitsOfTheirOwn(t *testing.T) {
 // close once the dependency stays healthy.
 func TestBreakerUnderConcurrentLoad(t *testing.T) {
 	b := newBreaker(t, &Breaker{MinRequests: 20, OpenFor: caddy.Duration(time.Millisecond), HalfOpenRequests: 3})
+	clock := &tickingClock{tick: time.Microsecond} // open_for passes in a thousand readings
+	b.now = clock.now
 	dep := new(dependency)
 	var refused, passed atomic.Int64
 	var wg sync.WaitGroup
@@ -162,13 +187,30 @@ func TestBreakerUnderConcurrentLoad(t *testing.T) {
 			}
 		})
 	}
-	for range 20 {
-		dep.status.Store(500)
-		time.Sleep(5 * time.Millisecond)
-		dep.heal()
-		time.Sleep(5 * time.Millisecond)
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	// lasts waits for n readings of the clock, or for the callers to end.
+	lasts := func(n int64) bool {
+		for until := clock.ticks.Load() + n; clock.ticks.Load() < until; runtime.Gosched() {
+			select {
+			case <-finished:
+				return false
+			default:
+			}
+		}
+		return true
 	}
-	wg.Wait()
+	for range 20 { // fail, then heal, each for a thousand readings of the clock
+		dep.status.Store(500)
+		if !lasts(1000) {
+			break
+		}
+		dep.heal()
+		if !lasts(1000) {
+			break
+		}
+	}
+	<-finished
 	if calls := dep.calls.Load(); calls != passed.Load() || refused.Load() == 0 {
 		t.Errorf("%d refused, %d passed and %d calls to the dependency: want the circuit to have opened, and the calls to be those passed", refused.Load(), passed.Load(), calls)
 	}

@@ -4,13 +4,11 @@
 package middleware
 
 import (
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
 
 	"github.com/caddyserver/caddy/v2"
@@ -19,8 +17,8 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddymesh/caddymesh/internal/boxed"
+	"github.com/caddymesh/caddymesh/internal/meshapp"
 	"github.com/caddymesh/caddymesh/internal/spiffe"
-	"github.com/caddymesh/caddymesh/internal/svcname"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
@@ -133,8 +131,8 @@ func (id *Identity) Provision(ctx caddy.Context) error {
 		return err
 	}
 	var err error
-	if id.slashes, err = meshEscapedSlashes(ctx); err != nil {
-		return err
+	if id.slashes, err = meshapp.EscapedSlashes(ctx); err != nil {
+		return fmt.Errorf("mesh_identity: %w", err)
 	}
 	for i := range id.From {
 		src := &id.From[i]
@@ -177,23 +175,6 @@ func (id *Identity) provisionTrustDomain() error {
 
 func (id *Identity) usesMTLS() bool {
 	return slices.ContainsFunc(id.From, func(src IdentitySource) bool { return src.Source == "mtls" })
-}
-
-// meshEscapedSlashes returns what the mesh app says path normalization
-// does with escaped slashes: Consul's default without a mesh app.
-func meshEscapedSlashes(ctx caddy.Context) (urlpath.EscapedSlashes, error) {
-	app, err := ctx.AppIfConfigured("mesh")
-	if errors.Is(err, caddy.ErrNotConfigured) {
-		return urlpath.KeepUnchanged, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("mesh_identity: loading the mesh app: %w", err)
-	}
-	setting, ok := app.(interface{ EscapedSlashes() urlpath.EscapedSlashes })
-	if !ok {
-		return 0, fmt.Errorf("mesh_identity: the mesh app (%T) does not say how paths are normalized", app)
-	}
-	return setting.EscapedSlashes(), nil
 }
 
 // Validate rejects bad values, naming the field and the value.
@@ -299,87 +280,6 @@ func (id *Identity) removeIdentityHeaders(r *http.Request) {
 			delete(r.Header, id.From[i].Header)
 		}
 	}
-}
-
-// trusts reports whether the peer at remoteAddr is in a trusted network.
-func (src *IdentitySource) trusts(remoteAddr string) bool {
-	peer, err := netip.ParseAddrPort(remoteAddr)
-	if err != nil {
-		return false
-	}
-	addr := peer.Addr().Unmap()
-	return slices.ContainsFunc(src.trusted, func(p netip.Prefix) bool { return p.Contains(addr) })
-}
-
-// fromHeader reads the caller from the identity header, sent by a trusted
-// peer: found when the request has the header, and then the reason it is
-// not an identity, if it is not.
-func (src *IdentitySource) fromHeader(r *http.Request) (who caller, reason string, found bool) {
-	values := r.Header[src.Header]
-	switch {
-	case len(values) == 0:
-		return caller{}, "", false
-	case len(values) > 1:
-		return caller{}, "several " + src.Header + " headers", true
-	case !svcname.Valid(values[0]):
-		return caller{service: values[0]}, "caller name is not a service name", true
-	}
-	return caller{service: values[0]}, "", true
-}
-
-// fromCertificate reads the caller from the SPIFFE ID of a client
-// certificate that Caddy verified: found when the certificate has one,
-// and then the reason it is not an identity mesh_identity accepts, if it
-// is not.
-func (id *Identity) fromCertificate(r *http.Request) (who caller, reason string, found bool) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.PeerCertificates) == 0 {
-		return caller{}, "", false
-	}
-	uris := r.TLS.PeerCertificates[0].URIs
-	if !slices.ContainsFunc(uris, func(u *url.URL) bool { return u.Scheme == "spiffe" }) {
-		return caller{}, "", false
-	}
-	if len(uris) > 1 {
-		return caller{}, "the client certificate has several URI SANs, not one SPIFFE ID", true
-	}
-	who, err := parseServiceID(uris[0])
-	switch {
-	case err != nil:
-		return who, err.Error(), true
-	case !id.acceptsTrustDomain(uris[0].Host, r.TLS.VerifiedChains[0]):
-		return who, "SPIFFE ID of a trust domain not accepted", true
-	}
-	return who, "", true
-}
-
-// acceptsTrustDomain reports whether SPIFFE IDs of domain may call with
-// a client certificate of the verified chain. A chain that ends at a
-// Connect CA root (trust_pool connect) admits only that root's trust
-// domain, and among the configured ones if any are; otherwise the
-// configured trust domains decide, else the intentions' mesh's.
-func (id *Identity) acceptsTrustDomain(domain string, chain []*x509.Certificate) bool {
-	rootDomain, connect := spiffe.Trusted.TrustDomainOf(chain[len(chain)-1])
-	switch {
-	case connect && domain != rootDomain:
-		return false
-	case len(id.TrustDomains) > 0:
-		return slices.Contains(id.TrustDomains, domain)
-	case connect:
-		return true
-	case id.trustDomain != nil:
-		known := id.trustDomain()
-		return known != "" && domain == known
-	}
-	return false
-}
-
-// parseServiceID reads the caller from a Consul service SPIFFE ID.
-func parseServiceID(uri *url.URL) (caller, error) {
-	id, err := spiffe.ParseServiceID(uri)
-	if err != nil {
-		return caller{spiffeID: uri.String()}, err
-	}
-	return caller{service: id.Service, namespace: id.Namespace, partition: id.Partition, spiffeID: uri.String()}, nil
 }
 
 // authorize decides whether who may make request r: 0, or the status and

@@ -14,6 +14,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
 
 // limitAt provisions l with its clock stopped at now.
@@ -112,13 +114,10 @@ func sendAll(l *Limit, next caddyhttp.Handler, n int, newRequest func() *http.Re
 	return answers
 }
 
+// waitFor waits until cond holds, with meshtest's one Eventually.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
+	meshtest.Eventually(t, 10*time.Second, what, cond)
 }
 
 func TestLimitQueuesBeyondConcurrencyAndRefusesBeyondTheQueue(t *testing.T) {

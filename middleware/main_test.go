@@ -13,7 +13,4 @@ import (
 // agent is the real Consul dev agent of this package's end-to-end tests.
 var agent *consultest.Agent
 
-func TestMain(m *testing.M) {
-	meshtest.RunCaddyIfAsked()
-	consultest.Main(m, &agent)
-}
+func TestMain(m *testing.M) { meshtest.MainWithConsul(m, &agent) }

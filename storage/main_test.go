@@ -14,8 +14,7 @@ import (
 var agent *consultest.Agent
 
 func TestMain(m *testing.M) {
-	meshtest.RunCaddyIfAsked()
-	consultest.Main(m, &agent)
+	meshtest.MainWithConsul(m, &agent)
 }
 
 // newStorage provisions a consul_kv storage on the test agent under a

@@ -124,6 +124,10 @@ func TestBackendKilled(t *testing.T) {
 			"Consul's check (every 1s) marked it critical %s after the kill", critical.Round(10*time.Millisecond)))
 		if c.config.Retries > 0 {
 			expectNoFailure(t, result, "with retries, after a backend was killed")
+		} else if result.Failed == 0 || result.Failed == result.Sent {
+			// Without retries, the requests sent to the killed backend
+			// fail until Consul marks it critical, and only those.
+			t.Errorf("without retries %d of %d requests failed, want some (those to the killed backend before Consul saw it), not all", result.Failed, result.Sent)
 		}
 		f.proc.Stop(t)
 		sidecars[0].start(t)

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +25,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
 
 // Pebble is a running Pebble.
@@ -44,7 +47,7 @@ func Start(t testing.TB, httpPort, tlsPort int) *Pebble {
 	t.Helper()
 	binary, module := build(t)
 	dnsAddr := serveDNS(t)
-	listen, management := freeAddr(t), freeAddr(t)
+	listen, management := freeAddr(), freeAddr()
 	config := map[string]any{"pebble": map[string]any{
 		"listenAddress": listen, "managementListenAddress": management,
 		"certificate": filepath.Join(module, "test/certs/localhost/cert.pem"),
@@ -167,15 +170,6 @@ func serveDNS(t testing.TB) string {
 	return conn.LocalAddr().String()
 }
 
-func freeAddr(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // syncBuffer is a bytes.Buffer safe for a process's output and a reader.
 type syncBuffer struct {
 	mu  sync.Mutex
@@ -193,3 +187,6 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// freeAddr is a free loopback address: meshtest's free port.
+func freeAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(meshtest.FreePort())) }

@@ -20,7 +20,6 @@
 package main
 
 import (
-	"bytes"
 	"cmp"
 	"flag"
 	"fmt"
@@ -29,13 +28,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -300,297 +296,6 @@ func measureRun(pid int, url string) (run, error) {
 	}, nil
 }
 
-// clockTicks is USER_HZ, the unit of /proc's CPU times: 100 on Linux.
-const clockTicks = 100
-
-// processCPU returns the user and system time of pid, in clock ticks.
-func processCPU(pid int) (int64, error) {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	return parseProcessCPU(string(stat))
-}
-
-// parseProcessCPU reads utime and stime from a /proc/<pid>/stat line; the
-// command name, in parentheses, may hold spaces.
-func parseProcessCPU(stat string) (int64, error) {
-	fields := strings.Fields(stat[strings.LastIndexByte(stat, ')')+1:])
-	if len(fields) < 13 {
-		return 0, fmt.Errorf("unexpected /proc stat line %q", stat)
-	}
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("unexpected /proc stat line %q", stat)
-	}
-	return utime + stime, nil
-}
-
-// coreTimes is a core's line of /proc/stat, in clock ticks: the time
-// stolen by the hypervisor, and in all.
-type coreTimes struct{ steal, total int64 }
-
-// coreCPU returns the times of core n.
-func coreCPU(n int) (coreTimes, error) {
-	stat, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return coreTimes{}, err
-	}
-	return parseCoreTimes(string(stat), n)
-}
-
-// parseCoreTimes reads core n's line of /proc/stat: user nice system idle
-// iowait irq softirq steal ...
-func parseCoreTimes(stat string, n int) (coreTimes, error) {
-	prefix := fmt.Sprintf("cpu%d ", n)
-	for line := range strings.Lines(stat) {
-		rest, found := strings.CutPrefix(line, prefix)
-		if !found {
-			continue
-		}
-		var t coreTimes
-		for i, field := range strings.Fields(rest) {
-			v, err := strconv.ParseInt(field, 10, 64)
-			if err != nil || i >= 8 { // guest times are counted in user already
-				break
-			}
-			t.total += v
-			if i == 7 {
-				t.steal = v
-			}
-		}
-		return t, nil
-	}
-	return coreTimes{}, fmt.Errorf("no %s line in /proc/stat", strings.TrimSpace(prefix))
-}
-
-// loadResult is what the load generator reports of a run.
-type loadResult struct {
-	requests int64
-	rps      float64
-	latency  [2]time.Duration // see latencyColumns
-}
-
-// requestScript varies the URI over 10,007 values, so that the hash
-// policies spread requests over every upstream.
-const requestScript = `counter = 0
-request = function()
-	counter = counter + 1
-	return wrk.format(nil, "/item/" .. (counter % 10007))
-end
-`
-
-// runLoad runs the load generator on core 1 against url: wrk, or h2load
-// with -h2.
-func runLoad(url string, d time.Duration) (loadResult, error) {
-	if *h2 {
-		return runH2load(url, d)
-	}
-	script := filepath.Join(*workDir, "requests.lua")
-	if err := os.WriteFile(script, []byte(requestScript), 0o644); err != nil {
-		return loadResult{}, err
-	}
-	out, err := exec.Command("taskset", "-c", "1", "wrk", "-t1", fmt.Sprintf("-c%d", *connections),
-		fmt.Sprintf("-d%ds", int(d.Seconds())), "--latency", "-s", script, url).CombinedOutput()
-	if err != nil {
-		return loadResult{}, fmt.Errorf("wrk: %v\n%s", err, out)
-	}
-	return parseWrk(string(out))
-}
-
-// parseWrk reads wrk's report; any failed request fails the run.
-func parseWrk(report string) (loadResult, error) {
-	var r loadResult
-	for line := range strings.Lines(report) {
-		fields := strings.Fields(line)
-		switch {
-		case len(fields) >= 2 && fields[0] == "50%":
-			r.latency[0], _ = parseDuration(fields[1])
-		case len(fields) >= 2 && fields[0] == "99%":
-			r.latency[1], _ = parseDuration(fields[1])
-		case len(fields) >= 3 && fields[1] == "requests" && fields[2] == "in":
-			r.requests, _ = strconv.ParseInt(fields[0], 10, 64)
-		case len(fields) >= 2 && fields[0] == "Requests/sec:":
-			r.rps, _ = strconv.ParseFloat(fields[1], 64)
-		case strings.Contains(line, "Non-2xx") || strings.Contains(line, "Socket errors"):
-			return r, fmt.Errorf("requests failed: %s", strings.TrimSpace(line))
-		}
-	}
-	if r.requests == 0 || r.latency[1] == 0 {
-		return r, fmt.Errorf("unexpected wrk report:\n%s", report)
-	}
-	return r, nil
-}
-
-// parseDuration reads wrk's and h2load's durations: 812.00us, 1.23ms, 2.00s.
-func parseDuration(s string) (time.Duration, error) {
-	return time.ParseDuration(strings.Replace(s, "us", "µs", 1))
-}
-
-// proxyProcess is a proxy running on core 0.
-type proxyProcess struct {
-	cmd *exec.Cmd
-	log *bytes.Buffer
-}
-
-func (p *proxyProcess) pid() int { return p.cmd.Process.Pid }
-
-func (p *proxyProcess) stop() {
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { p.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-done
-	}
-}
-
-func (p *proxyProcess) logTail() string {
-	s := p.log.String()
-	return s[max(0, len(s)-2000):]
-}
-
-// startProxy writes the setup's config and starts its proxy on core 0.
-func startProxy(s setup, port int, b bench) (*proxyProcess, error) {
-	dir, err := filepath.Abs(filepath.Join(*workDir, strings.Map(fileSafe, s.name)))
-	if err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	config := filepath.Join(dir, s.proxy+".conf")
-	if err := os.WriteFile(config, []byte(s.config(port, b)), 0o644); err != nil {
-		return nil, err
-	}
-	var args []string
-	switch s.proxy {
-	case "caddy":
-		args = []string{*caddyBinary, "run", "--adapter", "caddyfile", "--config", config}
-	case "nginx":
-		args = []string{"nginx", "-p", dir, "-e", "stderr", "-c", config}
-	case "haproxy":
-		args = []string{"haproxy", "-db", "-f", config}
-	}
-	p := &proxyProcess{cmd: exec.Command("taskset", append([]string{"-c", "0"}, args...)...), log: new(bytes.Buffer)}
-	p.cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	return p, p.cmd.Start() // taskset execs the proxy: the pid is the proxy's
-}
-
-func fileSafe(r rune) rune {
-	if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
-		return r
-	}
-	return '_'
-}
-
-// caddyGlobals are the global options of every Caddy setup.
-func caddyGlobals() string {
-	return "admin off\n\tpersist_config off" + ifH2("\n\tservers {\n\t\tprotocols h1 h2c\n\t}")
-}
-
-func caddyStatic(port int, b bench, policy string) string {
-	return fmt.Sprintf(`{
-	%s
-}
-:%d {
-	reverse_proxy %s {
-		lb_policy %s
-	}
-}
-`, caddyGlobals(), port, strings.Join(b.upstreams, " "), policy)
-}
-
-func caddyConsul(port int, b bench, policy string) string {
-	return fmt.Sprintf(`{
-	%s
-	mesh {
-		consul {
-			address %s
-		}
-	}
-}
-:%d {
-	reverse_proxy {
-		dynamic consul %s
-		lb_policy %s
-	}
-}
-`, caddyGlobals(), b.consul, port, b.service, policy)
-}
-
-func nginx(port int, b bench, balance string) string {
-	var servers strings.Builder
-	for _, u := range b.upstreams {
-		fmt.Fprintf(&servers, "\t\tserver %s;\n", u)
-	}
-	return fmt.Sprintf(`worker_processes 1;
-daemon off;
-master_process off;
-pid nginx.pid;
-error_log stderr warn;
-events { worker_connections 4096; }
-http {
-	access_log off;
-	keepalive_requests 1000000;
-	client_body_temp_path tmp;
-	proxy_temp_path tmp;
-	upstream backends {
-		%s
-%s		keepalive %d;
-	}
-	server {
-		listen 127.0.0.1:%d%s;
-		location / {
-			proxy_pass http://backends;
-			proxy_http_version 1.1;
-			proxy_set_header Connection "";
-		}
-	}
-}
-`, balance, servers.String(), idleConnections(b), port, ifH2(" http2"))
-}
-
-// idleConnections is how many idle upstream connections nginx keeps: its
-// cache is shared by all upstreams, so it needs one or more per upstream,
-// as Caddy and HAProxy keep per upstream, for requests spread over every
-// upstream to find one, and one per request in flight.
-func idleConnections(b bench) int {
-	inFlight := *connections
-	if *h2 {
-		inFlight *= h2Streams
-	}
-	return 2*len(b.upstreams) + inFlight
-}
-
-func haproxy(port int, b bench, balance string) string {
-	var servers strings.Builder
-	for i, u := range b.upstreams {
-		fmt.Fprintf(&servers, "\tserver s%d %s\n", i, u)
-	}
-	return fmt.Sprintf(`global
-	nbthread 1
-	maxconn 4096
-defaults
-	mode http
-	option http-keep-alive
-	http-reuse always
-	timeout connect 5s
-	timeout client 30s
-	timeout server 30s
-frontend proxy
-	bind 127.0.0.1:%d%s
-	default_backend backends
-backend backends
-	%s
-%s`, port, ifH2(" proto h2"), balance, servers.String())
-}
-
 // awaitOK waits until url answers 200, in the clients' protocol.
 func awaitOK(url string, timeout time.Duration) error {
 	client := http.DefaultClient
@@ -625,15 +330,6 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-func loadAverage() string {
-	data, _ := os.ReadFile("/proc/loadavg")
-	fields := strings.Fields(string(data))
-	if len(fields) < 3 {
-		return "?"
-	}
-	return strings.Join(fields[:3], " ")
-}
-
 func median(runs []run, value func(run) float64) float64 {
 	values := make([]float64, len(runs))
 	for i, r := range runs {
@@ -658,16 +354,4 @@ func printTable(w io.Writer, rows []row) {
 		fmt.Fprintf(w, "| %d | %s | %.1f µs | %.3f× | %.0f | %s | %s | %d/%d | %s |\n", r.upstreams, r.setup, r.cpuPerRequest, r.ratio,
 			r.rps, r.latency[0].Round(10*time.Microsecond), r.latency[1].Round(10*time.Microsecond), *reps, r.runs, cmp.Or(r.loadAverage, "?"))
 	}
-}
-
-// onlineCores counts the machine's cores, whatever this process's affinity.
-func onlineCores() int {
-	stat, _ := os.ReadFile("/proc/stat")
-	n := 0
-	for line := range strings.Lines(string(stat)) {
-		if len(line) > 3 && strings.HasPrefix(line, "cpu") && line[3] >= '0' && line[3] <= '9' {
-			n++
-		}
-	}
-	return n
 }

@@ -1,4 +1,4 @@
-package discovery
+package gateway
 
 import (
 	"net/http"
@@ -10,22 +10,10 @@ import (
 	"github.com/caddymesh/caddymesh/internal/reqkey"
 )
 
-func TestServiceNamesFromRequestsFollowTheNameRule(t *testing.T) {
-	ls := lazySource([]string{"a"}).lazy
-	for _, name := range []string{"../etc", "x y", "", "a..b", ".x"} {
-		if watch := ls.get(newRequest(), name); watch != nil {
-			t.Errorf("a watch for the invalid name %q", name)
-		}
-	}
-	if n := len(*ls.byName.Load()); n != 1 {
-		t.Errorf("%d services after requests for invalid names, want the 1 already watched", n)
-	}
-}
-
 // namespacedGate is mesh_service with go-micro's namespace, over a catalog
 // holding services in and out of it.
-func namespacedGate() *ServiceFromRequest {
-	s := &ServiceFromRequest{Service: "{http.request.uri.path.0}", Namespace: "go.micro.api",
+func namespacedGate() *MeshService {
+	s := &MeshService{Service: "{http.request.uri.path.0}", Namespace: "go.micro.api",
 		AllowServices: []string{"go.micro.api.greeter", "greeter"}, RequireTag: "public", StripPath: true}
 	s.name = reqkey.Compile(s.Service)
 	services := map[string][]string{
@@ -70,7 +58,7 @@ func TestServiceNamespaceIsTheStartOfAName(t *testing.T) {
 	for namespace, valid := range map[string]bool{
 		"go.micro.api": true, "api": true, "go..micro": false, ".api": false, "api.": false, "a/b": false,
 	} {
-		s := &ServiceFromRequest{Service: "{http.request.uri.path.0}", Namespace: namespace, AllowServices: []string{"*"}}
+		s := &MeshService{Service: "{http.request.uri.path.0}", Namespace: namespace, AllowServices: []string{"*"}}
 		if err := s.Validate(); (err == nil) != valid {
 			t.Errorf("namespace %q: %v, want valid %v", namespace, err, valid)
 		}

@@ -1,4 +1,4 @@
-package discovery
+package gateway
 
 import (
 	"cmp"
@@ -13,18 +13,14 @@ import (
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/consul"
-	"github.com/caddymesh/caddymesh/internal/meshapp"
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/running"
-	"github.com/caddymesh/caddymesh/internal/svcname"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
@@ -78,18 +74,18 @@ type Router struct {
 	Proxy json.RawMessage `json:"proxy,omitempty"`
 
 	// Connection settings overriding the mesh app's, field by field.
-	Consul *ConsulConfig `json:"consul,omitempty"`
+	Consul *consul.Config `json:"consul,omitempty"`
 
 	ctx      caddy.Context
 	logger   *zap.Logger
-	source   *ConsulUpstreams       // how routed services are watched
+	conn     consul.Connection      // how routed services are watched
 	catalogs []*consul.CatalogWatch // names and tags; and services with meta routes
 	table    atomic.Pointer[routeTable]
 	proxies  map[proxyKind]*reverseproxy.Handler
 	slashes  urlpath.EscapedSlashes // how paths are normalized
 	wake     chan struct{}
-	stop     func()                   // stops the refreshing goroutine; nil until it starts
-	watches  map[string]*serviceWatch // owned by the refreshing goroutine
+	stop     func()                         // stops the refreshing goroutine; nil until it starts
+	watches  map[string]*consul.HealthWatch // owned by the refreshing goroutine
 }
 
 // proxyKind is how a route's upstreams are dialled, and whether they see
@@ -118,18 +114,13 @@ func (rt *Router) Provision(ctx caddy.Context) error {
 	if err := rt.provisionProxies(ctx); err != nil {
 		return err
 	}
-	var err error
-	if rt.slashes, err = meshapp.EscapedSlashes(ctx); err != nil {
-		return err
-	}
-	conn, err := consul.Provision(ctx, rt.Consul)
+	conn, slashes, err := provisionGateway(ctx, rt.Consul)
 	if err != nil {
 		return err
 	}
-	rt.source = &ConsulUpstreams{logger: rt.logger, conn: conn, datacenters: []string{conn.Datacenter}}
-	rt.source.setDefaults()
+	rt.conn, rt.slashes = conn, slashes
 	rt.wake = make(chan struct{}, 1)
-	rt.watches = make(map[string]*serviceWatch)
+	rt.watches = make(map[string]*consul.HealthWatch)
 	rt.table.Store(newRouteTable(nil, nil, nil))
 	if err := rt.watchCatalogs(conn); err != nil {
 		return err
@@ -154,108 +145,14 @@ func (rt *Router) start() {
 	}
 }
 
-// Validate rejects bad values, naming the field and the value.
+// Validate rejects bad values, naming the field and the value. Provision
+// runs it, once, before it takes anything; the proxy settings are checked
+// as the proxies are made from them (see checkProxy).
 func (rt *Router) Validate() error {
 	if rt.Fallback != "" && rt.Fallback != "404" && rt.Fallback != "next" {
 		return fmt.Errorf("mesh_router: fallback %q: must be 404 or next", rt.Fallback)
 	}
-	var proxy reverseproxy.Handler
-	if len(rt.Proxy) > 0 {
-		if err := json.Unmarshal(rt.Proxy, &proxy); err != nil {
-			return fmt.Errorf("mesh_router: proxy: %v", err)
-		}
-	}
-	if len(proxy.Upstreams) > 0 || proxy.DynamicUpstreamsRaw != nil {
-		return errors.New("mesh_router: proxy: takes no upstreams: the routes' services are the upstreams")
-	}
 	return nil
-}
-
-// provisionProxies makes the reverse proxies of every kind of route.
-func (rt *Router) provisionProxies(ctx caddy.Context) error {
-	rt.proxies = make(map[proxyKind]*reverseproxy.Handler)
-	for _, kind := range []proxyKind{{}, {tls: true}, {tls: true, skipVerify: true},
-		{hostDst: true}, {tls: true, hostDst: true}, {tls: true, skipVerify: true, hostDst: true}} {
-		h := new(reverseproxy.Handler)
-		if len(rt.Proxy) > 0 {
-			if err := json.Unmarshal(rt.Proxy, h); err != nil {
-				return fmt.Errorf("mesh_router: proxy: %v", err)
-			}
-		}
-		if kind.tls {
-			if err := withTLS(h, kind.skipVerify); err != nil {
-				return err
-			}
-		}
-		if kind.hostDst {
-			withUpstreamHost(h)
-		}
-		h.DynamicUpstreams = routeUpstreams{}
-		if err := h.Provision(ctx); err != nil {
-			return fmt.Errorf("mesh_router: proxy: %v", err)
-		}
-		h.DynamicUpstreams = routeUpstreams{preselector: preselectorOf(h)}
-		rt.proxies[kind] = h
-	}
-	return nil
-}
-
-// withTLS makes h's HTTP transport dial over TLS.
-func withTLS(h *reverseproxy.Handler, skipVerify bool) error {
-	transport := new(reverseproxy.HTTPTransport)
-	if h.TransportRaw != nil {
-		if err := json.Unmarshal(h.TransportRaw, transport); err != nil {
-			return fmt.Errorf("mesh_router: proxy transport (proto=https routes need the http transport): %v", err)
-		}
-	}
-	if transport.TLS == nil {
-		transport.TLS = new(reverseproxy.TLSConfig)
-	}
-	transport.TLS.InsecureSkipVerify = transport.TLS.InsecureSkipVerify || skipVerify
-	h.TransportRaw = caddyconfig.JSONModuleObject(transport, "protocol", "http", nil)
-	return nil
-}
-
-// withUpstreamHost makes h send each upstream its own host:port as the
-// Host, over any Host the proxy settings set.
-func withUpstreamHost(h *reverseproxy.Handler) {
-	if h.Headers == nil {
-		h.Headers = new(headers.Handler)
-	}
-	if h.Headers.Request == nil {
-		h.Headers.Request = new(headers.HeaderOps)
-	}
-	if h.Headers.Request.Set == nil {
-		h.Headers.Request.Set = make(http.Header)
-	}
-	h.Headers.Request.Set["Host"] = []string{"{http.reverse_proxy.upstream.hostport}"}
-}
-
-// watchCatalogs takes the catalog watches: names and tags, and, with
-// meta_prefix, the services whose meta declares routes.
-func (rt *Router) watchCatalogs(conn consul.Connection) error {
-	keys := []consul.CatalogKey{{Endpoint: conn.Endpoint, Datacenter: conn.Datacenter}}
-	if rt.MetaPrefix != "" {
-		keys = append(keys, consul.CatalogKey{Endpoint: conn.Endpoint, Datacenter: conn.Datacenter, Filter: rt.metaFilter()})
-	}
-	for _, key := range keys {
-		c, err := consul.TakeCatalog(key, conn)
-		if err != nil {
-			return err
-		}
-		c.Subscribe(rt.wake)
-		rt.catalogs = append(rt.catalogs, c)
-	}
-	return nil
-}
-
-// metaFilter selects the services with a route in their meta.
-func (rt *Router) metaFilter() string {
-	clauses := []string{fmt.Sprintf("%q in ServiceMeta", rt.MetaPrefix)}
-	for i := 1; i < maxMetaRoutes; i++ {
-		clauses = append(clauses, fmt.Sprintf("%q in ServiceMeta", fmt.Sprintf("%s-%d", rt.MetaPrefix, i)))
-	}
-	return strings.Join(clauses, " or ")
 }
 
 // Cleanup stops keeping the table current and lets go of the watches and
@@ -270,9 +167,8 @@ func (rt *Router) Cleanup() error {
 		c.Unsubscribe(rt.wake)
 		consul.Catalogs.Release(c.Key)
 	}
-	for _, sw := range rt.watches {
-		rt.unsubscribe(sw)
-		sw.release()
+	for name := range rt.watches {
+		rt.unwatch(name)
 	}
 	for _, h := range rt.proxies {
 		errs = append(errs, h.Cleanup())
@@ -300,70 +196,15 @@ func (rt *Router) refresh() {
 	var found []declared
 	var rejected []rejectedRoute
 	for _, name := range slices.Sorted(maps.Keys(rt.watches)) {
-		if a := rt.watches[name].watchers[0].Current(); a != nil {
+		if a := rt.watches[name].Current(); a != nil {
 			found, rejected = rt.declarations(name, a, found, rejected)
 		}
 	}
 	table := newRouteTable(found, rejected, rt.table.Load())
 	for _, e := range table.entries {
-		e.proxy = rt.proxies[proxyKind{tls: e.TLS, skipVerify: e.TLSSkipVerify, hostDst: e.HostHeader == "dst"}]
+		e.proxy = rt.proxies[kindOf(e)]
 	}
 	rt.table.Store(table)
-}
-
-// routedServices are the services of the catalog that declare routes,
-// among those whose names follow the service-name rule.
-func (rt *Router) routedServices() map[string]bool {
-	routed := make(map[string]bool)
-	for i, c := range rt.catalogs {
-		services := c.Services()
-		if services == nil {
-			continue
-		}
-		for name, tags := range *services {
-			byMeta := i > 0 // the second catalog holds the services with meta routes
-			byTag := slices.ContainsFunc(tags, rt.isRouteTag)
-			if (byMeta || byTag) && (rt.RequireTag == "" || slices.Contains(tags, rt.RequireTag)) && svcname.Valid(name) {
-				routed[name] = true
-			}
-		}
-	}
-	return routed
-}
-
-func (rt *Router) isRouteTag(tag string) bool {
-	return strings.HasPrefix(strings.TrimSpace(tag), rt.TagPrefix)
-}
-
-// syncWatches watches the routed services, and only those.
-func (rt *Router) syncWatches(routed map[string]bool) {
-	for name, sw := range rt.watches {
-		if !routed[name] {
-			rt.unsubscribe(sw)
-			sw.release()
-			delete(rt.watches, name)
-		}
-	}
-	for name := range routed {
-		if rt.watches[name] != nil {
-			continue
-		}
-		sw, err := rt.source.watch(name)
-		if err != nil {
-			rt.logger.Error("cannot watch a routed service", zap.String("service", name), zap.Error(err))
-			continue
-		}
-		for _, w := range sw.watchers {
-			w.Subscribe(rt.wake)
-		}
-		rt.watches[name] = sw
-	}
-}
-
-func (rt *Router) unsubscribe(sw *serviceWatch) {
-	for _, w := range sw.watchers {
-		w.Unsubscribe(rt.wake)
-	}
 }
 
 // declarations adds the routes the instances of service declare to found:
@@ -463,22 +304,6 @@ func hostWithoutPort(host string) string {
 	return strings.ToLower(strings.Trim(host, "[]"))
 }
 
-// routeUpstreams gives the reverse proxies of mesh_router the healthy
-// instances of the route chosen for a request.
-type routeUpstreams struct {
-	preselector pool.Preselector // the proxy's policy, if it can preselect
-}
-
-// GetUpstreams returns the instances of the request's route, or the
-// candidates the policy names among them (see ConsulUpstreams.GetUpstreams).
-func (ru routeUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
-	e, _ := caddyhttp.GetVar(r.Context(), routeVar).(*routeEntry)
-	if e == nil {
-		return nil, errNoRoute
-	}
-	return handOut(r, e.instances, ru.preselector), nil
-}
-
 // routers are the routers of the configs running, for the admin API and
 // the certificate permission.
 var routers running.Set[*Router]
@@ -495,7 +320,6 @@ func routeTables() []*routeTable {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Router)(nil)
-	_ caddy.Validator             = (*Router)(nil)
 	_ caddy.CleanerUpper          = (*Router)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Router)(nil)
 	_ reverseproxy.UpstreamSource = routeUpstreams{}

@@ -1,4 +1,4 @@
-package discovery_test
+package gateway_test
 
 import (
 	"fmt"

@@ -1,4 +1,4 @@
-package discovery
+package gateway
 
 import (
 	"cmp"
@@ -21,14 +21,14 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(new(ServiceFromRequest))
+	caddy.RegisterModule(new(MeshService))
 }
 
 // ServiceVar holds the service mesh_service found for a request:
 // {http.vars.mesh_service}.
 const ServiceVar = "mesh_service"
 
-// ServiceFromRequest names, from each request, the Consul service it is
+// MeshService names, from each request, the Consul service it is
 // for, as an API gateway routing /<service>/... does (with a namespace, as
 // go-micro's does: /greeter/... goes to go.micro.api.greeter), and answers
 // 404 to a request for a service that may not be reached: one whose name
@@ -41,7 +41,7 @@ const ServiceVar = "mesh_service"
 // {http.vars.mesh_service}`. The name is read once the request's path is
 // normalized (see the mesh app's path_with_escaped_slashes_action), and
 // the normalized path goes on.
-type ServiceFromRequest struct {
+type MeshService struct {
 	// Where the name is in the request: a placeholder expression, such as
 	// {http.request.uri.path.0} or {http.request.host.labels.2}. Required.
 	Service string `json:"service,omitempty"`
@@ -65,7 +65,7 @@ type ServiceFromRequest struct {
 	StripPath bool `json:"strip_path,omitempty"`
 
 	// Connection settings overriding the mesh app's, field by field.
-	Consul *ConsulConfig `json:"consul,omitempty"`
+	Consul *consul.Config `json:"consul,omitempty"`
 
 	name       reqkey.Func
 	slashes    urlpath.EscapedSlashes // how paths are normalized
@@ -88,34 +88,42 @@ var (
 )
 
 // CaddyModule returns the Caddy module information.
-func (*ServiceFromRequest) CaddyModule() caddy.ModuleInfo {
+func (*MeshService) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "http.handlers.mesh_service",
-		New: func() caddy.Module { return new(ServiceFromRequest) },
+		New: func() caddy.Module { return new(MeshService) },
 	}
 }
 
 // Provision takes the shared catalog watch.
-func (s *ServiceFromRequest) Provision(ctx caddy.Context) error {
+func (s *MeshService) Provision(ctx caddy.Context) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
 	s.name = reqkey.Compile(s.Service)
-	var err error
-	if s.slashes, err = meshapp.EscapedSlashes(ctx); err != nil {
-		return err
-	}
-	conn, err := consul.Provision(ctx, s.Consul)
+	conn, slashes, err := provisionGateway(ctx, s.Consul)
 	if err != nil {
 		return err
 	}
+	s.slashes = slashes
 	s.catalogKey = consul.CatalogKey{Endpoint: conn.Endpoint, Datacenter: conn.Datacenter}
 	s.catalog, err = consul.TakeCatalog(s.catalogKey, conn)
 	return err
 }
 
+// provisionGateway is the preamble of the gateway's handlers: their Consul
+// connection (consul.Provision) and how the mesh app normalizes paths.
+func provisionGateway(ctx caddy.Context, own *consul.Config) (consul.Connection, urlpath.EscapedSlashes, error) {
+	slashes, err := meshapp.EscapedSlashes(ctx)
+	if err != nil {
+		return consul.Connection{}, 0, err
+	}
+	conn, err := consul.Provision(ctx, own)
+	return conn, slashes, err
+}
+
 // Validate rejects bad values, naming the field and the value.
-func (s *ServiceFromRequest) Validate() error {
+func (s *MeshService) Validate() error {
 	switch {
 	case !reqkey.HasPlaceholders(s.Service):
 		return fmt.Errorf("mesh_service: service %q: must take the name from the request with a placeholder, such as {http.request.uri.path.0}", s.Service)
@@ -133,7 +141,7 @@ func (s *ServiceFromRequest) Validate() error {
 }
 
 // Cleanup lets go of the catalog watch.
-func (s *ServiceFromRequest) Cleanup() error {
+func (s *MeshService) Cleanup() error {
 	if s.catalog == nil {
 		return nil
 	}
@@ -143,7 +151,7 @@ func (s *ServiceFromRequest) Cleanup() error {
 
 // ServeHTTP lets through requests for services that may be reached,
 // taking the name from the request once its path is normalized.
-func (s *ServiceFromRequest) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (s *MeshService) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if status, err := urlpath.NormalizeRequest(w.Header(), r, s.slashes); err != nil {
 		return caddyhttp.Error(status, err)
 	}
@@ -166,7 +174,7 @@ func (s *ServiceFromRequest) ServeHTTP(w http.ResponseWriter, r *http.Request, n
 
 // reachableServices returns the services requests may reach, worked out
 // once per catalog answer; nil until Consul first answers.
-func (s *ServiceFromRequest) reachableServices() map[string]any {
+func (s *MeshService) reachableServices() map[string]any {
 	services := s.catalog.Services()
 	if services == nil {
 		return nil
@@ -194,7 +202,7 @@ const consulService = "consul"
 // allows reports whether the service, carrying tags, may be reached.
 // Consul's own service may be reached only when allowed by its exact
 // name, never by a pattern or a tag.
-func (s *ServiceFromRequest) allows(name string, tags []string) bool {
+func (s *MeshService) allows(name string, tags []string) bool {
 	if name == consulService {
 		return slices.Contains(s.AllowServices, consulService)
 	}
@@ -233,8 +241,8 @@ func cutSegment(path, name string) (string, bool) {
 
 // Interface guards
 var (
-	_ caddy.Provisioner           = (*ServiceFromRequest)(nil)
-	_ caddy.Validator             = (*ServiceFromRequest)(nil)
-	_ caddy.CleanerUpper          = (*ServiceFromRequest)(nil)
-	_ caddyhttp.MiddlewareHandler = (*ServiceFromRequest)(nil)
+	_ caddy.Provisioner           = (*MeshService)(nil)
+	_ caddy.Validator             = (*MeshService)(nil)
+	_ caddy.CleanerUpper          = (*MeshService)(nil)
+	_ caddyhttp.MiddlewareHandler = (*MeshService)(nil)
 )

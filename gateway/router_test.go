@@ -1,4 +1,4 @@
-package discovery_test
+package gateway_test
 
 import (
 	"context"
@@ -115,12 +115,12 @@ func TestRouterServesRoutesDeclaredInConsul(t *testing.T) {
 	})
 
 	// Unloaded, the routers stop, and so do their watches.
-	if n := meshtest.Goroutines("discovery.(*Router).run"); n != 2 {
+	if n := meshtest.Goroutines("gateway.(*Router).run"); n != 2 {
 		t.Errorf("%d routers running, want 2", n)
 	}
 	meshtest.Load(t, fmt.Sprintf("{\n\t%s\n}\n:%d {\n\trespond ok\n}\n", meshtest.Globals(), routed), "caddyfile")
 	meshtest.Eventually(t, propagation, "the routers and their watches to stop", func() bool {
-		return meshtest.Goroutines("discovery.(*Router).run") == 0 && meshtest.Goroutines(watchLoop) == 0
+		return meshtest.Goroutines("gateway.(*Router).run") == 0 && meshtest.Goroutines(watchLoop) == 0
 	})
 	if tables := routeTables(t); len(tables) != 0 {
 		t.Errorf("/mesh/routes lists %d tables with no router running", len(tables))

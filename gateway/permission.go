@@ -1,4 +1,4 @@
-package discovery
+package gateway
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"slices"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 )
 
@@ -34,15 +33,6 @@ func (CertificatePermission) CertificateAllowed(_ context.Context, name string) 
 		return nil
 	}
 	return fmt.Errorf("%s: no service declares a route for this host: %w", name, caddytls.ErrPermissionDenied)
-}
-
-// UnmarshalCaddyfile reads `permission mesh`, which takes no options.
-func (CertificatePermission) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the module's name
-	if d.NextArg() || d.NextBlock(0) {
-		return d.Err("the mesh permission takes no options")
-	}
-	return nil
 }
 
 // Interface guards

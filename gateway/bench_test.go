@@ -1,14 +1,14 @@
-package discovery
+package gateway
 
 import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
@@ -40,8 +40,8 @@ func gatewayRequest(host, path string) *http.Request {
 
 // serviceGate is a mesh_service handler over a catalog of n services, as
 // a gateway in front of /<service>/ sets it up.
-func serviceGate(n int) *ServiceFromRequest {
-	s := &ServiceFromRequest{Service: "{http.request.uri.path.0}", AllowServices: []string{"shop-*", "greeter"}, StripPath: true}
+func serviceGate(n int) *MeshService {
+	s := &MeshService{Service: "{http.request.uri.path.0}", AllowServices: []string{"shop-*", "greeter"}, StripPath: true}
 	s.name = reqkey.Compile(s.Service)
 	services := map[string][]string{"greeter": {"v2"}}
 	for i := range n - 1 {
@@ -49,18 +49,6 @@ func serviceGate(n int) *ServiceFromRequest {
 	}
 	s.catalog = consul.NewFixedCatalog(services)
 	return s
-}
-
-// lazySource is a source named by {http.vars.mesh_service} that watches
-// the service "web" already, answered with the instances named.
-func lazySource(names []string) *ConsulUpstreams {
-	ready := make(chan struct{})
-	close(ready)
-	watch := &serviceWatch{service: "web", watchers: []*consul.HealthWatch{answered(names)}}
-	cu := &ConsulUpstreams{Service: "{http.vars." + ServiceVar + "}", serviceName: reqkey.Compile("{http.vars." + ServiceVar + "}")}
-	cu.lazy = &lazyServices{source: cu}
-	cu.lazy.byName.Store(&map[string]*lazyService{"web": {watch: watch, ready: ready}})
-	return cu
 }
 
 // routerRequest is a request mesh_router has routed to a route with the
@@ -73,7 +61,7 @@ func routerRequest(names []string) *http.Request {
 
 // letsThroughWithoutAllocating checks that gate lets a request for path
 // through with no allocation.
-func letsThroughWithoutAllocating(t *testing.T, gate *ServiceFromRequest, path string) {
+func letsThroughWithoutAllocating(t *testing.T, gate *MeshService, path string) {
 	t.Helper()
 	r, w := gatewayRequest("", path), new(discardWriter)
 	if allocs := testing.AllocsPerRun(100, func() {
@@ -92,20 +80,55 @@ func TestGatewayRequestPathsDoNotAllocate(t *testing.T) {
 	if allocs := testing.AllocsPerRun(100, func() { table.match("s128.example.com", false, "/api/orders") }); allocs != 0 {
 		t.Errorf("matching a route allocates %v times, want 0", allocs)
 	}
-	names := []string{"a", "b", "c"}
-	byName, routed, cu := newRequest(), routerRequest(names), lazySource(names)
-	caddyhttp.SetVar(byName.Context(), ServiceVar, "web")
-	for source, get := range map[string]func() ([]*reverseproxy.Upstream, error){
-		"consul by name": func() ([]*reverseproxy.Upstream, error) { return cu.GetUpstreams(byName) },
-		"mesh_router":    func() ([]*reverseproxy.Upstream, error) { return routeUpstreams{}.GetUpstreams(routed) },
-	} {
-		if upstreams, err := get(); err != nil || len(upstreams) != 3 {
-			t.Fatalf("%s: %d upstreams (%v), want 3", source, len(upstreams), err)
-		}
-		if allocs := testing.AllocsPerRun(100, func() { get() }); allocs != 2 {
-			t.Errorf("%s: GetUpstreams allocates %v times, want 2, as the source of one named service does", source, allocs)
-		}
+	routed := routerRequest([]string{"a", "b", "c"})
+	if upstreams, err := (routeUpstreams{}).GetUpstreams(routed); err != nil || len(upstreams) != 3 {
+		t.Fatalf("mesh_router: %d upstreams (%v), want 3", len(upstreams), err)
 	}
+	if allocs := testing.AllocsPerRun(100, func() { routeUpstreams{}.GetUpstreams(routed) }); allocs != 2 {
+		t.Errorf("mesh_router: GetUpstreams allocates %v times, want 2, as the consul source of one service does", allocs)
+	}
+}
+
+// BenchmarkGetUpstreams measures the per-request cost of mesh_router's
+// upstream source, at the numbers of instances of the consul source's
+// benchmark (discovery), which it matches. Compare them with benchstat
+// -col /source.
+func BenchmarkGetUpstreams(b *testing.B) {
+	for _, n := range []int{3, 64, 256} {
+		b.Run(fmt.Sprintf("instances=%d/source=mesh_router", n), func(b *testing.B) {
+			r := routerRequest(instanceNames(n))
+			b.ReportAllocs()
+			for b.Loop() {
+				routeUpstreams{}.GetUpstreams(r)
+			}
+		})
+	}
+}
+
+// instanceNames returns n instance names, as the consul source's
+// benchmark has them: 10.0.0.0, 10.0.0.1...
+func instanceNames(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("10.0.%d.%d", i/256, i%256)
+	}
+	return names
+}
+
+// instancesNamed returns an instance for each id, on port 80 of it.
+func instancesNamed(ids ...string) []pool.Instance {
+	out := make([]pool.Instance, len(ids))
+	for i, id := range ids {
+		out[i] = pool.Instance{ID: id, Dial: id + ":80", Weight: 1}
+	}
+	return out
+}
+
+// newRequest returns a request carrying Caddy's variable table, as a
+// request in a Caddy server does.
+func newRequest() *http.Request {
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	return r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
 }
 
 // BenchmarkServiceGate measures mesh_service letting a request through,
