@@ -28,6 +28,7 @@ import (
 // proxy skips its intention check on resumed sessions): what resumption
 // would save.
 func BenchmarkHandshake(b *testing.B) {
+	connectTransport(b, false) // holds the watches, whose first answers log, across the runs
 	for _, resumed := range []bool{false, true} {
 		name := map[bool]string{false: "full", true: "resumed"}[resumed]
 		b.Run("transport=connect/"+name, func(b *testing.B) {
