@@ -94,14 +94,7 @@ func connectTransport(b *testing.B, resumed bool) http.RoundTripper {
 // connectServer is db with the leaf Consul's CA issued it, verifying
 // clients against Consul's roots.
 func connectServer(b *testing.B) *httptest.Server {
-	leaf, _, err := agent.Client.Agent().ConnectCALeaf("db", nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair([]byte(leaf.CertPEM), []byte(leaf.PrivateKeyPEM))
-	if err != nil {
-		b.Fatal(err)
-	}
+	cert := agentLeaf(b, agent, "db")
 	roots, _, err := agent.Client.Agent().ConnectCARoots(nil)
 	if err != nil {
 		b.Fatal(err)

@@ -175,8 +175,13 @@ type probe struct{ config *tls.Config }
 
 // newProbe gets a leaf for the service probe from the agent.
 func newProbe(t *testing.T, a *consultest.Agent) probe {
+	return probe{config: &tls.Config{Certificates: []tls.Certificate{agentLeaf(t, a, "probe")}, InsecureSkipVerify: true}}
+}
+
+// agentLeaf returns the leaf certificate the agent gives service.
+func agentLeaf(t testing.TB, a *consultest.Agent, service string) tls.Certificate {
 	t.Helper()
-	leaf, _, err := a.Client.Agent().ConnectCALeaf("probe", nil)
+	leaf, _, err := a.Client.Agent().ConnectCALeaf(service, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +189,7 @@ func newProbe(t *testing.T, a *consultest.Agent) probe {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return probe{config: &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}}
+	return cert
 }
 
 // presentsLeafFrom reports whether the server on port presents a leaf that
