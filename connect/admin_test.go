@@ -1,15 +1,21 @@
 package connect_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
@@ -86,11 +92,31 @@ func TestAdminAndMetricsShowLeavesAndRoots(t *testing.T) {
 	if value, _ := strconv.ParseFloat(expiry[1], 64); int64(value) != leaf.ValidBefore.Unix() {
 		t.Errorf("caddy_mesh_connect_leaf_expiry_seconds %s, want %d", expiry[1], leaf.ValidBefore.Unix())
 	}
+	keyLine := strings.Split(leaf.PrivateKeyPEM, "\n")[1]
 	for what, text := range map[string]string{"GET /mesh/connect": body, "the metrics": metrics} {
-		if strings.Contains(text, "PRIVATE KEY") || strings.Contains(text, strings.Split(leaf.PrivateKeyPEM, "\n")[1]) {
+		if strings.Contains(text, "PRIVATE KEY") || strings.Contains(text, keyLine) {
 			t.Errorf("%s show the private key", what)
 		}
 	}
+	if file := fileHolding(t, caddy.AppDataDir(), keyLine); file != "" {
+		t.Errorf("Caddy's storage holds the private key, in %s", file)
+	}
+}
+
+// fileHolding returns a file under dir that holds text, or "".
+func fileHolding(t *testing.T, dir, text string) string {
+	t.Helper()
+	var found string
+	_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || found != "" {
+			return nil
+		}
+		if data, err := os.ReadFile(path); err == nil && bytes.Contains(data, []byte(text)) {
+			found = path
+		}
+		return nil
+	})
+	return found
 }
 
 // scrape returns the in-process Caddy's metrics.
