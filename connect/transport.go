@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"reflect"
 	"strings"
 	"time"
@@ -166,6 +167,13 @@ func (t *Transport) dialTLS(ctx context.Context, network, addr string) (net.Conn
 	return tlsConn, nil
 }
 
+// RoundTrip sends req over Connect's mutual TLS: always https, whatever
+// the request's URL says, so that no request ever leaves in plaintext.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	req.URL.Scheme = "https"
+	return t.HTTPTransport.Transport.RoundTrip(req)
+}
+
 // destination returns the identity the server at addr must prove, for
 // the proxy attempt whose dial context ctx is.
 func (t *Transport) destination(ctx context.Context, addr string) (spiffe.ServiceID, error) {
@@ -230,4 +238,5 @@ var (
 	_ caddy.Provisioner  = (*Transport)(nil)
 	_ caddy.Validator    = (*Transport)(nil)
 	_ caddy.CleanerUpper = (*Transport)(nil)
+	_ http.RoundTripper  = (*Transport)(nil)
 )

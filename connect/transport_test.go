@@ -3,6 +3,9 @@ package connect
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 
@@ -79,5 +82,28 @@ func TestStrictSNIOffOnlyWhenEveryPolicyTrustsConnect(t *testing.T) {
 		if got := connectOnly(tc.policies); got != tc.off {
 			t.Errorf("%s: %v, want %v", name, got, tc.off)
 		}
+	}
+}
+
+func TestRoundTripNeverDialsInPlaintext(t *testing.T) {
+	var plain, overTLS int
+	refused := errors.New("refused by the test")
+	tr := &Transport{}
+	tr.HTTPTransport.Transport = &http.Transport{
+		DialContext: func(context.Context, string, string) (net.Conn, error) { plain++; return nil, refused },
+		DialTLSContext: func(context.Context, string, string) (net.Conn, error) {
+			overTLS++
+			return nil, refused
+		},
+	}
+	for _, url := range []string{"http://10.0.0.1:8080/", "https://10.0.0.1:8443/"} {
+		req := httptest.NewRequest("GET", url, nil)
+		req.RequestURI = ""
+		if _, err := tr.RoundTrip(req); !errors.Is(err, refused) {
+			t.Errorf("%s: %v, want the test's refusal", url, err)
+		}
+	}
+	if plain != 0 || overTLS != 2 {
+		t.Errorf("%d plaintext dials and %d TLS dials, want 0 and 2", plain, overTLS)
 	}
 }
