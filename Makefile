@@ -61,6 +61,9 @@ bench: consul
 	$(BENCHSTAT) -col /handler .work/handlers.txt
 	$(GO) test -run '^$$' -bench NormalizeRequest -benchmem -count 6 ./internal/urlpath/ > .work/urlpath.txt
 	$(BENCHSTAT) -col /by .work/urlpath.txt
+	$(GO) test -run '^$$' -bench Handshake -benchtime 1000x -count 6 ./connect/ > .work/handshake.txt
+	$(BENCHSTAT) -col /transport .work/handshake.txt
+	$(GO) test -run '^$$' -bench 'GetCertificate|VerifyServer|Destination|RootStillListed|TrustDomainOf' -benchmem ./connect/ | grep -E '^Benchmark'
 	$(MAKE) bench-proxies
 
 ## chaos: the resilience suite's long form (RESILIENCE.md); `make test` runs its short form

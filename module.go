@@ -31,6 +31,13 @@
 //   - caddy.storage.consul_kv: certificates and ACME locks in Consul's KV
 //     store, shared by a fleet of Caddy instances (Caddyfile: `storage
 //     consul_kv`); admin.api.mesh_storage: GET /mesh/storage.
+//   - tls.get_certificate.connect, tls.ca_pool.source.connect,
+//     http.reverse_proxy.transport.connect: Consul's service mesh, as a
+//     Connect-native service: the leaf certificate Consul's CA issues a
+//     service, Consul's Connect roots, and mutual TLS to other services
+//     with their SPIFFE IDs verified (Caddyfile: `get_certificate connect`,
+//     `trust_pool connect`, `transport connect`); admin.api.mesh_connect:
+//     GET /mesh/connect.
 //
 // It plugs into Caddy's reverse_proxy rather than replacing it, so retries,
 // passive health checks, transports, WebSockets, header manipulation,
@@ -61,6 +68,8 @@ package caddymesh
 import (
 	// Caddyfile support: the mesh global option.
 	_ "github.com/caddymesh/caddymesh/caddyfile"
+	// Consul's service mesh: Connect certificates, roots and transport.
+	_ "github.com/caddymesh/caddymesh/connect"
 	// The mesh app and the consul upstream source.
 	_ "github.com/caddymesh/caddymesh/discovery"
 	_ "github.com/caddymesh/caddymesh/gateway"

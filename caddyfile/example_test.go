@@ -30,7 +30,7 @@ func TestExamplesAreValid(t *testing.T) {
 		t.Setenv(name, value)
 	}
 	configs := map[string][]byte{"../examples/gateway.json": mustRead(t, "../examples/gateway.json")}
-	for _, file := range []string{"../examples/Caddyfile", "../examples/gateway.Caddyfile", "../examples/sidecar.Caddyfile", "../examples/sidecars/a.Caddyfile", "../examples/sidecars/b.Caddyfile"} {
+	for _, file := range []string{"../examples/Caddyfile", "../examples/gateway.Caddyfile", "../examples/sidecar.Caddyfile", "../examples/sidecar-files.Caddyfile", "../examples/sidecars/a.Caddyfile", "../examples/sidecars/b.Caddyfile"} {
 		body := mustRead(t, file)
 		if formatted := caddyfile.Format(body); !bytes.Equal(formatted, body) {
 			t.Errorf("%s is not formatted: run caddy fmt --overwrite", file)

@@ -18,6 +18,7 @@ import (
 //	    datacenter      <dc> ...
 //	    health          passing|warning
 //	    near            _agent|<node>
+//	    connect
 //	    consistency     default|stale|cached
 //	    wait            <duration>
 //	    hold_last       <duration>
@@ -56,6 +57,8 @@ func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = args.String(d, &cu.Health)
 		case "near":
 			err = args.String(d, &cu.Near)
+		case "connect":
+			err = args.Flag(d, &cu.Connect)
 		case "consistency":
 			err = args.String(d, &cu.Consistency)
 		case "wait":
@@ -153,6 +156,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	    timeout   <duration>
 //	    deregister_critical_after <duration>
 //	    drain     <duration>
+//	    connect   native
 //	}
 //
 // meta is repeatable.
@@ -189,6 +193,8 @@ func (r *Registration) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = args.Duration(d, &r.check().DeregisterCriticalAfter)
 		case "drain":
 			err = args.Duration(d, &r.Drain)
+		case "connect":
+			err = r.parseConnect(d)
 		default:
 			return d.Errf("unrecognized mesh register option '%s'", d.Val())
 		}
@@ -199,6 +205,19 @@ func (r *Registration) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := r.validate(); err != nil {
 		return d.Err(err.Error())
 	}
+	return nil
+}
+
+// parseConnect reads `connect native`.
+func (r *Registration) parseConnect(d *caddyfile.Dispenser) error {
+	var mode string
+	if err := args.String(d, &mode); err != nil {
+		return err
+	}
+	if mode != "native" {
+		return d.Errf("connect %q: want native (a sidecar proxy registers itself)", mode)
+	}
+	r.Connect = &RegistrationConnect{Native: true}
 	return nil
 }
 

@@ -331,6 +331,7 @@ type registrationView struct {
 	Meta    map[string]string    `json:"meta,omitempty"`
 	Weights *RegistrationWeights `json:"weights,omitempty"`
 	Check   checkView            `json:"check"`
+	Connect *RegistrationConnect `json:"connect,omitempty"`
 	Drain   string               `json:"drain"`
 	Configs int                  `json:"configs"`
 	registrationStatus
@@ -361,7 +362,7 @@ func registrationViews() []registrationView {
 				Timeout:                 time.Duration(c.Timeout).String(),
 				DeregisterCriticalAfter: time.Duration(c.DeregisterCriticalAfter).String(),
 			},
-			Drain: time.Duration(spec.Drain).String(), Configs: r.users,
+			Connect: spec.Connect, Drain: time.Duration(spec.Drain).String(), Configs: r.users,
 			registrationStatus: *r.status.Load(),
 		})
 	}

@@ -73,6 +73,10 @@ type Registration struct {
 	// address and port.
 	Check *RegistrationCheck `json:"check,omitempty"`
 
+	// How the instance takes part in Consul's service mesh. Default: not
+	// at all.
+	Connect *RegistrationConnect `json:"connect,omitempty"`
+
 	// How long to wait, after taking the instance out of Consul when Caddy
 	// stops or a config drops the registration, before Caddy stops
 	// serving: callers' watchers see it go within milliseconds, and
@@ -95,6 +99,17 @@ func (w *RegistrationWeights) warning() int {
 		return 1
 	}
 	return *w.Warning
+}
+
+// RegistrationConnect is how a registered instance takes part in Consul's
+// service mesh.
+type RegistrationConnect struct {
+	// The instance speaks Connect itself (its site presents
+	// `get_certificate connect` and verifies `trust_pool connect`): Consul
+	// lists it in /v1/health/connect/<name>, for Connect clients (Envoy,
+	// consul connect proxy, caddymesh's `dynamic consul <name> { connect }`)
+	// to call directly.
+	Native bool `json:"native,omitempty"`
 }
 
 // RegistrationCheck is the health check of a registered instance: one of
@@ -247,6 +262,9 @@ func (r *Registration) agentRegistration() *api.AgentServiceRegistration {
 	}
 	if r.Weights != nil {
 		reg.Weights = &api.AgentWeights{Passing: r.Weights.Passing, Warning: r.Weights.warning()}
+	}
+	if r.Connect != nil && r.Connect.Native {
+		reg.Connect = &api.AgentServiceConnect{Native: true}
 	}
 	return reg
 }

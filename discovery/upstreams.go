@@ -127,6 +127,13 @@ type ConsulUpstreams struct {
 	// Default: 3s.
 	ResolveTimeout caddy.Duration `json:"resolve_timeout,omitempty"`
 
+	// Take the instances from Consul's Connect catalog of the service
+	// (/v1/health/connect/<service>): its sidecar proxies (Envoy, consul
+	// connect proxy) and its Connect-native instances, each with the
+	// service identity it presents, which `transport connect` verifies.
+	// Default: the service's own instances (/v1/health/service/<service>).
+	Connect bool `json:"connect,omitempty"`
+
 	// Connection settings for this source, overriding the mesh app's
 	// field by field.
 	Consul *ConsulConfig `json:"consul,omitempty"`
@@ -202,7 +209,7 @@ func (cu *ConsulUpstreams) watch(service string) (*serviceWatch, error) {
 		key := consul.HealthKey{
 			Endpoint: cu.conn.Endpoint, Service: service, Datacenter: dc, Filter: cu.filter,
 			Health: cu.Health, Near: cu.Near, Consistency: cu.Consistency, Wait: time.Duration(cu.Wait),
-			HoldLast: time.Duration(*cu.HoldLast),
+			HoldLast: time.Duration(*cu.HoldLast), Connect: cu.Connect,
 		}
 		w, err := takeHealthWatch(key, cu.conn, cu.Tags, cu.Filter)
 		if err != nil {

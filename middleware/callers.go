@@ -4,15 +4,13 @@ package middleware
 // SPIFFE ID of its client certificate.
 
 import (
-	"cmp"
-	"errors"
-	"fmt"
+	"crypto/x509"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"slices"
-	"strings"
 
+	"github.com/caddymesh/caddymesh/internal/spiffe"
 	"github.com/caddymesh/caddymesh/internal/svcname"
 )
 
@@ -61,81 +59,39 @@ func (id *Identity) fromCertificate(r *http.Request) (who caller, reason string,
 	switch {
 	case err != nil:
 		return who, err.Error(), true
-	case !id.acceptsTrustDomain(uris[0].Host):
+	case !id.acceptsTrustDomain(uris[0].Host, r.TLS.VerifiedChains[0]):
 		return who, "SPIFFE ID of a trust domain not accepted", true
 	}
 	return who, "", true
 }
 
-// acceptsTrustDomain reports whether SPIFFE IDs of domain may call.
-func (id *Identity) acceptsTrustDomain(domain string) bool {
-	if id.trustDomain != nil {
+// acceptsTrustDomain reports whether SPIFFE IDs of domain may call with
+// a client certificate of the verified chain. A chain that ends at a
+// Connect CA root (trust_pool connect) admits only that root's trust
+// domain, and among the configured ones if any are; otherwise the
+// configured trust domains decide, else the intentions' mesh's.
+func (id *Identity) acceptsTrustDomain(domain string, chain []*x509.Certificate) bool {
+	rootDomain, connect := spiffe.Trusted.TrustDomainOf(chain[len(chain)-1])
+	switch {
+	case connect && domain != rootDomain:
+		return false
+	case len(id.TrustDomains) > 0:
+		return slices.Contains(id.TrustDomains, domain)
+	case connect:
+		return true
+	case id.trustDomain != nil:
 		known := id.trustDomain()
 		return known != "" && domain == known
 	}
-	return slices.Contains(id.TrustDomains, domain)
+	return false
 }
 
-// parseServiceID reads a Consul service SPIFFE ID in Consul's grammar
-// (connect.ParseCertURI): spiffe://<trust-domain>[/ap/<partition>]/ns/<namespace>/dc/<datacenter>/svc/<service>,
-// each value one or more characters other than a slash, percent-decoded.
-// Nothing else is in the URI, as Envoy's match of Consul's identities
-// (anchored at both ends) requires; the service follows the service-name
-// rule.
-func parseServiceID(id *url.URL) (caller, error) {
-	who := caller{spiffeID: id.String()}
-	if id.Opaque != "" || id.User != nil || id.Port() != "" || id.RawQuery != "" || id.ForceQuery || id.Fragment != "" {
-		return who, errors.New("not a SPIFFE ID: it has more than a trust domain and a path")
+// parseServiceID reads the caller from a Consul service SPIFFE ID, in
+// Consul's grammar (spiffe.ParseServiceID).
+func parseServiceID(uri *url.URL) (caller, error) {
+	id, err := spiffe.ParseServiceID(uri)
+	if err != nil {
+		return caller{spiffeID: uri.String()}, err
 	}
-	path := id.Path
-	if id.RawPath != "" {
-		path = id.RawPath
-	}
-	partition, namespace, datacenter, service, ok := splitServicePath(path)
-	if !ok {
-		return who, errors.New("not a Consul service SPIFFE ID, [/ap/PARTITION]/ns/NAMESPACE/dc/DATACENTER/svc/SERVICE")
-	}
-	if id.RawPath != "" {
-		var err error
-		for _, part := range []*string{&partition, &namespace, &datacenter, &service} {
-			if *part, err = url.PathUnescape(*part); err != nil {
-				return who, fmt.Errorf("SPIFFE ID: %v", err)
-			}
-		}
-	}
-	if !svcname.Valid(service) {
-		return who, errors.New("SPIFFE ID: the service is not a service name")
-	}
-	who.service, who.namespace, who.partition = service, namespace, strings.ToLower(cmp.Or(partition, "default"))
-	return who, nil
-}
-
-// splitServicePath splits the path of a Consul service SPIFFE ID, as
-// Consul's expression ^(?:/ap/([^/]+))?/ns/([^/]+)/dc/([^/]+)/svc/([^/]+)$
-// does.
-func splitServicePath(path string) (partition, namespace, datacenter, service string, ok bool) {
-	rest := path
-	if strings.HasPrefix(rest, "/ap/") {
-		if partition, rest, ok = cutField(rest, "/ap/"); !ok {
-			return "", "", "", "", false
-		}
-	}
-	namespace, rest, ok1 := cutField(rest, "/ns/")
-	datacenter, rest, ok2 := cutField(rest, "/dc/")
-	service, rest, ok3 := cutField(rest, "/svc/")
-	return partition, namespace, datacenter, service, ok1 && ok2 && ok3 && rest == ""
-}
-
-// cutField takes <prefix><value> from the front of s, the value running
-// to the next slash; ok when it is there and the value is not empty.
-func cutField(s, prefix string) (value, rest string, ok bool) {
-	s, ok = strings.CutPrefix(s, prefix)
-	if !ok {
-		return "", s, false
-	}
-	end := strings.IndexByte(s, '/')
-	if end < 0 {
-		end = len(s)
-	}
-	return s[:end], s[end:], end > 0
+	return caller{service: id.Service, namespace: id.Namespace, partition: id.Partition, spiffeID: uri.String()}, nil
 }

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/caddymesh/caddymesh/internal/boxed"
 	"github.com/caddymesh/caddymesh/internal/meshapp"
+	"github.com/caddymesh/caddymesh/internal/spiffe"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
 )
 
@@ -64,7 +64,9 @@ type Identity struct {
 	// The trust domains whose SPIFFE IDs "mtls" accepts, such as Consul's
 	// <cluster-id>.consul. Default, with Consul intentions: the trust
 	// domain of Consul's Connect roots (/v1/agent/connect/ca/roots).
-	// Required for "mtls" otherwise.
+	// Required for "mtls" otherwise. Whatever this says, a client
+	// certificate verified by Consul's Connect roots (trust_pool connect)
+	// may only claim the trust domain of those roots.
 	TrustDomains []string `json:"trust_domains,omitempty"`
 
 	// Decide, for callers neither allowed nor denied above, with a
@@ -201,7 +203,7 @@ func (id *Identity) Validate() error {
 		return errors.New("mesh_identity: from mtls: trust_domain is required, unless Consul intentions say it")
 	}
 	for _, domain := range id.TrustDomains {
-		if !validTrustDomain(domain) {
+		if !spiffe.ValidTrustDomain(domain) {
 			return fmt.Errorf("mesh_identity: trust_domain %q: must be a SPIFFE trust domain name (lower-case letters, digits, '.', '-' and '_')", domain)
 		}
 	}
@@ -211,11 +213,6 @@ func (id *Identity) Validate() error {
 		}
 	}
 	return nil
-}
-
-// validTrustDomain reports whether name is a SPIFFE trust domain name.
-func validTrustDomain(name string) bool {
-	return name != "" && strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789.-_") == ""
 }
 
 // caller is who is calling.

@@ -5,10 +5,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
+	"os"
 	"strings"
 	"testing"
 
@@ -16,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddymesh/caddymesh/internal/meshtest"
+	"github.com/caddymesh/caddymesh/internal/spiffe"
 )
 
 // newIdentity provisions id, quiet: the tests refuse many requests.
@@ -110,43 +112,6 @@ func TestIdentityHeaderIsRemovedBeforeTheRequestGoesOn(t *testing.T) {
 	r.Header.Set("X-Mesh-Caller", "admin")
 	if a := serve(id, r, next); a.status != 200 || seen != nil {
 		t.Errorf("identified by the certificate: %d, the application saw X-Mesh-Caller %q", a.status, seen)
-	}
-}
-
-func TestParseServiceIDInConsulsGrammar(t *testing.T) {
-	for id, want := range map[string]caller{
-		"spiffe://td/ns/default/dc/dc1/svc/web":           {service: "web", namespace: "default", partition: "default"},
-		"spiffe://td/ap/eng/ns/billing/dc/dc2/svc/ledger": {service: "ledger", namespace: "billing", partition: "eng"},
-		"spiffe://td/ap/ENG/ns/billing/dc/dc2/svc/ledger": {service: "ledger", namespace: "billing", partition: "eng"},
-		"spiffe://td/ns/def%61ult/dc/dc1/svc/w%65b":       {service: "web", namespace: "default", partition: "default"},
-		// what the issue found read as admin
-		"spiffe://td/svc/admin":                               {},
-		"spiffe://td/ns/default/dc/dc1/svc/web/svc/admin":     {},
-		"spiffe://td/ns/default/dc/dc1/svc/web%2Fsvc%2Fadmin": {},
-		// not a service identity, or more than one
-		"spiffe://td/ns/default/dc/dc1/svc/":         {},
-		"spiffe://td/ns//dc/dc1/svc/web":             {},
-		"spiffe://td/ap//ns/default/dc/dc1/svc/web":  {},
-		"spiffe://td/agent/client/dc/dc1/id/node-1":  {},
-		"spiffe://td/ns/default/dc/dc1/svc/web?x=1":  {},
-		"spiffe://td/ns/default/dc/dc1/svc/web#x":    {},
-		"spiffe://user@td/ns/default/dc/dc1/svc/web": {},
-		"spiffe://td:8443/ns/default/dc/dc1/svc/web": {},
-		"spiffe:td/ns/default/dc/dc1/svc/web":        {},
-		"spiffe://td/x/ns/default/dc/dc1/svc/web":    {},
-		"spiffe://td/ns/default/dc/dc1/svc/web-%":    {},
-	} {
-		uri, err := url.Parse(id)
-		if err != nil {
-			if want.service != "" {
-				t.Errorf("%q: %v", id, err)
-			}
-			continue
-		}
-		got, err := parseServiceID(uri)
-		if (err == nil) != (want.service != "") || (err == nil && (got.service != want.service || got.namespace != want.namespace || got.partition != want.partition)) {
-			t.Errorf("parseServiceID(%q) = %+v, %v; want %+v", id, got, err, want)
-		}
 	}
 }
 
@@ -335,4 +300,42 @@ func TestIdentityRefusesAnEmptyCallerName(t *testing.T) {
 			t.Errorf("allow %q deny %q: error %v, want one refusing the empty name", id.Allow, id.Deny, err)
 		}
 	}
+}
+
+func TestIdentityFromConnectRootsAdmitsOnlyTheirTrustDomain(t *testing.T) {
+	ca := meshtest.NewCA(t, "connect-ca")
+	rootCert := parsePEMFile(t, ca.File)
+	owner := new(int)
+	spiffe.Trusted.Set(owner, "5c1e.consul", [][]byte{rootCert.Raw})
+	t.Cleanup(func() { spiffe.Trusted.Set(owner, "", nil) })
+	configured := newIdentity(t, &Identity{From: []IdentitySource{{Source: "mtls"}}, TrustDomains: []string{"5c1e.consul", "other.consul"}})
+	for id, status := range map[string]int{
+		"spiffe://5c1e.consul/ns/default/dc/dc1/svc/web":  200,
+		"spiffe://other.consul/ns/default/dc/dc1/svc/web": 401, // configured, but not the roots' trust domain
+	} {
+		r := withCertificate(t, ca.Service(t, id), true)
+		r.TLS.VerifiedChains[0] = append(r.TLS.VerifiedChains[0], rootCert)
+		if a := serve(configured, r, callerIs); a.status != status {
+			t.Errorf("%s verified by a Connect root: %d %s, want %d", id, a.status, a.body, status)
+		}
+	}
+	notConnect := withCertificate(t, ca.Service(t, "spiffe://other.consul/ns/default/dc/dc1/svc/web"), true)
+	if a := serve(configured, notConnect, callerIs); a.status != 200 {
+		t.Errorf("other.consul from a file trust pool, configured: %d %s, want 200", a.status, a.body)
+	}
+}
+
+// parsePEMFile reads the one certificate of a PEM file.
+func parsePEMFile(t *testing.T, file string) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(data)
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
 }

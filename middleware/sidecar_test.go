@@ -22,18 +22,24 @@ func startTraceEcho(t *testing.T) string {
 	return srv.Listener.Addr().String()
 }
 
-// sidecar runs examples/sidecar.Caddyfile in a Caddy process of its own,
-// in front of the application app of service, which calls upstream. It
-// returns the sidecar's outbound address and its process.
-func sidecar(t *testing.T, service string, cert meshtest.Leaf, ca *meshtest.CA, app, upstream string) (string, *meshtest.CaddyProcess) {
+// sidecar runs the example sidecar Caddyfile in a Caddy process of its
+// own, in front of the application app of service, which calls upstream,
+// with the extra environment env. It returns the sidecar's outbound
+// address and its process.
+func sidecar(t *testing.T, example, service, app, upstream string, env ...string) (string, *meshtest.CaddyProcess) {
 	admin := fmt.Sprintf("127.0.0.1:%d", meshtest.FreePort())
 	outbound := fmt.Sprintf("127.0.0.1:%d", meshtest.FreePort())
-	process := meshtest.StartCaddy(t, "../examples/sidecar.Caddyfile", admin,
-		"SERVICE="+service, fmt.Sprintf("SERVICE_PORT=%d", meshtest.FreePort()), "APP="+app,
-		"UPSTREAM="+upstream, "OUTBOUND_PORT="+strings.TrimPrefix(outbound, "127.0.0.1:"),
-		"CA_FILE="+ca.File, "CERT_FILE="+cert.CertFile, "KEY_FILE="+cert.KeyFile,
-		"CONSUL_HTTP_ADDR="+agent.Addr, "ADMIN="+admin, "OTEL_TRACES_EXPORTER=none")
+	process := meshtest.StartCaddy(t, "../examples/"+example, admin, append([]string{
+		"SERVICE=" + service, fmt.Sprintf("SERVICE_PORT=%d", meshtest.FreePort()), "APP=" + app,
+		"UPSTREAM=" + upstream, "OUTBOUND_PORT=" + strings.TrimPrefix(outbound, "127.0.0.1:"),
+		"CONSUL_HTTP_ADDR=" + agent.Addr, "ADMIN=" + admin, "OTEL_TRACES_EXPORTER=none"}, env...)...)
 	return outbound, process
+}
+
+// fileCertificates is the environment of examples/sidecar-files.Caddyfile
+// for service's certificate from ca.
+func fileCertificates(ca *meshtest.CA, cert meshtest.Leaf) []string {
+	return []string{"CA_FILE=" + ca.File, "CERT_FILE=" + cert.CertFile, "KEY_FILE=" + cert.KeyFile}
 }
 
 // traced sends a GET through url with a traceparent header, when given,
@@ -57,10 +63,24 @@ func traceID(seen string) string {
 }
 
 // TestSidecarExample runs examples/sidecar.Caddyfile as the sidecars of
-// two services, web calling api: through web's outbound listener, Consul,
-// mutual TLS, and api's inbound chain (tracing, mesh_identity with Consul
-// intentions, mesh_limit, mesh_breaker, reverse_proxy).
+// two services, web calling api, with no certificate file: through web's
+// outbound listener, Consul, Connect's mutual TLS with the leaf
+// certificates Consul's CA issued each, and api's inbound chain (tracing,
+// mesh_identity with Consul intentions, mesh_limit, mesh_breaker,
+// reverse_proxy).
 func TestSidecarExample(t *testing.T) {
+	setIntentions(t, agent.Client, "api",
+		&api.SourceIntention{Name: "web", Action: api.IntentionActionAllow},
+		&api.SourceIntention{Name: "*", Action: api.IntentionActionDeny})
+	_, apiSidecar := sidecar(t, "sidecar.Caddyfile", "api", startTraceEcho(t), "web")
+	webOutbound, webSidecar := sidecar(t, "sidecar.Caddyfile", "web", startTraceEcho(t), "api")
+	checkSidecars(t, "http://"+webOutbound+"/api/hello", apiSidecar, webSidecar)
+}
+
+// TestSidecarFilesExample runs examples/sidecar-files.Caddyfile, the
+// sidecar with certificates from files, as TestSidecarExample runs the
+// other.
+func TestSidecarFilesExample(t *testing.T) {
 	ca := meshtest.NewCA(t, "mesh-ca")
 	// mesh_identity accepts the SPIFFE IDs of the trust domain of Consul's
 	// Connect roots: the certificates are of that one, from another CA.
@@ -72,9 +92,14 @@ func TestSidecarExample(t *testing.T) {
 	setIntentions(t, agent.Client, "api",
 		&api.SourceIntention{Name: "web", Action: api.IntentionActionAllow},
 		&api.SourceIntention{Name: "*", Action: api.IntentionActionDeny})
-	_, apiSidecar := sidecar(t, "api", ca.Service(t, trustDomain+"api"), ca, startTraceEcho(t), "web")
-	webOutbound, webSidecar := sidecar(t, "web", ca.Service(t, trustDomain+"web"), ca, startTraceEcho(t), "api")
-	url := "http://" + webOutbound + "/api/hello"
+	_, apiSidecar := sidecar(t, "sidecar-files.Caddyfile", "api", startTraceEcho(t), "web", fileCertificates(ca, ca.Service(t, trustDomain+"api"))...)
+	webOutbound, webSidecar := sidecar(t, "sidecar-files.Caddyfile", "web", startTraceEcho(t), "api", fileCertificates(ca, ca.Service(t, trustDomain+"web"))...)
+	checkSidecars(t, "http://"+webOutbound+"/api/hello", apiSidecar, webSidecar)
+}
+
+// checkSidecars checks web's calls to api through url, web's outbound
+// listener: traced, from web, and refused once api's intentions deny web.
+func checkSidecars(t *testing.T, url string, apiSidecar, webSidecar *meshtest.CaddyProcess) {
 
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -53,6 +53,10 @@ type HealthKey struct {
 	Wait time.Duration
 	// HoldLast is how long the last healthy instances are held (0: never).
 	HoldLast time.Duration
+	// Connect watches Consul's Connect catalog of the service
+	// (/v1/health/connect/<service>): its sidecar proxies and its
+	// Connect-native instances, each with the identity it presents.
+	Connect bool
 }
 
 // Answer is the last good state of a watched service, replaced whole:
@@ -118,6 +122,9 @@ func (w *HealthWatch) Query(client *api.Client, q *api.QueryOptions, leader bool
 	q.Near = w.Key.Near
 	q.AllowStale = w.Key.Consistency == ConsistencyStale && !leader
 	q.UseCache = w.Key.Consistency == ConsistencyCached && !leader
+	if w.Key.Connect {
+		return client.Health().Connect(w.Key.Service, "", false, q)
+	}
 	return client.Health().Service(w.Key.Service, "", false, q)
 }
 
@@ -134,7 +141,7 @@ func (w *HealthWatch) Wait() time.Duration {
 // answer and is believable.
 func (w *HealthWatch) Apply(entries []*api.ServiceEntry) {
 	w.noteEmptiness(len(entries) == 0)
-	found := classify(entries, w.Key.Health)
+	found := classify(entries, w.Key.Health, w.Key.Connect)
 	previous := w.current.Load()
 	if w.holds(found, previous) {
 		return

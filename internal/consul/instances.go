@@ -1,13 +1,16 @@
 package consul
 
 import (
+	"cmp"
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/caddymesh/caddymesh/internal/pool"
+	"github.com/caddymesh/caddymesh/internal/spiffe"
 )
 
 // Health modes: which instances are in rotation.
@@ -39,12 +42,14 @@ type classified struct {
 // takes an instance out of rotation, so does a non-passing check in passing
 // mode; the weight is Weights.Passing, or Weights.Warning when a check
 // warns, 1 when the service has no weights, clamped to 1..128, and a weight
-// below 1 also takes the instance out of rotation. Maintenance mode and
-// connect-proxy instances are left out entirely.
-func classify(entries []*api.ServiceEntry, mode string) classified {
+// below 1 also takes the instance out of rotation. Maintenance mode is
+// left out entirely, and so are connect-proxy instances, unless the
+// entries are Connect's catalog of the service (connect): then each
+// instance carries the identity it presents.
+func classify(entries []*api.ServiceEntry, mode string, connect bool) classified {
 	var out classified
 	for _, e := range entries {
-		if e.Service == nil || e.Service.Kind == api.ServiceKindConnectProxy {
+		if e.Service == nil || (e.Service.Kind == api.ServiceKindConnectProxy && !connect) {
 			continue
 		}
 		status := e.Checks.AggregatedStatus()
@@ -55,6 +60,9 @@ func classify(entries []*api.ServiceEntry, mode string) classified {
 		inst, healthy := instanceOf(e, status, mode)
 		if inst.Dial == "" {
 			continue
+		}
+		if connect {
+			inst.Identity = connectIdentity(e)
 		}
 		out.all = append(out.all, inst)
 		if healthy {
@@ -122,4 +130,23 @@ func nodeDatacenter(n *api.Node) string {
 		return ""
 	}
 	return n.Datacenter
+}
+
+// connectIdentity is the service identity an instance of Connect's catalog
+// presents, without its trust domain, as Consul's own resolver
+// (connect.ConsulResolver) reads it: a sidecar proxy's destination
+// service, or a Connect-native service's own name, in the datacenter of
+// its node.
+func connectIdentity(e *api.ServiceEntry) *spiffe.ServiceID {
+	svc := e.Service
+	name := svc.Service
+	if svc.Kind == api.ServiceKindConnectProxy && svc.Proxy != nil {
+		name = svc.Proxy.DestinationServiceName
+	}
+	return &spiffe.ServiceID{
+		Partition:  strings.ToLower(cmp.Or(svc.Partition, "default")),
+		Namespace:  cmp.Or(svc.Namespace, "default"),
+		Datacenter: nodeDatacenter(e.Node),
+		Service:    name,
+	}
 }

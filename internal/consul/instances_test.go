@@ -76,7 +76,7 @@ func TestClassify(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := classify([]*api.ServiceEntry{tt.entry}, tt.mode)
+			got := classify([]*api.ServiceEntry{tt.entry}, tt.mode, false)
 			if len(got.all) != len(tt.all) {
 				t.Fatalf("all = %+v, want %+v", got.all, tt.all)
 			}
@@ -98,7 +98,7 @@ func TestClassifyKeepsOrderTagsMetaAndNode(t *testing.T) {
 	a.Service.Tags, a.Service.Meta = []string{"v2", "blue"}, map[string]string{"version": "2"}
 	b := entry("b", "10.0.0.3", 1, api.AgentWeights{}, api.HealthCritical)
 	c := entry("c", "10.0.0.4", 1, api.AgentWeights{}, api.HealthPassing)
-	got := classify([]*api.ServiceEntry{a, b, c}, HealthPassing)
+	got := classify([]*api.ServiceEntry{a, b, c}, HealthPassing, false)
 	if ids := []string{got.healthy[0].ID, got.healthy[1].ID}; ids[0] != "a" || ids[1] != "c" {
 		t.Errorf("healthy = %v, want [a c]", ids)
 	}
@@ -108,5 +108,27 @@ func TestClassifyKeepsOrderTagsMetaAndNode(t *testing.T) {
 	first := got.healthy[0]
 	if first.Node != "node-a" || first.Meta["version"] != "2" || len(first.Tags) != 2 || first.Tags[1] != "blue" {
 		t.Errorf("instance = %+v, want node, tags and meta carried over", first)
+	}
+}
+
+func TestClassifyConnectCatalogCarriesIdentities(t *testing.T) {
+	proxy := entry("db-sidecar", "10.0.0.2", 1, api.AgentWeights{}, api.HealthPassing)
+	proxy.Service.Kind, proxy.Service.Service = api.ServiceKindConnectProxy, "db-sidecar-proxy"
+	proxy.Service.Proxy = &api.AgentServiceConnectProxyConfig{DestinationServiceName: "db"}
+	native := entry("db-native", "10.0.0.3", 1, api.AgentWeights{}, api.HealthPassing)
+	native.Service.Service, native.Service.Namespace, native.Service.Partition = "db", "billing", "ENG"
+	if got := classify([]*api.ServiceEntry{proxy, native}, HealthPassing, false); len(got.all) != 1 || got.all[0].Identity != nil {
+		t.Errorf("outside Connect's catalog: %+v, want the native instance only, without identity", got.all)
+	}
+	got := classify([]*api.ServiceEntry{proxy, native}, HealthPassing, true)
+	if len(got.healthy) != 2 {
+		t.Fatalf("Connect's catalog: %+v, want the proxy and the native instance", got.healthy)
+	}
+	for i, want := range []string{"spiffe://td/ns/default/dc/dc1/svc/db", "spiffe://td/ap/eng/ns/billing/dc/dc1/svc/db"} {
+		id := *got.healthy[i].Identity
+		id.TrustDomain = "td"
+		if id.String() != want {
+			t.Errorf("%s presents %s, want %s", got.healthy[i].ID, id, want)
+		}
 	}
 }

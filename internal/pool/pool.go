@@ -7,12 +7,15 @@
 package pool
 
 import (
+	"context"
 	"net/http"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddymesh/caddymesh/internal/spiffe"
 )
 
 // Instance is one instance of a service as discovery saw it.
@@ -33,6 +36,10 @@ type Instance struct {
 	Tags []string `json:"tags,omitempty"`
 	// Meta is the instance's service metadata.
 	Meta map[string]string `json:"meta,omitempty"`
+	// Identity is, for an instance from Consul's Connect catalog (a sidecar
+	// proxy, or a Connect-native service), the service identity its
+	// certificate must carry, without its trust domain; nil otherwise.
+	Identity *spiffe.ServiceID `json:"identity,omitempty"`
 }
 
 // Snapshot is an immutable list of instances. Its Version is unique within
@@ -140,6 +147,29 @@ func EnclosingProxy(ctx caddy.Context) *reverseproxy.Handler {
 	for i := len(lineage) - 2; i >= 0; i-- {
 		if h, ok := lineage[i].(*reverseproxy.Handler); ok {
 			return h
+		}
+	}
+	return nil
+}
+
+// InstanceAt returns the instance behind the upstream at dial address dial
+// of the current proxy attempt of the request whose context ctx is (a
+// transport's dial context), or nil when no snapshot or no such instance
+// is attached.
+func InstanceAt(ctx context.Context, dial string) *Instance {
+	var s *Snapshot
+	switch attached := caddyhttp.GetVar(ctx, varName).(type) {
+	case *Snapshot:
+		s = attached
+	case *Preselection:
+		s = attached.Snapshot
+	}
+	if s == nil {
+		return nil
+	}
+	for i := range s.Instances {
+		if s.Instances[i].Dial == dial {
+			return &s.Instances[i]
 		}
 	}
 	return nil

@@ -1,0 +1,95 @@
+package connect
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
+
+	"github.com/caddymesh/caddymesh/internal/consul"
+)
+
+func init() {
+	caddy.RegisterModule(new(CAPool))
+}
+
+// CAPool is a trust pool of Consul's Connect CA roots, for client
+// certificates (`client_auth { trust_pool connect }`) or a transport's
+// server certificates. Caddy reads a pool once per config load, so the
+// pool holds the roots Consul lists then (waiting up to 3 s for Consul's
+// first answer), each trusted only while Consul still lists it: a root
+// Consul drops is refused from the next handshake on. A root Consul adds
+// later (CA rotation) is trusted through the cross-signed certificate
+// Consul puts in every leaf it signs (its built-in CA and Vault do), and
+// itself from the next config load. Should Consul be unreachable at the
+// load, the pool is empty and every client certificate is refused until
+// the next load.
+type CAPool struct {
+	// Connection settings overriding the mesh app's, field by field.
+	Consul *consul.Config `json:"consul,omitempty"`
+
+	held *held
+	pool *x509.CertPool
+}
+
+// CaddyModule returns the Caddy module information.
+func (*CAPool) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "tls.ca_pool.source.connect",
+		New: func() caddy.Module { return new(CAPool) },
+	}
+}
+
+// Provision takes the shared watch of the roots and builds the pool. As
+// the client trust of every TLS connection policy of an HTTP server, it
+// turns the server's strict SNI-Host check off (see acceptConnectClients).
+func (p *CAPool) Provision(ctx caddy.Context) error {
+	acceptConnectClients(ctx)
+	var err error
+	if p.held, err = hold(ctx, p.Consul, ""); err != nil {
+		return err
+	}
+	p.pool = x509.NewCertPool()
+	current := p.held.roots.current.Load()
+	if current == nil {
+		ctx.Logger().Error("no Connect roots from Consul at this config load: every client certificate is refused until the next load")
+		return nil
+	}
+	for _, root := range current.certs {
+		p.pool.AddCertWithConstraint(root, p.stillListed(root))
+	}
+	return nil
+}
+
+// errRootDropped says a chain ends at a root Consul no longer lists.
+var errRootDropped = errors.New("connect: Consul no longer lists this Connect CA root")
+
+// stillListed returns the constraint that root is among Consul's current
+// roots.
+func (p *CAPool) stillListed(root *x509.Certificate) func([]*x509.Certificate) error {
+	fingerprint := sha256.Sum256(root.Raw)
+	return func([]*x509.Certificate) error {
+		if current := p.held.roots.current.Load(); current == nil || !current.listed[fingerprint] {
+			return errRootDropped
+		}
+		return nil
+	}
+}
+
+// CertPool returns the pool.
+func (p *CAPool) CertPool() *x509.CertPool { return p.pool }
+
+// Cleanup lets go of the watch.
+func (p *CAPool) Cleanup() error {
+	p.held.release()
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner  = (*CAPool)(nil)
+	_ caddy.CleanerUpper = (*CAPool)(nil)
+	_ caddytls.CA        = (*CAPool)(nil)
+)
