@@ -37,7 +37,8 @@ test: consul
 	$(GO) vet ./...
 	$(GO) test -race ./...
 
-## fleet: three Caddy processes sharing consul_kv get one certificate from Pebble (HTTP-01 for real)
+## fleet: three Caddy processes sharing consul_kv get one certificate from Pebble (HTTP-01 for real),
+## another takes over from a killed lock holder, and a certificate is renewed after a Consul outage
 fleet: consul
 	$(GO) test -count 1 -v -run TestFleet ./storage/ -args -fleet
 
