@@ -19,11 +19,15 @@ func init() {
 // certificates (`client_auth { trust_pool connect }`) or a transport's
 // server certificates. Caddy reads a pool once per config load, so the
 // pool holds the roots Consul lists then (waiting up to 3 s for Consul's
-// first answer), each trusted only while Consul still lists it: a root
-// Consul drops is refused from the next handshake on. A root Consul adds
-// later (CA rotation) is trusted through the cross-signed certificate
-// Consul puts in every leaf it signs (its built-in CA and Vault do), and
-// itself from the next config load. Should Consul be unreachable at the
+// first answer), each trusted only while Consul still lists it, or a root
+// cross-signed by it that the client's chain carries: a root Consul drops
+// is refused from the next handshake on. A root Consul adds later (CA
+// rotation) is trusted through the cross-signed certificate Consul puts in
+// every leaf it signs (its built-in CA and Vault do), also after Consul
+// prunes the old root, and itself from the next config load. Two
+// rotations without a config load in between are not followed: the
+// leaves of the third root carry only its certificate cross-signed by the
+// second, which the pool does not hold. Should Consul be unreachable at the
 // load, the pool is empty and every client certificate is refused until
 // the next load.
 type CAPool struct {
@@ -66,12 +70,18 @@ func (p *CAPool) Provision(ctx caddy.Context) error {
 // errRootDropped says a chain ends at a root Consul no longer lists.
 var errRootDropped = errors.New("connect: Consul no longer lists this Connect CA root")
 
-// stillListed returns the constraint that root is among Consul's current
-// roots.
+// stillListed returns the constraint that a chain ending at root is one
+// Consul still trusts: root is among its current roots, or the chain goes
+// through a cross-signed certificate carrying the key of a current root.
+// The second case is the pool's way to follow a CA rotation without a
+// reload: Consul prunes the old root once the leaves it signed have expired
+// (2 x LeafCertTTL after the rotation), while the leaves of the new root
+// still carry its certificate cross-signed by the old one.
 func (p *CAPool) stillListed(root *x509.Certificate) func([]*x509.Certificate) error {
 	fingerprint := sha256.Sum256(root.Raw)
-	return func([]*x509.Certificate) error {
-		if current := p.held.roots.current.Load(); current == nil || !current.listed[fingerprint] {
+	return func(chain []*x509.Certificate) error {
+		current := p.held.roots.current.Load()
+		if current == nil || !current.listed[fingerprint] && !current.signedByListedRootKey(chain) {
 			return errRootDropped
 		}
 		return nil
