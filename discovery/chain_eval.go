@@ -151,14 +151,17 @@ func (res *chainResolver) choose() (*chainTarget, *pool.Snapshot) {
 // applyTo does the leg's actions on r, the copy of the request that
 // reverse_proxy sends upstream, whose normalized escaped path is path:
 // the split's header actions, then the route's (which win), then the
-// route's PrefixRewrite.
+// route's PrefixRewrite. The upstream receives the normalized path, the
+// one the route was chosen on, rewritten or not.
 func (leg *chainLeg) applyTo(r *http.Request, path string) error {
 	leg.request.applyTo(r)
 	leg.route.request.applyTo(r)
-	if leg.route.prefixRewrite == "" {
+	if leg.route.prefixRewrite != "" {
+		path = leg.route.rewrite(path)
+	} else if path == r.URL.EscapedPath() {
 		return nil
 	}
-	return urlpath.SetPath(r, leg.route.rewrite(path))
+	return urlpath.SetPath(r, path)
 }
 
 // rewrite returns path with the route's PrefixRewrite done, as Consul's

@@ -193,6 +193,10 @@ func TestChainActionsOnTheRequest(t *testing.T) {
 		{"/admin/", "/"},
 		{"/api/items", "/v2/items"},
 		{"/other", "/other"},
+		// the route is chosen on the normalized path, which is the one sent
+		{"/x/%2e%2e/api/items", "/v2/items"},
+		{"/api/../other", "/other"},
+		{"/api/%2E%2E//other", "/other"},
 	}
 	for _, tt := range tests {
 		r := httptest.NewRequest(http.MethodGet, tt.path, nil)
