@@ -43,7 +43,7 @@ func compileChain(chain *consul.CompiledChain, poolFor poolFor, counters *promet
 	}
 	c := &chainCompiler{chain: chain, poolFor: poolFor, counters: counters,
 		targets: map[string]*chainTarget{}, resolvers: map[string]*chainResolver{}}
-	start, ok := chain.Nodes[chain.StartNode]
+	start, ok := c.node(chain.StartNode)
 	if !ok {
 		return nil, fmt.Errorf("discovery chain of %q: start node %q is missing", chain.ServiceName, chain.StartNode)
 	}
@@ -65,6 +65,13 @@ func compileChain(chain *consul.CompiledChain, poolFor poolFor, counters *promet
 	return ev, nil
 }
 
+// node returns the chain's node name; ok is false when the chain has none
+// of that name, or an empty one.
+func (c *chainCompiler) node(name string) (node *consul.ChainNode, ok bool) {
+	node = c.chain.Nodes[name]
+	return node, node != nil
+}
+
 // routes compiles the routes of a router node, in order.
 func (c *chainCompiler) routes(router *consul.ChainNode) ([]chainRoute, error) {
 	routes := make([]chainRoute, len(router.Routes))
@@ -79,7 +86,7 @@ func (c *chainCompiler) routes(router *consul.ChainNode) ([]chainRoute, error) {
 			return nil, fmt.Errorf("route %d: %w", i, err)
 		}
 		c.destination(route, i, def.Definition.Destination)
-		next, ok := c.chain.Nodes[def.NextNode]
+		next, ok := c.node(def.NextNode)
 		if !ok {
 			return nil, fmt.Errorf("route %d: node %q is missing", i, def.NextNode)
 		}
@@ -130,7 +137,10 @@ func (c *chainCompiler) legs(node *consul.ChainNode) ([]chainLeg, error) {
 func (c *chainCompiler) splits(splitter *consul.ChainNode) ([]chainLeg, error) {
 	legs := make([]chainLeg, 0, len(splitter.Splits))
 	for i, split := range splitter.Splits {
-		next, ok := c.chain.Nodes[split.NextNode]
+		if split == nil {
+			return nil, fmt.Errorf("split %d of %q is empty", i, splitter.Name)
+		}
+		next, ok := c.node(split.NextNode)
 		if !ok || next.Type != api.DiscoveryGraphNodeTypeResolver {
 			return nil, fmt.Errorf("split %d of %q: node %q is not a resolver", i, splitter.Name, split.NextNode)
 		}
@@ -188,8 +198,8 @@ func (c *chainCompiler) target(id string) (*chainTarget, error) {
 	if t, ok := c.targets[id]; ok {
 		return t, nil
 	}
-	def, ok := c.chain.Targets[id]
-	if !ok {
+	def := c.chain.Targets[id]
+	if def == nil {
 		return nil, fmt.Errorf("target %q is missing", id)
 	}
 	c.noteIf(def.Peer != "", fmt.Sprintf("target %q: Peer (cluster peering is not supported; the target gets no instances)", id))
