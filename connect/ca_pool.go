@@ -27,15 +27,17 @@ func init() {
 // prunes the old root, and itself from the next config load. Two
 // rotations without a config load in between are not followed: the
 // leaves of the third root carry only its certificate cross-signed by the
-// second, which the pool does not hold. Should Consul be unreachable at the
+// second, which the pool does not hold; the roots watch logs it as an
+// error, asking for a config load. Should Consul be unreachable at the
 // load, the pool is empty and every client certificate is refused until
 // the next load.
 type CAPool struct {
 	// Connection settings overriding the mesh app's, field by field.
 	Consul *consul.Config `json:"consul,omitempty"`
 
-	held *held
-	pool *x509.CertPool
+	held    *held
+	pool    *x509.CertPool
+	anchors map[[sha256.Size]byte]bool // SHA-256 of the public key of each root in pool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -55,16 +57,42 @@ func (p *CAPool) Provision(ctx caddy.Context) error {
 	if p.held, err = hold(ctx, p.Consul, ""); err != nil {
 		return err
 	}
-	p.pool = x509.NewCertPool()
+	if err := p.build(); err != nil {
+		ctx.Logger().Error(err.Error())
+	}
+	return nil
+}
+
+// errNoRoots says the pool was built before Consul's first answer.
+var errNoRoots = errors.New("no Connect roots from Consul at this config load: every client certificate is refused until the next load")
+
+// build fills the pool with the roots Consul lists now, each constrained
+// to stay trusted, and records it with the roots watch, which tells when
+// a rotation leaves it behind.
+func (p *CAPool) build() error {
+	p.pool, p.anchors = x509.NewCertPool(), map[[sha256.Size]byte]bool{}
+	p.held.roots.pools.Store(p, struct{}{})
 	current := p.held.roots.current.Load()
 	if current == nil {
-		ctx.Logger().Error("no Connect roots from Consul at this config load: every client certificate is refused until the next load")
-		return nil
+		return errNoRoots
 	}
 	for _, root := range current.certs {
 		p.pool.AddCertWithConstraint(root, p.stillListed(root))
+		p.anchors[sha256.Sum256(root.RawSubjectPublicKeyInfo)] = true
 	}
 	return nil
+}
+
+// followsRotation reports whether the pool verifies the leaves of next's
+// active root after a rotation from old's: the pool holds the new root, or
+// the old one, which cross-signed it. After two rotations since the pool
+// was built, it holds neither, and a config load is needed.
+func (p *CAPool) followsRotation(old, next *roots) bool {
+	return p.anchored(next.active) || old != nil && p.anchored(old.active)
+}
+
+func (p *CAPool) anchored(root *x509.Certificate) bool {
+	return root != nil && p.anchors[sha256.Sum256(root.RawSubjectPublicKeyInfo)]
 }
 
 // errRootDropped says a chain ends at a root Consul no longer lists.
@@ -93,6 +121,9 @@ func (p *CAPool) CertPool() *x509.CertPool { return p.pool }
 
 // Cleanup lets go of the watch.
 func (p *CAPool) Cleanup() error {
+	if p.held != nil && p.held.roots != nil {
+		p.held.roots.pools.Delete(p)
+	}
 	p.held.release()
 	return nil
 }

@@ -72,6 +72,7 @@ type roots struct {
 	activeID    string
 	ids         []string
 	certs       []*x509.Certificate        // the root certificates
+	active      *x509.Certificate          // the active one, among certs
 	pool        *x509.CertPool             // certs
 	listed      map[[sha256.Size]byte]bool // SHA-256 of each root's DER
 	listedKeys  map[[sha256.Size]byte]bool // SHA-256 of each root's public key (SubjectPublicKeyInfo)
@@ -95,6 +96,9 @@ func parseRoots(answer *api.CARootList) (*roots, error) {
 			return nil, fmt.Errorf("connect: root %s: no certificate: %v", root.ID, err)
 		}
 		r.ids = append(r.ids, root.ID)
+		if root.ID == answer.ActiveRootID {
+			r.active = certs[0]
+		}
 		r.certs = append(r.certs, certs[0])
 		r.pool.AddCert(certs[0])
 		r.listed[sha256.Sum256(certs[0].Raw)] = true

@@ -80,7 +80,7 @@ func clientLeaf(t *testing.T, ca *testCA) *x509.Certificate {
 
 // rootsListing returns the roots as Consul lists cas.
 func rootsListing(t *testing.T, cas ...*testCA) *roots {
-	list := &api.CARootList{TrustDomain: "td.consul"}
+	list := &api.CARootList{TrustDomain: "td.consul", ActiveRootID: cas[len(cas)-1].cert.Subject.CommonName} // the last is active
 	for _, ca := range cas {
 		list.Roots = append(list.Roots, &api.CARoot{ID: ca.cert.Subject.CommonName,
 			RootCertPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}))})
@@ -130,6 +130,41 @@ func TestPoolFollowsARotationAfterTheOldRootIsPruned(t *testing.T) {
 		p.held.roots.current.Store(rootsListing(t, step.listed...))
 		if err := verify(step.leaf, step.chain...); (err == nil) != step.ok {
 			t.Errorf("%s: verified %v, want %v (%v)", step.name, err == nil, step.ok, err)
+		}
+	}
+}
+
+// A pool holds the roots of its config load: it follows one rotation
+// (through the cross-signed root), not two, and says so.
+func TestPoolSaysWhenItCannotFollowARotation(t *testing.T) {
+	r1, r2, r3 := newTestCA(t, "r1"), newTestCA(t, "r2"), newTestCA(t, "r3")
+	w := new(rootsWatch)
+	for _, step := range []struct {
+		name      string
+		poolOf    []*testCA
+		old, next []*testCA
+		follows   bool
+	}{
+		{"r1 to r2, a pool of r1", []*testCA{r1}, []*testCA{r1}, []*testCA{r1, r2}, true},
+		{"r2 to r3, a pool of r1", []*testCA{r1}, []*testCA{r1, r2}, []*testCA{r2, r3}, false},
+		{"r2 to r3, a pool of r1 and r2", []*testCA{r1, r2}, []*testCA{r1, r2}, []*testCA{r2, r3}, true},
+		{"r2 to r3, a pool of r3", []*testCA{r3}, []*testCA{r1, r2}, []*testCA{r2, r3}, true},
+	} {
+		p := &CAPool{held: &held{roots: w}}
+		w.current.Store(rootsListing(t, step.poolOf...))
+		if err := p.build(); err != nil {
+			t.Fatal(err)
+		}
+		old, next := rootsListing(t, step.old...), rootsListing(t, step.next...)
+		if got := p.followsRotation(old, next); got != step.follows {
+			t.Errorf("%s: follows %v, want %v", step.name, got, step.follows)
+		}
+		if got := w.poolsFollow(old, next); got != step.follows {
+			t.Errorf("%s: the roots watch says the pools follow: %v, want %v", step.name, got, step.follows)
+		}
+		_ = p.Cleanup()
+		if !w.poolsFollow(old, next) {
+			t.Errorf("%s: a pool cleaned up is still asked", step.name)
 		}
 	}
 }
