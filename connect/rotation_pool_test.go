@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/caddymesh/caddymesh/internal/consultest"
+	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
 
 // testCA is a Connect CA root and its key, as Consul's built-in CA makes.
@@ -166,5 +169,74 @@ func TestPoolSaysWhenItCannotFollowARotation(t *testing.T) {
 		if !w.poolsFollow(old, next) {
 			t.Errorf("%s: a pool cleaned up is still asked", step.name)
 		}
+	}
+}
+
+// The same on Consul's own certificates: a real agent's CA is rotated, and
+// a leaf its new root signs (with the cross-signed root Consul puts after
+// it) verifies against a pool built before the rotation, once the old
+// root is pruned (simulated: Consul prunes 2 x LeafCertTTL later).
+func TestPoolFollowsConsulsRotationPastThePruning(t *testing.T) {
+	a, err := consultest.Start(consultest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Stop)
+	before, _, err := a.Client.Agent().ConnectCARoots(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed, err := parseRoots(before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &CAPool{held: &held{roots: new(rootsWatch)}}
+	p.held.roots.current.Store(listed)
+	if err := p.build(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Client.Connect().CASetConfig(&api.CAConfig{Provider: "consul", Config: map[string]any{
+		"LeafCertTTL": "72h", "PrivateKeyType": "rsa", "PrivateKeyBits": 2048,
+	}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var after *api.CARootList
+	meshtest.Eventually(t, 10*time.Second, "the agent to list the new root", func() bool {
+		after, _, err = a.Client.Agent().ConnectCARoots(nil)
+		return err == nil && after.ActiveRootID != before.ActiveRootID
+	})
+	pruned := *after
+	pruned.Roots = nil
+	for _, root := range after.Roots {
+		if root.ID != before.ActiveRootID {
+			pruned.Roots = append(pruned.Roots, root)
+		}
+	}
+	current, err := parseRoots(&pruned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.held.roots.current.Store(current)
+	answer, _, err := a.Client.Agent().ConnectCALeaf("fresh", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := parsePEMCertificates(answer.CertPEM)
+	if err != nil || len(chain) < 2 {
+		t.Fatalf("the new root's leaf: %d certificates, %v; want it and the cross-signed root", len(chain), err)
+	}
+	verify := func(intermediates []*x509.Certificate) error {
+		pool := x509.NewCertPool()
+		for _, c := range intermediates {
+			pool.AddCert(c)
+		}
+		_, err := chain[0].Verify(x509.VerifyOptions{Roots: p.pool, Intermediates: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		return err
+	}
+	if err := verify(chain[1:]); err != nil {
+		t.Errorf("the new root's leaf, the old root pruned: %v", err)
+	}
+	if err := verify(nil); err == nil {
+		t.Error("the new root's leaf without the cross-signed root verified against a pool of the old root")
 	}
 }
