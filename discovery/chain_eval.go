@@ -35,11 +35,15 @@ type evaluator struct {
 	targets []*chainTarget
 	// notHonoured says what of the chain Caddy cannot honour per request.
 	notHonoured []string
+	// owner is the source that follows the chain: a leg an earlier
+	// attempt chose is this source's only when its evaluator's owner is.
+	owner *chainFollower
 }
 
 // chainRoute is a route of the chain: what it matches, its legs (one, or
 // a splitter's), and its actions on the request.
 type chainRoute struct {
+	ev            *evaluator
 	def           *api.ServiceRoute // nil for a chain without a router
 	match         routeMatch
 	legs          []chainLeg
@@ -80,6 +84,7 @@ type chainTarget struct {
 func (ev *evaluator) finish(c *chainCompiler) {
 	for i := range ev.routes {
 		route := &ev.routes[i]
+		route.ev = ev
 		for j := range route.legs {
 			leg := &route.legs[j]
 			leg.route = route

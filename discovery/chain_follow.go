@@ -163,6 +163,7 @@ func (f *chainFollower) update(ctx context.Context) {
 	if !consul.AwaitFirstTries(ctx, firstAnswerTimeout, started...) && ctx.Err() == nil {
 		f.logger.Warn("consul has not answered yet for every new chain target", zap.String("service", f.key.Service))
 	}
+	ev.owner = f
 	f.current.Store(ev)
 	f.compiledFrom = chain
 	for key, sw := range f.targets {
