@@ -71,9 +71,11 @@ type roots struct {
 	trustDomain string
 	activeID    string
 	ids         []string
-	certs       []*x509.Certificate // the root certificates
-	pool        *x509.CertPool      // certs
-	listed      map[[sha256.Size]byte]bool
+	certs       []*x509.Certificate        // the root certificates
+	active      *x509.Certificate          // the active one, among certs
+	pool        *x509.CertPool             // certs
+	listed      map[[sha256.Size]byte]bool // SHA-256 of each root's DER
+	listedKeys  map[[sha256.Size]byte]bool // SHA-256 of each root's public key (SubjectPublicKeyInfo)
 }
 
 // parseRoots reads Consul's answer from /v1/agent/connect/ca/roots.
@@ -86,6 +88,7 @@ func parseRoots(answer *api.CARootList) (*roots, error) {
 		activeID:    answer.ActiveRootID,
 		pool:        x509.NewCertPool(),
 		listed:      make(map[[sha256.Size]byte]bool),
+		listedKeys:  make(map[[sha256.Size]byte]bool),
 	}
 	for _, root := range answer.Roots {
 		certs, err := parsePEMCertificates(root.RootCertPEM)
@@ -93,9 +96,13 @@ func parseRoots(answer *api.CARootList) (*roots, error) {
 			return nil, fmt.Errorf("connect: root %s: no certificate: %v", root.ID, err)
 		}
 		r.ids = append(r.ids, root.ID)
+		if root.ID == answer.ActiveRootID {
+			r.active = certs[0]
+		}
 		r.certs = append(r.certs, certs[0])
 		r.pool.AddCert(certs[0])
 		r.listed[sha256.Sum256(certs[0].Raw)] = true
+		r.listedKeys[sha256.Sum256(certs[0].RawSubjectPublicKeyInfo)] = true
 	}
 	if len(r.certs) == 0 {
 		return nil, errors.New("connect: Consul lists no Connect CA root")
@@ -121,6 +128,21 @@ func parsePEMCertificates(bundle string) ([]*x509.Certificate, error) {
 		}
 		certs = append(certs, cert)
 	}
+}
+
+// signedByListedRootKey reports whether one of chain's intermediates
+// (chain is the peer's certificate, then the intermediates up to, not
+// including, the root, as x509 hands a root's constraint) has the public
+// key of a listed root: a root cross-signed by another, as Consul puts in each leaf after
+// a CA rotation. The certificate below it was then signed by a key Consul
+// trusts now, whatever root the chain ends at.
+func (r *roots) signedByListedRootKey(chain []*x509.Certificate) bool {
+	for _, cert := range chain[min(1, len(chain)):] {
+		if r.listedKeys[sha256.Sum256(cert.RawSubjectPublicKeyInfo)] {
+			return true
+		}
+	}
+	return false
 }
 
 // rootsDER returns the DER encodings of the roots.

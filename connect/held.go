@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -18,9 +19,10 @@ const firstAnswerTimeout = 3 * time.Second
 // held is what a module holds of the shared watches: the roots of its
 // Consul connection, and a service's leaf when it presents one.
 type held struct {
-	roots   *rootsWatch
-	rootsAt consul.Endpoint
-	leaf    *leafWatch // nil for the CA pool
+	roots    *rootsWatch
+	rootsAt  consul.Endpoint
+	leaf     *leafWatch // nil for the CA pool
+	released atomic.Bool
 }
 
 // hold takes the shared watches a module needs, over the module's Consul
@@ -58,18 +60,21 @@ func (h *held) awaitFirstAnswers(ctx caddy.Context) {
 	consul.AwaitFirstTries(ctx, firstAnswerTimeout, watches...)
 }
 
-// release lets go of the watches; the last user of each stops it.
+// release lets go of the watches, once; the last user of each stops it.
+// The module keeps what they last held: a handshake or dial that still
+// comes (an active health check in flight at a config unload, a
+// connection of a server in its grace period) gets the last certificate
+// or a plain error, never a nil watch, which would crash the process from
+// the transport's dial goroutine.
 func (h *held) release() {
-	if h == nil {
+	if h == nil || !h.released.CompareAndSwap(false, true) {
 		return
 	}
 	if h.leaf != nil {
 		leafWatches.Release(h.leaf.key)
-		h.leaf = nil
 	}
 	if h.roots != nil {
 		rootsWatches.Release(h.rootsAt)
-		h.roots = nil
 	}
 }
 

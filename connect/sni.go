@@ -1,6 +1,7 @@
 package connect
 
 import (
+	"bytes"
 	"encoding/json"
 
 	"github.com/caddyserver/caddy/v2"
@@ -16,9 +17,9 @@ import (
 // server name and the Host differ: Connect clients send none (Consul's
 // proxy) or a mesh name (Envoy), whatever the Host, so every one of them
 // would get a 421. The check stops a client from fronting, with the server
-// name of a lax policy, for a site behind a strict one; with one trust and
-// one mode for every connection of the server, there is nothing to front
-// for. Caddy decides on the check just before it provisions the server's
+// name of a lax policy, for a site behind a strict one; with the same
+// client authentication for every connection of the server, there is
+// nothing to front for. Caddy decides on the check just before it provisions the server's
 // connection policies, whose trust pool calls this.
 func acceptConnectClients(ctx caddy.Context) {
 	app := enclosingHTTPApp(ctx)
@@ -48,14 +49,22 @@ func enclosingHTTPApp(ctx caddy.Context) *caddyhttp.App {
 
 // connectOnly reports whether every policy verifies client certificates
 // against a Connect trust pool not yet provisioned (its JSON still there),
-// all in the same mode.
+// all with the same client authentication: one mode, one Consul, no
+// verifier or trusted leaf that one policy has and another lacks.
 func connectOnly(policies caddytls.ConnectionPolicies) bool {
-	if len(policies) == 0 {
+	if len(policies) == 0 || policies[0].ClientAuthentication == nil || !isConnectPool(policies[0].ClientAuthentication.CARaw) {
 		return false
 	}
-	for _, p := range policies {
-		auth := p.ClientAuthentication
-		if auth == nil || auth.Mode != policies[0].ClientAuthentication.Mode || !isConnectPool(auth.CARaw) {
+	first, err := json.Marshal(policies[0].ClientAuthentication)
+	if err != nil {
+		return false
+	}
+	for _, p := range policies[1:] {
+		if p.ClientAuthentication == nil {
+			return false
+		}
+		auth, err := json.Marshal(p.ClientAuthentication)
+		if err != nil || !bytes.Equal(auth, first) {
 			return false
 		}
 	}

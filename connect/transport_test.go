@@ -67,17 +67,27 @@ func TestStrictSNIOffOnlyWhenEveryPolicyTrustsConnect(t *testing.T) {
 	connect := &caddytls.ClientAuthentication{Mode: "require_and_verify", CARaw: json.RawMessage(`{"provider":"connect"}`)}
 	file := &caddytls.ClientAuthentication{Mode: "require_and_verify", CARaw: json.RawMessage(`{"provider":"file","pem_files":["ca.pem"]}`)}
 	lax := &caddytls.ClientAuthentication{Mode: "verify_if_given", CARaw: json.RawMessage(`{"provider":"connect"}`)}
+	otherMesh := &caddytls.ClientAuthentication{Mode: "require_and_verify", CARaw: json.RawMessage(`{"provider":"connect","consul":{"address":"10.0.0.1:8500"}}`)}
+	withVerifier := &caddytls.ClientAuthentication{Mode: "require_and_verify", CARaw: json.RawMessage(`{"provider":"connect"}`),
+		VerifiersRaw: []json.RawMessage{json.RawMessage(`{"verifier":"leaf","leaf_certs_loaders":[]}`)}}
+	withLeaves := &caddytls.ClientAuthentication{Mode: "require_and_verify", CARaw: json.RawMessage(`{"provider":"connect"}`),
+		TrustedLeafCerts: []string{"MIIB"}}
+	spaced := &caddytls.ClientAuthentication{Mode: "require_and_verify", CARaw: json.RawMessage(`{ "provider": "connect" }`)}
 	for name, tc := range map[string]struct {
 		policies caddytls.ConnectionPolicies
 		off      bool
 	}{
-		"one connect policy":            {caddytls.ConnectionPolicies{{ClientAuthentication: connect}}, true},
-		"two connect policies":          {caddytls.ConnectionPolicies{{ClientAuthentication: connect}, {ClientAuthentication: connect}}, true},
-		"connect and a file trust pool": {caddytls.ConnectionPolicies{{ClientAuthentication: connect}, {ClientAuthentication: file}}, false},
-		"connect and no client auth":    {caddytls.ConnectionPolicies{{ClientAuthentication: connect}, {}}, false},
-		"connect in two modes":          {caddytls.ConnectionPolicies{{ClientAuthentication: connect}, {ClientAuthentication: lax}}, false},
-		"a file trust pool":             {caddytls.ConnectionPolicies{{ClientAuthentication: file}}, false},
-		"no policy":                     {nil, false},
+		"one connect policy":                      {caddytls.ConnectionPolicies{{ClientAuthentication: connect}}, true},
+		"two connect policies":                    {caddytls.ConnectionPolicies{{ClientAuthentication: connect}, {ClientAuthentication: connect}}, true},
+		"connect and a file trust pool":           {caddytls.ConnectionPolicies{{ClientAuthentication: connect}, {ClientAuthentication: file}}, false},
+		"connect and no client auth":              {caddytls.ConnectionPolicies{{ClientAuthentication: connect}, {}}, false},
+		"connect in two modes":                    {caddytls.ConnectionPolicies{{ClientAuthentication: connect}, {ClientAuthentication: lax}}, false},
+		"a file trust pool":                       {caddytls.ConnectionPolicies{{ClientAuthentication: file}}, false},
+		"connect of two meshes":                   {caddytls.ConnectionPolicies{{ClientAuthentication: connect}, {ClientAuthentication: otherMesh}}, false},
+		"connect and connect with a verifier":     {caddytls.ConnectionPolicies{{ClientAuthentication: connect}, {ClientAuthentication: withVerifier}}, false},
+		"connect and connect with trusted leaves": {caddytls.ConnectionPolicies{{ClientAuthentication: withLeaves}, {ClientAuthentication: connect}}, false},
+		"the same connect pool written twice":     {caddytls.ConnectionPolicies{{ClientAuthentication: connect}, {ClientAuthentication: spaced}}, true},
+		"no policy":                               {nil, false},
 	} {
 		if got := connectOnly(tc.policies); got != tc.off {
 			t.Errorf("%s: %v, want %v", name, got, tc.off)

@@ -2,6 +2,7 @@ package connect
 
 import (
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,6 +35,7 @@ func logger() *zap.Logger { return caddy.Log().Named("mesh.connect") }
 type rootsWatch struct {
 	*consul.Poller[*api.CARootList]
 	current atomic.Pointer[roots]
+	pools   sync.Map // *CAPool: the inbound trust pools of the live configs built from these roots
 }
 
 // takeRoots returns the shared watch of conn's roots, started by its first
@@ -69,9 +71,24 @@ func (w *rootsWatch) Apply(answer *api.CARootList) {
 	if old := w.current.Load(); old != nil && old.activeID == next.activeID && slices.Equal(old.ids, next.ids) && old.trustDomain == next.trustDomain {
 		return
 	}
-	w.current.Store(next)
+	old := w.current.Swap(next)
 	spiffe.Trusted.Set(w, next.trustDomain, next.rootsDER())
 	logger().Info("Connect roots", zap.String("trust_domain", next.trustDomain), zap.String("active", next.activeID), zap.Strings("ids", next.ids))
+	if old != nil && old.activeID != next.activeID && !w.poolsFollow(old, next) {
+		logger().Error("an inbound trust_pool connect loaded before the last two Connect CA rotations cannot verify the new root's leaves: load Caddy's config again",
+			zap.String("active", next.activeID))
+	}
+}
+
+// poolsFollow reports whether every inbound trust pool built from these
+// roots follows the rotation from old's active root to next's.
+func (w *rootsWatch) poolsFollow(old, next *roots) bool {
+	follow := true
+	w.pools.Range(func(pool, _ any) bool {
+		follow = pool.(*CAPool).followsRotation(old, next)
+		return follow
+	})
+	return follow
 }
 
 // Stop stops the watch and forgets its roots.

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/pool"
@@ -41,7 +43,7 @@ func compileChain(chain *consul.CompiledChain, poolFor poolFor, counters *promet
 	}
 	c := &chainCompiler{chain: chain, poolFor: poolFor, counters: counters,
 		targets: map[string]*chainTarget{}, resolvers: map[string]*chainResolver{}}
-	start, ok := chain.Nodes[chain.StartNode]
+	start, ok := c.node(chain.StartNode)
 	if !ok {
 		return nil, fmt.Errorf("discovery chain of %q: start node %q is missing", chain.ServiceName, chain.StartNode)
 	}
@@ -63,6 +65,13 @@ func compileChain(chain *consul.CompiledChain, poolFor poolFor, counters *promet
 	return ev, nil
 }
 
+// node returns the chain's node name; ok is false when the chain has none
+// of that name, or an empty one.
+func (c *chainCompiler) node(name string) (node *consul.ChainNode, ok bool) {
+	node = c.chain.Nodes[name]
+	return node, node != nil
+}
+
 // routes compiles the routes of a router node, in order.
 func (c *chainCompiler) routes(router *consul.ChainNode) ([]chainRoute, error) {
 	routes := make([]chainRoute, len(router.Routes))
@@ -77,7 +86,7 @@ func (c *chainCompiler) routes(router *consul.ChainNode) ([]chainRoute, error) {
 			return nil, fmt.Errorf("route %d: %w", i, err)
 		}
 		c.destination(route, i, def.Definition.Destination)
-		next, ok := c.chain.Nodes[def.NextNode]
+		next, ok := c.node(def.NextNode)
 		if !ok {
 			return nil, fmt.Errorf("route %d: node %q is missing", i, def.NextNode)
 		}
@@ -102,7 +111,7 @@ func (c *chainCompiler) destination(route *chainRoute, i int, dest *api.ServiceR
 	c.noteIf(dest.IdleTimeout != 0, where+"IdleTimeout (reverse_proxy's transport timeouts are per handler)")
 	c.noteIf(dest.NumRetries != 0 || dest.RetryOnConnectFailure || len(dest.RetryOn) > 0 || len(dest.RetryOnStatusCodes) > 0,
 		where+"NumRetries, RetryOn, RetryOnConnectFailure, RetryOnStatusCodes (reverse_proxy's retries are per handler: lb_retries, lb_try_duration, lb_retry_match)")
-	c.noteHeaderFormatters(where, dest.RequestHeaders, dest.ResponseHeaders)
+	c.noteHeaderActions(where, dest.RequestHeaders, dest.ResponseHeaders)
 }
 
 // legs compiles the node a route leads to: a splitter's legs, or the one
@@ -128,7 +137,10 @@ func (c *chainCompiler) legs(node *consul.ChainNode) ([]chainLeg, error) {
 func (c *chainCompiler) splits(splitter *consul.ChainNode) ([]chainLeg, error) {
 	legs := make([]chainLeg, 0, len(splitter.Splits))
 	for i, split := range splitter.Splits {
-		next, ok := c.chain.Nodes[split.NextNode]
+		if split == nil {
+			return nil, fmt.Errorf("split %d of %q is empty", i, splitter.Name)
+		}
+		next, ok := c.node(split.NextNode)
 		if !ok || next.Type != api.DiscoveryGraphNodeTypeResolver {
 			return nil, fmt.Errorf("split %d of %q: node %q is not a resolver", i, splitter.Name, split.NextNode)
 		}
@@ -141,7 +153,7 @@ func (c *chainCompiler) splits(splitter *consul.ChainNode) ([]chainLeg, error) {
 		if def := split.Definition; def != nil {
 			leg.request = compileHeaderOps(def.RequestHeaders)
 			leg.response = compileHeaderOps(def.ResponseHeaders)
-			c.noteHeaderFormatters(fmt.Sprintf("split %d of %q: ", i, splitter.Name), def.RequestHeaders, def.ResponseHeaders)
+			c.noteHeaderActions(fmt.Sprintf("split %d of %q: ", i, splitter.Name), def.RequestHeaders, def.ResponseHeaders)
 		}
 		legs = append(legs, leg)
 	}
@@ -186,8 +198,8 @@ func (c *chainCompiler) target(id string) (*chainTarget, error) {
 	if t, ok := c.targets[id]; ok {
 		return t, nil
 	}
-	def, ok := c.chain.Targets[id]
-	if !ok {
+	def := c.chain.Targets[id]
+	if def == nil {
 		return nil, fmt.Errorf("target %q is missing", id)
 	}
 	c.noteIf(def.Peer != "", fmt.Sprintf("target %q: Peer (cluster peering is not supported; the target gets no instances)", id))
@@ -213,9 +225,10 @@ func (c *chainCompiler) noteLoadBalancer(node *consul.ChainNode) {
 		fmt.Sprintf("node %q: LoadBalancer (the selection policy is reverse_proxy's lb_policy)", node.Name))
 }
 
-// noteHeaderFormatters notes header values with Envoy's %...% command
-// operators, which Caddy sends as they are.
-func (c *chainCompiler) noteHeaderFormatters(where string, mods ...*api.HTTPHeaderModifiers) {
+// noteHeaderActions notes header values with Envoy's %...% command
+// operators, which Caddy sends as they are, and actions on headers that
+// Caddy does not modify (see unmodifiable).
+func (c *chainCompiler) noteHeaderActions(where string, mods ...*api.HTTPHeaderModifiers) {
 	for _, m := range mods {
 		if m == nil {
 			continue
@@ -224,9 +237,32 @@ func (c *chainCompiler) noteHeaderFormatters(where string, mods ...*api.HTTPHead
 			for name, v := range values {
 				c.noteIf(strings.Count(v, "%") >= 2,
 					fmt.Sprintf("%sheader %s: Envoy's %%...%% operators are sent as written", where, name))
+				c.noteUnmodifiable(where, name)
 			}
 		}
+		for _, name := range m.Remove {
+			c.noteUnmodifiable(where, name)
+		}
 	}
+}
+
+func (c *chainCompiler) noteUnmodifiable(where, name string) {
+	c.noteIf(unmodifiable(name), fmt.Sprintf("%sheader %q: a hop-by-hop or framing header, or no header name: not modified", where, name))
+}
+
+// framingHeaders are the headers that say how a message is carried, not
+// what it says: reverse_proxy's hop-by-hop headers, which it removes from
+// the request before the chain's actions, and Content-Length.
+var framingHeaders = []string{"Alt-Svc", "Connection", "Content-Length", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// unmodifiable reports whether a chain's header action on name is not
+// done: name is a framing header (setting Connection or Upgrade could turn
+// a request into a protocol switch the client never asked for, a wrong
+// Content-Length breaks the response), a pseudo-header such as :authority,
+// or no valid header name.
+func unmodifiable(name string) bool {
+	return !httpguts.ValidHeaderFieldName(name) || slices.Contains(framingHeaders, http.CanonicalHeaderKey(name))
 }
 
 func (c *chainCompiler) noteIf(cond bool, what string) {
@@ -330,20 +366,27 @@ func compileValueMatch(exact, regex, prefix, suffix string, present bool) (value
 	}
 }
 
-// compileHeaderOps compiles header modifiers, with canonical names.
+// compileHeaderOps compiles header modifiers, with canonical names,
+// without the actions on unmodifiable headers.
 func compileHeaderOps(m *api.HTTPHeaderModifiers) headerOps {
 	var ops headerOps
 	if m == nil {
 		return ops
 	}
 	for name, v := range m.Add {
-		ops.add = append(ops.add, headerValue{http.CanonicalHeaderKey(name), v})
+		if !unmodifiable(name) {
+			ops.add = append(ops.add, headerValue{http.CanonicalHeaderKey(name), v})
+		}
 	}
 	for name, v := range m.Set {
-		ops.set = append(ops.set, headerValue{http.CanonicalHeaderKey(name), v})
+		if !unmodifiable(name) {
+			ops.set = append(ops.set, headerValue{http.CanonicalHeaderKey(name), v})
+		}
 	}
 	for _, name := range m.Remove {
-		ops.remove = append(ops.remove, http.CanonicalHeaderKey(name))
+		if !unmodifiable(name) {
+			ops.remove = append(ops.remove, http.CanonicalHeaderKey(name))
+		}
 	}
 	ops.sort()
 	return ops

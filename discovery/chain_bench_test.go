@@ -65,6 +65,7 @@ func chainSource(t testing.TB, chain *consul.CompiledChain, names []string) *Con
 		t.Fatal(err)
 	}
 	f := &chainFollower{key: consul.ChainKey{Service: "web"}}
+	ev.owner = f
 	f.current.Store(ev)
 	return &ConsulUpstreams{Service: "web", chain: f}
 }
@@ -105,6 +106,26 @@ func TestChainRetryKeepsTheLegOfTheFirstAttempt(t *testing.T) {
 		if leg, _ := caddyhttp.GetVar(r.Context(), chainLegVar).(*chainLeg); leg != first {
 			t.Fatal("a retry chose another leg than its first attempt")
 		}
+	}
+}
+
+// Two chain sources on one request (a chain reverse_proxy in handle_errors
+// after another): the second evaluates its own chain, not the leg the
+// first chose.
+func TestChainLegIsPerSource(t *testing.T) {
+	first, second := chainSource(t, routedChain(), []string{"a"}), chainSource(t, routedChain(), []string{"b"})
+	r := newRequest()
+	if upstreams, err := first.GetUpstreams(r); err != nil || len(upstreams) != 1 || upstreams[0].Dial != instancesNamed("a")[0].Dial {
+		t.Fatalf("the first source: %v, %v", upstreams, err)
+	}
+	pool.Attach(r, nil)
+	upstreams, err := second.GetUpstreams(r)
+	if err != nil || len(upstreams) != 1 || upstreams[0].Dial != instancesNamed("b")[0].Dial {
+		t.Fatalf("the second source on the same request: %v, %v; want its own instance", upstreams, err)
+	}
+	pool.Attach(r, nil)
+	if upstreams, _ := second.GetUpstreams(r); len(upstreams) != 1 || upstreams[0].Dial != instancesNamed("b")[0].Dial {
+		t.Errorf("the second source's retry: %v", upstreams)
 	}
 }
 

@@ -35,11 +35,15 @@ type evaluator struct {
 	targets []*chainTarget
 	// notHonoured says what of the chain Caddy cannot honour per request.
 	notHonoured []string
+	// owner is the source that follows the chain: a leg an earlier
+	// attempt chose is this source's only when its evaluator's owner is.
+	owner *chainFollower
 }
 
 // chainRoute is a route of the chain: what it matches, its legs (one, or
 // a splitter's), and its actions on the request.
 type chainRoute struct {
+	ev            *evaluator
 	def           *api.ServiceRoute // nil for a chain without a router
 	match         routeMatch
 	legs          []chainLeg
@@ -80,6 +84,7 @@ type chainTarget struct {
 func (ev *evaluator) finish(c *chainCompiler) {
 	for i := range ev.routes {
 		route := &ev.routes[i]
+		route.ev = ev
 		for j := range route.legs {
 			leg := &route.legs[j]
 			leg.route = route
@@ -151,14 +156,17 @@ func (res *chainResolver) choose() (*chainTarget, *pool.Snapshot) {
 // applyTo does the leg's actions on r, the copy of the request that
 // reverse_proxy sends upstream, whose normalized escaped path is path:
 // the split's header actions, then the route's (which win), then the
-// route's PrefixRewrite.
+// route's PrefixRewrite. The upstream receives the normalized path, the
+// one the route was chosen on, rewritten or not.
 func (leg *chainLeg) applyTo(r *http.Request, path string) error {
 	leg.request.applyTo(r)
 	leg.route.request.applyTo(r)
-	if leg.route.prefixRewrite == "" {
+	if leg.route.prefixRewrite != "" {
+		path = leg.route.rewrite(path)
+	} else if path == r.URL.EscapedPath() {
 		return nil
 	}
-	return urlpath.SetPath(r, leg.route.rewrite(path))
+	return urlpath.SetPath(r, path)
 }
 
 // rewrite returns path with the route's PrefixRewrite done, as Consul's

@@ -27,6 +27,7 @@ type targetSettings struct {
 	wait           time.Duration
 	holdLast       time.Duration
 	panicThreshold int
+	connect        bool // instances from Consul's Connect catalog, with their identities
 }
 
 // chainFollower is what a source with chain follows: the shared watch of
@@ -76,7 +77,7 @@ func (cu *ConsulUpstreams) provisionChain(ctx caddy.Context) error {
 	f := &chainFollower{key: key, watch: watch, conn: cu.conn, slashes: slashes, logger: cu.logger,
 		changes: make(chan struct{}, 1), targets: map[consul.HealthKey]*serviceWatch{},
 		settings: targetSettings{filter: cu.filter, tags: cu.Tags, userFilter: cu.Filter, health: cu.Health, near: cu.Near,
-			consistency: cu.Consistency, wait: time.Duration(cu.Wait), holdLast: time.Duration(*cu.HoldLast), panicThreshold: cu.PanicThreshold}}
+			consistency: cu.Consistency, wait: time.Duration(cu.Wait), holdLast: time.Duration(*cu.HoldLast), panicThreshold: cu.PanicThreshold, connect: cu.Connect}}
 	watch.Subscribe(f.changes) // before the first look: no change is missed
 	if !consul.AwaitFirstTries(ctx, firstAnswerTimeout, watch) && ctx.Err() == nil {
 		cu.logger.Warn("consul has not answered with the discovery chain yet", zap.String("service", cu.Service))
@@ -162,6 +163,7 @@ func (f *chainFollower) update(ctx context.Context) {
 	if !consul.AwaitFirstTries(ctx, firstAnswerTimeout, started...) && ctx.Err() == nil {
 		f.logger.Warn("consul has not answered yet for every new chain target", zap.String("service", f.key.Service))
 	}
+	ev.owner = f
 	f.current.Store(ev)
 	f.compiledFrom = chain
 	for key, sw := range f.targets {
@@ -175,13 +177,14 @@ func (f *chainFollower) update(ctx context.Context) {
 
 // targetKey is the health watch key of a target: the source's settings,
 // the target's service and datacenter, its subset's filter beside the
-// source's, and passing instances only when the subset says OnlyPassing.
+// source's, passing instances only when the subset says OnlyPassing, and
+// Consul's Connect catalog when the source has connect.
 func (f *chainFollower) targetKey(def *consul.ChainTarget) consul.HealthKey {
 	s := f.settings
 	key := consul.HealthKey{
 		Endpoint: f.key.Endpoint, Service: def.Service, Datacenter: def.Datacenter,
 		Filter: andFilters(s.filter, def.Subset.Filter), Health: s.health, Near: s.near,
-		Consistency: s.consistency, Wait: s.wait, HoldLast: s.holdLast,
+		Consistency: s.consistency, Wait: s.wait, HoldLast: s.holdLast, Connect: s.connect,
 	}
 	if def.Subset.OnlyPassing {
 		key.Health = consul.HealthPassing

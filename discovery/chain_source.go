@@ -53,10 +53,12 @@ func (f *chainFollower) upstreams(r *http.Request, handout *pool.Handout) ([]*re
 }
 
 // leg returns the leg of the chain for r: the one an earlier attempt of r
-// chose, else the leg of the first route r matches, whose actions it does
-// on r; nil when r's path cannot be normalized or no route matches.
+// through this source chose, else the leg of the first route r matches,
+// whose actions it does on r; nil when r's path cannot be normalized or no
+// route matches. A leg another source chose (a second chain reverse_proxy
+// of the same request, in handle_errors say) is not this source's.
 func (f *chainFollower) leg(r *http.Request, ev *evaluator) *chainLeg {
-	if leg, ok := caddyhttp.GetVar(r.Context(), chainLegVar).(*chainLeg); ok {
+	if leg, ok := caddyhttp.GetVar(r.Context(), chainLegVar).(*chainLeg); ok && leg.route.ev.owner == f {
 		return leg
 	}
 	path, _, err := urlpath.Normalize(r.URL.EscapedPath(), f.slashes)

@@ -193,6 +193,10 @@ func TestChainActionsOnTheRequest(t *testing.T) {
 		{"/admin/", "/"},
 		{"/api/items", "/v2/items"},
 		{"/other", "/other"},
+		// the route is chosen on the normalized path, which is the one sent
+		{"/x/%2e%2e/api/items", "/v2/items"},
+		{"/api/../other", "/other"},
+		{"/api/%2E%2E//other", "/other"},
 	}
 	for _, tt := range tests {
 		r := httptest.NewRequest(http.MethodGet, tt.path, nil)
@@ -211,6 +215,43 @@ func TestChainActionsOnTheRequest(t *testing.T) {
 		strings.Join(r.Header.Values("X-Added"), ",") != "client,route" || r.URL.RawQuery != "keep=1" {
 		t.Errorf("headers after the actions = %v, query %q; want x-secret removed, x-split set by the split, "+
 			"x-who set by the route over the split, x-added added, the query kept", r.Header, r.URL.RawQuery)
+	}
+}
+
+// Actions on hop-by-hop or framing headers are not done: reverse_proxy has
+// removed the client's, and a chain setting Connection and Upgrade would
+// turn a request into a protocol switch no client asked for.
+func TestChainDoesNotModifyFramingHeaders(t *testing.T) {
+	writeEntries(t, append(httpDefaults("ch-hop"),
+		&api.ServiceRouterConfigEntry{Kind: api.ServiceRouter, Name: "ch-hop", Routes: []api.ServiceRoute{
+			{Match: &api.ServiceRouteMatch{HTTP: &api.ServiceRouteHTTPMatch{PathPrefix: "/"}},
+				Destination: &api.ServiceRouteDestination{RequestHeaders: &api.HTTPHeaderModifiers{
+					Set:    map[string]string{"connection": "Upgrade", "Upgrade": "h2c", "Content-Length": "5", "x-ok": "1"},
+					Add:    map[string]string{"Transfer-Encoding": "chunked", ":authority": "evil"},
+					Remove: []string{"TE"}}}},
+		}})...)
+	p := probe(t, "ch-hop")
+	r := httptest.NewRequest(http.MethodGet, "/x", nil)
+	r.Header.Set("Te", "trailers")
+	if got := p.Evaluate(r, 0); got != target("ch-hop", "") {
+		t.Fatalf("went to %q", got)
+	}
+	for _, name := range []string{"Connection", "Upgrade", "Content-Length", "Transfer-Encoding", ":authority"} {
+		if _, set := r.Header[name]; set {
+			t.Errorf("%s set by the chain: %v", name, r.Header)
+		}
+	}
+	if r.Header.Get("X-Ok") != "1" || r.Header.Get("Te") != "trailers" {
+		t.Errorf("headers %v: want X-Ok set, Te kept", r.Header)
+	}
+	got := strings.Join(p.NotHonoured(), "\n")
+	for _, want := range []string{`"connection"`, `"Upgrade"`, `"Content-Length"`, `"Transfer-Encoding"`, `":authority"`, `"TE"`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("not honoured:\n%s\nwant a line with %s", got, want)
+		}
+	}
+	if strings.Contains(got, "x-ok") {
+		t.Errorf("not honoured:\n%s\nx-ok is set", got)
 	}
 }
 
