@@ -35,6 +35,8 @@ func (r *registrar) catalogEntries(ctx context.Context, want *wantedRegistration
 // from a stale one under the same node name; "" when the token may not
 // read it (agent:read), and then entries are not told apart.
 func (r *registrar) agentNodeID(ctx context.Context, want *wantedRegistration) string {
+	ctx, cancel := context.WithTimeout(ctx, agentTimeout)
+	defer cancel()
 	q := (&api.QueryOptions{Token: want.conn.Token()}).WithContext(ctx)
 	self, err := consul.ReadAgentSelf(want.client, q)
 	if err != nil {

@@ -32,8 +32,12 @@ const (
 // milliseconds.
 const syncGrace = 5 * time.Second
 
-// deregisterTimeout bounds taking an instance out of Consul at shutdown.
-const deregisterTimeout = 5 * time.Second
+// agentTimeout bounds each call to the local agent, which answers in
+// milliseconds: a call it never answers (a connection its crash left
+// half-open, an agent stuck restarting) is given up and retried, instead
+// of holding the registrar, and the state it shows, for good. Taking an
+// instance out of Consul at shutdown waits no longer either.
+const agentTimeout = 5 * time.Second
 
 // registrars holds what this process keeps registered in Consul, by
 // instance ID. Configs share a registrar while they want the same
@@ -227,6 +231,8 @@ func (r *registrar) run(ctx context.Context) {
 
 // register puts the instance into the agent, replacing any checks it had.
 func (r *registrar) register(ctx context.Context, want *wantedRegistration) error {
+	ctx, cancel := context.WithTimeout(ctx, agentTimeout)
+	defer cancel()
 	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true, Token: want.conn.Token()}
 	err := want.client.Agent().ServiceRegisterOpts(want.spec.agentRegistration(), opts.WithContext(ctx))
 	if err != nil {
@@ -249,26 +255,17 @@ func (r *registrar) keep(ctx context.Context, want *wantedRegistration) error {
 	registered := r.pacer.Clock().Now()
 	var nodeID string
 	var askedNode bool
-	check := want.spec.Check
 	wait := 5 * time.Minute
-	if check.TTL {
+	if check := want.spec.Check; check.TTL {
 		wait = time.Duration(check.Interval) / 2
 	}
 	var index uint64
 	for r.pacer.Ready(ctx) {
-		q := &api.QueryOptions{Token: want.conn.Token()}
-		if check.TTL {
-			err := want.client.Agent().UpdateTTLOpts("service:"+want.spec.ID, "reported by caddymesh", api.HealthPassing, q.WithContext(ctx))
-			if err != nil {
-				return fmt.Errorf("reporting the TTL check: %w", err)
-			}
-		}
-		if _, _, err := want.client.Agent().Service(want.spec.ID, q.WithContext(ctx)); err != nil {
-			if gone := (api.StatusError{}); errors.As(err, &gone) && gone.Code == http.StatusNotFound {
-				r.log().Warn("the agent no longer has this instance; registering it again")
-				return nil
-			}
-			return fmt.Errorf("asking the agent: %w", err)
+		if has, err := askAgent(ctx, want); err != nil {
+			return err
+		} else if !has {
+			r.log().Warn("the agent no longer has this instance; registering it again")
+			return nil
 		}
 		r.pacer.Succeeded()
 		if !askedNode {
@@ -300,6 +297,26 @@ func (r *registrar) keep(ctx context.Context, want *wantedRegistration) error {
 	return nil
 }
 
+// askAgent reports the instance's TTL check, if it has one, and reports
+// whether the agent still has the instance, within agentTimeout.
+func askAgent(ctx context.Context, want *wantedRegistration) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, agentTimeout)
+	defer cancel()
+	q := (&api.QueryOptions{Token: want.conn.Token()}).WithContext(ctx)
+	if want.spec.Check.TTL {
+		if err := want.client.Agent().UpdateTTLOpts("service:"+want.spec.ID, "reported by caddymesh", api.HealthPassing, q); err != nil {
+			return false, fmt.Errorf("reporting the TTL check: %w", err)
+		}
+	}
+	if _, _, err := want.client.Agent().Service(want.spec.ID, q); err != nil {
+		if gone := (api.StatusError{}); errors.As(err, &gone) && gone.Code == http.StatusNotFound {
+			return false, nil
+		}
+		return false, fmt.Errorf("asking the agent: %w", err)
+	}
+	return true, nil
+}
+
 // deregister stops the registrar and takes the instance out of Consul.
 func (r *registrar) deregister() {
 	r.cancel()
@@ -310,7 +327,7 @@ func (r *registrar) deregister() {
 			zap.String("reason", status.Error))
 	}
 	defer want.http.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(context.Background(), deregisterTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), agentTimeout)
 	defer cancel()
 	q := (&api.QueryOptions{Token: want.conn.Token()}).WithContext(ctx)
 	if err := want.client.Agent().ServiceDeregisterOpts(want.spec.ID, q); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/caddymesh/caddymesh/discovery"
 	"github.com/caddymesh/caddymesh/internal/consultest"
 	"github.com/caddymesh/caddymesh/internal/meshtest"
 )
@@ -136,6 +137,28 @@ func TestRegistrationRetriesUntilConsulAnswers(t *testing.T) {
 		return instance(t, late, "registered-1") != nil
 	})
 	meshtest.Load(t, fmt.Sprintf("{\n\t%s\n}\n", meshtest.Globals()), "caddyfile")
+}
+
+// A call to the agent that never returns, its request lost on a
+// connection the agent's crash left half-open, is given up and made again:
+// the registration gets through instead of waiting for good.
+func TestRegistrationGivesUpACallTheAgentNeverAnswers(t *testing.T) {
+	proxy := meshtest.StartConsulProxy(t, agent.Addr)
+	proxy.Set(meshtest.ConsulLoses)
+	port := meshtest.FreePort()
+	meshtest.Load(t, registeredConfig(proxy.Addr(), port, "drain 10ms", "respond ok"), "caddyfile")
+	defer meshtest.Load(t, fmt.Sprintf("{\n\t%s\n}\n", meshtest.Globals()), "caddyfile")
+	const register = "/v1/agent/service/register"
+	meshtest.Eventually(t, propagation, "the registration is sent, and lost", func() bool {
+		return proxy.Requests(register) == 1
+	})
+	proxy.Set(meshtest.ConsulAnswers)
+	meshtest.Eventually(t, 3*discovery.AgentTimeout, "the instance is registered", func() bool {
+		return instance(t, agent, "registered-1") != nil
+	})
+	if n := proxy.Requests(register); n < 2 {
+		t.Errorf("%d registrations sent, want the lost one, given up, then another", n)
+	}
 }
 
 func TestRegistrationReportsItsTTLCheck(t *testing.T) {

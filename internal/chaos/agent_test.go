@@ -137,6 +137,7 @@ func awaitRegistration(t *testing.T, s *sidecar, cond func(registrationState) bo
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("%s's registration did not get where the test waits for within 30s: %+v\n%s", s.id, last, s.proc.Log())
+	_, stacks := meshtest.Get("http://" + s.admin + "/debug/pprof/goroutine?debug=2")
+	t.Fatalf("%s's registration did not get where the test waits for within 30s: %+v\n%s\ngoroutines:\n%s", s.id, last, s.proc.Log(), stacks)
 	return registrationState{}
 }

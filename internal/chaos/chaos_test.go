@@ -1,6 +1,7 @@
 package chaos_test
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"net/http"
@@ -156,6 +157,13 @@ func TestConsulRestartedEmpty(t *testing.T) {
 	}
 	awaitPassing(t, agent, ids...)
 	refilled := time.Since(back)
+	// The watch is answered again, with no error since: it is not backing
+	// off, so a registration reaches routing on its blocking query.
+	meshtest.Eventually(t, 10*time.Second, "the watch is answered again, with no error", func() bool {
+		var watches []watchState
+		err := json.Unmarshal([]byte(f.adminRequest(t, "GET", "/mesh/services", "", "")), &watches)
+		return err == nil && len(watches) == 1 && watches[0].LastError == "" && watches[0].Healthy == len(ids)
+	})
 
 	newcomer := meshtest.StartBackend(t, "b-new")
 	registered := time.Now()
@@ -169,7 +177,11 @@ func TestConsulRestartedEmpty(t *testing.T) {
 		"sidecars re-registered %s after Consul's restart; a new instance was routed %s after its registration",
 		refilled.Round(10*time.Millisecond), propagation.Round(100*time.Microsecond)))
 	expectNoFailure(t, result, "while Consul was down and restarted")
-	if limit := sized(time.Second, propagationGoal); propagation > limit {
+	// Short form: a bound generous for a loaded machine that still fails
+	// when routing does not follow that query's answer (a watch that polls
+	// waits its blocking wait, minutes; one that stopped, for ever). The
+	// long form holds the goal itself.
+	if limit := sized(meshtest.Propagation, propagationGoal); propagation > limit {
 		t.Errorf("a new instance was routed %s after its registration, want within %s", propagation, limit)
 	}
 }

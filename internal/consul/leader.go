@@ -13,10 +13,16 @@ import (
 // datacenter has a leader: a blocking query in flight says nothing while
 // it waits, and a client agent's streaming answers carry no leader header,
 // so this is how a watch learns that Consul lost its leader (within
-// leaderCheckInterval plus leaderCheckTimeout).
+// leaderCheckInterval plus leaderCheckTimeout). While none is found it
+// asks every leaderRecheckInterval, so that the leader's return is shown
+// as soon: one cheap request per connection, during an outage only.
 const (
-	leaderCheckInterval = 10 * time.Second
-	leaderCheckTimeout  = 5 * time.Second
+	leaderCheckInterval   = 10 * time.Second
+	leaderRecheckInterval = 2 * time.Second
+	leaderCheckTimeout    = 5 * time.Second
+	// leaderNudgeSpacing is the least time between two checks, however
+	// often watches fail and nudge it.
+	leaderNudgeSpacing = time.Second
 )
 
 // leaderChecks holds one leader check per Consul connection and
@@ -35,6 +41,7 @@ type leaderKey struct {
 type leaderCheck struct {
 	state  atomic.Pointer[LeaderState]
 	http   *http.Client
+	nudge  chan struct{} // a check wanted now
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -59,7 +66,7 @@ func takeLeaderCheck(conn Connection, datacenter string) (*leaderCheck, leaderKe
 			return nil, err
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		l := &leaderCheck{cancel: cancel, done: make(chan struct{}), http: httpClient}
+		l := &leaderCheck{cancel: cancel, done: make(chan struct{}), http: httpClient, nudge: make(chan struct{}, 1)}
 		l.state.Store(&LeaderState{})
 		q := &api.QueryOptions{Datacenter: datacenter, Token: conn.token}
 		go l.run(ctx, client, q)
@@ -85,11 +92,48 @@ func (l *leaderCheck) run(ctx context.Context, client *api.Client, q *api.QueryO
 		if ctx.Err() != nil {
 			return
 		}
-		l.record(time.Now(), err == nil && leader != "")
-		if !Sleep(ctx, leaderCheckInterval) {
+		found := err == nil && leader != ""
+		l.record(time.Now(), found)
+		if !l.wait(ctx, nextLeaderCheck(found)) {
 			return
 		}
 	}
+}
+
+// Nudge asks for a check now rather than at the next interval: a watch's
+// failed query hints that Consul may have lost its leader. Checks stay
+// leaderNudgeSpacing apart.
+func (l *leaderCheck) Nudge() {
+	select {
+	case l.nudge <- struct{}{}:
+	default: // one is wanted already
+	}
+}
+
+// wait waits d, or less when nudged, but at least leaderNudgeSpacing; it
+// reports false when ctx is done.
+func (l *leaderCheck) wait(ctx context.Context, d time.Duration) bool {
+	if !Sleep(ctx, leaderNudgeSpacing) {
+		return false
+	}
+	t := time.NewTimer(d - leaderNudgeSpacing)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-l.nudge:
+	case <-ctx.Done():
+		return false
+	}
+	return true
+}
+
+// nextLeaderCheck is how long after a check the next one goes: sooner
+// while no leader is found.
+func nextLeaderCheck(found bool) time.Duration {
+	if found {
+		return leaderCheckInterval
+	}
+	return leaderRecheckInterval
 }
 
 // record keeps the outcome of a check that ended at now.

@@ -21,6 +21,10 @@ const (
 	ConsulFails
 	// ConsulHangs answers nothing until the mode changes.
 	ConsulHangs
+	// ConsulLoses answers nothing, ever, even after the mode changes: the
+	// requests it takes are lost, as on a connection the agent's crash
+	// left half-open. Only the caller giving up ends them.
+	ConsulLoses
 )
 
 // ConsulProxy stands between Caddy and a real Consul agent: it records the
@@ -100,6 +104,10 @@ func (p *ConsulProxy) serve(w http.ResponseWriter, r *http.Request) {
 		switch mode {
 		case ConsulFails:
 			http.Error(w, "injected fault", http.StatusInternalServerError)
+			return
+		case ConsulLoses:
+			io.Copy(io.Discard, r.Body) // read all: the server then sees the caller go
+			<-r.Context().Done()
 			return
 		case ConsulHangs:
 			select {
