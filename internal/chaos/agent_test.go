@@ -72,8 +72,9 @@ func TestClientAgentLeaves(t *testing.T) {
 // ID, and the servers, which still hold the old node alive, refuse its
 // updates ("Node name ... is reserved"). The sidecars register again with
 // the agent, which keeps them locally; the servers' catalog keeps the old
-// entries. Each sidecar's /mesh/registrations must say so (agent_only or
-// failing, with the servers' catalog in the reason), not registered. The front, whose old entries
+// entries. Each sidecar's /mesh/registrations must say so (agent_only,
+// with the servers' catalog in the reason, or failing with what failed),
+// not registered. The front, whose old entries
 // still point at the running sidecars, fails no request.
 func TestClientAgentRestartedWithFreshDataDir(t *testing.T) {
 	dc := startDatacenter(t, sized(0, 3))
@@ -101,8 +102,12 @@ func TestClientAgentRestartedWithFreshDataDir(t *testing.T) {
 		}
 	}()
 	for _, s := range sidecars {
+		// agent_only names the servers' catalog; failing names what failed:
+		// the restarted agent sometimes answers its registrations with EOF
+		// for tens of seconds (seen under load), which the registrar reports
+		// as it is. Either way not registered, which is what the servers say.
 		r := awaitRegistration(t, s, func(r registrationState) bool {
-			return (r.State == "agent_only" || r.State == "failing") && strings.Contains(r.Error, "catalog")
+			return (r.State == "agent_only" && strings.Contains(r.Error, "catalog")) || (r.State == "failing" && r.Error != "")
 		})
 		states = append(states, r.State)
 		t.Logf("%s: %s: %s", s.id, r.State, r.Error)
