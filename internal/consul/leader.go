@@ -20,9 +20,6 @@ const (
 	leaderCheckInterval   = 10 * time.Second
 	leaderRecheckInterval = 2 * time.Second
 	leaderCheckTimeout    = 5 * time.Second
-	// leaderNudgeSpacing is the least time between two checks, however
-	// often watches fail and nudge it.
-	leaderNudgeSpacing = time.Second
 )
 
 // leaderChecks holds one leader check per Consul connection and
@@ -41,7 +38,6 @@ type leaderKey struct {
 type leaderCheck struct {
 	state  atomic.Pointer[LeaderState]
 	http   *http.Client
-	nudge  chan struct{} // a check wanted now
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -66,7 +62,7 @@ func takeLeaderCheck(conn Connection, datacenter string) (*leaderCheck, leaderKe
 			return nil, err
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		l := &leaderCheck{cancel: cancel, done: make(chan struct{}), http: httpClient, nudge: make(chan struct{}, 1)}
+		l := &leaderCheck{cancel: cancel, done: make(chan struct{}), http: httpClient}
 		l.state.Store(&LeaderState{})
 		q := &api.QueryOptions{Datacenter: datacenter, Token: conn.token}
 		go l.run(ctx, client, q)
@@ -94,37 +90,10 @@ func (l *leaderCheck) run(ctx context.Context, client *api.Client, q *api.QueryO
 		}
 		found := err == nil && leader != ""
 		l.record(time.Now(), found)
-		if !l.wait(ctx, nextLeaderCheck(found)) {
+		if !Sleep(ctx, nextLeaderCheck(found)) {
 			return
 		}
 	}
-}
-
-// Nudge asks for a check now rather than at the next interval: a watch's
-// failed query hints that Consul may have lost its leader. Checks stay
-// leaderNudgeSpacing apart.
-func (l *leaderCheck) Nudge() {
-	select {
-	case l.nudge <- struct{}{}:
-	default: // one is wanted already
-	}
-}
-
-// wait waits d, or less when nudged, but at least leaderNudgeSpacing; it
-// reports false when ctx is done.
-func (l *leaderCheck) wait(ctx context.Context, d time.Duration) bool {
-	if !Sleep(ctx, leaderNudgeSpacing) {
-		return false
-	}
-	t := time.NewTimer(d - leaderNudgeSpacing)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-l.nudge:
-	case <-ctx.Done():
-		return false
-	}
-	return true
 }
 
 // nextLeaderCheck is how long after a check the next one goes: sooner

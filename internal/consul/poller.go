@@ -206,9 +206,6 @@ func (p *Poller[T]) run(ctx context.Context) {
 		metrics.countQuery(p.subject, time.Since(started), err)
 		if err != nil {
 			p.failed(err)
-			if p.leader != nil {
-				p.leader.Nudge() // has Consul lost its leader?
-			}
 			p.triedOnce.Do(func() { close(p.tried) })
 			if !p.pacer.Failed(ctx) {
 				return
