@@ -13,13 +13,10 @@ import (
 // datacenter has a leader: a blocking query in flight says nothing while
 // it waits, and a client agent's streaming answers carry no leader header,
 // so this is how a watch learns that Consul lost its leader (within
-// leaderCheckInterval plus leaderCheckTimeout). While none is found it
-// asks every leaderRecheckInterval, so that the leader's return is shown
-// as soon: one cheap request per connection, during an outage only.
+// leaderCheckInterval plus leaderCheckTimeout).
 const (
-	leaderCheckInterval   = 10 * time.Second
-	leaderRecheckInterval = 2 * time.Second
-	leaderCheckTimeout    = 5 * time.Second
+	leaderCheckInterval = 10 * time.Second
+	leaderCheckTimeout  = 5 * time.Second
 )
 
 // leaderChecks holds one leader check per Consul connection and
@@ -88,21 +85,11 @@ func (l *leaderCheck) run(ctx context.Context, client *api.Client, q *api.QueryO
 		if ctx.Err() != nil {
 			return
 		}
-		found := err == nil && leader != ""
-		l.record(time.Now(), found)
-		if !Sleep(ctx, nextLeaderCheck(found)) {
+		l.record(time.Now(), err == nil && leader != "")
+		if !Sleep(ctx, leaderCheckInterval) {
 			return
 		}
 	}
-}
-
-// nextLeaderCheck is how long after a check the next one goes: sooner
-// while no leader is found.
-func nextLeaderCheck(found bool) time.Duration {
-	if found {
-		return leaderCheckInterval
-	}
-	return leaderRecheckInterval
 }
 
 // record keeps the outcome of a check that ended at now.
