@@ -92,10 +92,13 @@ http://127.0.0.1:%d {
 	}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	newRoot := activeRoot(t, ca)
-	if bytes.Equal(newRoot.SubjectKeyId, oldRoot.SubjectKeyId) {
-		t.Fatal("the CA configuration did not make a new root")
-	}
+	// The agent serves the roots from its cache: the new one shows soon
+	// after, not at once.
+	newRoot := oldRoot
+	meshtest.Eventually(t, 10*time.Second, "the CA configuration to make a new root", func() bool {
+		newRoot = activeRoot(t, ca)
+		return !bytes.Equal(newRoot.SubjectKeyId, oldRoot.SubjectKeyId)
+	})
 	probe := newProbe(t, ca)
 	var webIssued string
 	seen := awaitAll(t, map[string]func() bool{

@@ -18,14 +18,22 @@ import (
 // /admin, then allow /) and the gateway's routes (/api, /admin, /) and
 // names ({http.request.uri.path.0}) make on the normalized path.
 type PathDecision struct {
-	Target     string
-	CaddyAdmin bool   // Caddy's path matcher, on the request as it came
-	Status     int    // of the normalization: 0, or the refusal
-	Path       string // normalized, as the upstream gets it
-	Allowed    bool   // by the intentions
-	Route      string // mesh_router's
-	Name       string // mesh_service's
-	Differs    string // why the decisions differ from Caddy's matcher, when they do
+	// Target is the request target, as a client sends it.
+	Target string
+	// CaddyAdmin is Caddy's path matcher's decision, on the request as it came.
+	CaddyAdmin bool
+	// Status is the normalization's: 0, or the refusal.
+	Status int
+	// Path is the normalized path, as the upstream gets it.
+	Path string
+	// Allowed is the intentions' decision.
+	Allowed bool
+	// Route is mesh_router's route.
+	Route string
+	// Name is mesh_service's service name.
+	Name string
+	// Differs says why the decisions differ from Caddy's matcher, when they do.
+	Differs string
 }
 
 // PathDecisions are the rows that discovery's and gateway's
