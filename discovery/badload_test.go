@@ -120,8 +120,11 @@ func TestSIGTERMStopsCaddyWhateverAFailedLoadLeftBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	caddy := meshtest.StartCaddy(t, caddyfile, admin)
+	// Each load restarts Caddy's admin server, which closes the connection
+	// the last answer came on: a new connection for each load.
+	loader := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	for _, handler := range modulesUnderLoad {
-		resp, err := meshtest.Client.Post("http://"+admin+"/load", "application/json",
+		resp, err := loader.Post("http://"+admin+"/load", "application/json",
 			strings.NewReader(strings.Replace(badLoad(agent.Addr, meshtest.FreePort(), handler), meshtest.AdminJSON(), fmt.Sprintf(`"admin": {"listen": %q}`, admin), 1)))
 		if err != nil {
 			t.Fatalf("POST /load of a config that cannot provision got no answer: %v\n%s", err, caddy.Log())
