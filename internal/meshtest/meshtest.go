@@ -85,14 +85,24 @@ func LoadError(t testing.TB, config, configType string) string {
 	return answer.Error
 }
 
-// FreePort returns a TCP port free on loopback right now.
+// handedOut holds the ports FreePort has returned in this process.
+var handedOut sync.Map
+
+// FreePort returns a TCP port free on loopback right now, and never one it
+// returned before in this process: two ports asked for one config (two
+// sites, say) are never the same.
 func FreePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if _, taken := handedOut.LoadOrStore(port, struct{}{}); !taken {
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // Backend is a real HTTP server on loopback that answers every request
