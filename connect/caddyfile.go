@@ -21,7 +21,7 @@ func (g *CertGetter) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := unmarshalConsulOnly(d, &g.Consul, "get_certificate connect"); err != nil {
 		return err
 	}
-	if err := validService("get_certificate connect", g.Service); err != nil {
+	if err := g.Validate(); err != nil {
 		return d.Err(err.Error())
 	}
 	return nil

@@ -19,6 +19,7 @@ import (
 
 	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/svcname"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -40,7 +41,8 @@ type CertGetter struct {
 	// Connection settings overriding the mesh app's, field by field.
 	Consul *consul.Config `json:"consul,omitempty"`
 
-	held *held
+	held      *held
+	validated validate.Once // Validate's answer, for Caddy's call after Provision
 }
 
 // CaddyModule returns the Caddy module information.
@@ -53,7 +55,7 @@ func (*CertGetter) CaddyModule() caddy.ModuleInfo {
 
 // Provision takes the shared watch of the service's leaf.
 func (g *CertGetter) Provision(ctx caddy.Context) error {
-	if err := validService("get_certificate connect", g.Service); err != nil {
+	if err := g.Validate(); err != nil {
 		return err
 	}
 	var err error
@@ -72,6 +74,12 @@ func (g *CertGetter) Cleanup() error {
 	return nil
 }
 
+// Validate rejects a bad service name, naming it. Provision calls it
+// before acting on it; its check runs once.
+func (g *CertGetter) Validate() error {
+	return g.validated.Do(func() error { return validService("get_certificate connect", g.Service) })
+}
+
 // validService checks the service a module names.
 func validService(module, service string) error {
 	if !svcname.Valid(service) {
@@ -84,5 +92,6 @@ func validService(module, service string) error {
 var (
 	_ caddy.Provisioner  = (*CertGetter)(nil)
 	_ caddy.CleanerUpper = (*CertGetter)(nil)
+	_ caddy.Validator    = (*CertGetter)(nil)
 	_ certmagic.Manager  = (*CertGetter)(nil)
 )

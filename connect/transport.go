@@ -21,6 +21,7 @@ import (
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/spiffe"
 	"github.com/caddymesh/caddymesh/internal/svcname"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -76,8 +77,9 @@ type Transport struct {
 	// Caddy's HTTP transport, whose options apply as in `transport http`.
 	reverseproxy.HTTPTransport
 
-	held *held
-	base *tls.Config // Caddy's client TLS config: versions, ALPN, curves
+	held      *held
+	base      *tls.Config   // Caddy's client TLS config: versions, ALPN, curves
+	validated validate.Once // Validate's answer, for Caddy's call after Provision
 }
 
 // CaddyModule returns the Caddy module information.
@@ -112,7 +114,11 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 }
 
 // Validate rejects settings that cannot work, naming the field and value.
-func (t *Transport) Validate() error {
+// Provision calls it before acting on them; its checks run once.
+func (t *Transport) Validate() error { return t.validated.Do(t.check) }
+
+// check makes Validate's checks.
+func (t *Transport) check() error {
 	if err := validService("transport connect", t.Service); err != nil {
 		return err
 	}

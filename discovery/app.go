@@ -12,6 +12,7 @@ import (
 	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/meshapp"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -48,6 +49,7 @@ type App struct {
 	logger *zap.Logger
 
 	escapedSlashes urlpath.EscapedSlashes
+	validated      validate.Once // Validate's answer, for Caddy's call after Provision
 }
 
 // CaddyModule returns the Caddy module information.
@@ -58,14 +60,15 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision checks the settings, so that a bad one fails here even when no
-// source uses it yet, and ties registrations to Caddy's start and stop.
+// Provision validates the settings, so that a bad one fails here even when
+// no source uses it yet, and ties registrations to Caddy's start and stop.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
-	var err error
-	if a.escapedSlashes, err = urlpath.ParseEscapedSlashes(a.PathWithEscapedSlashesAction); err != nil {
-		return fmt.Errorf("mesh: path_with_escaped_slashes_action %w", err)
+	if err := a.Validate(); err != nil {
+		return err
 	}
+	a.escapedSlashes, _ = urlpath.ParseEscapedSlashes(a.PathWithEscapedSlashesAction) // valid
+	var err error
 	if a.conn, err = consul.Resolve(a.Consul); err != nil {
 		return err
 	}
@@ -88,6 +91,23 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 	return consul.UseEvents(ctx)
+}
+
+// Validate rejects bad values, naming the field and the value. Provision
+// calls it before acting on them; its checks run once.
+func (a *App) Validate() error { return a.validated.Do(a.check) }
+
+// check makes Validate's checks.
+func (a *App) check() error {
+	if _, err := urlpath.ParseEscapedSlashes(a.PathWithEscapedSlashesAction); err != nil {
+		return fmt.Errorf("mesh: path_with_escaped_slashes_action %w", err)
+	}
+	for _, r := range a.Register {
+		if err := r.validate(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // bindToLifecycle registers once every app of the config has started (so
@@ -149,5 +169,6 @@ func (a *App) ConsulSettings() *ConsulConfig { return a.Consul }
 var (
 	_ caddy.App          = (*App)(nil)
 	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
 	_ consul.AppSettings = (*App)(nil)
 )

@@ -86,7 +86,7 @@ func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	if err := cu.validate(); err != nil {
+	if err := cu.Validate(); err != nil {
 		return d.Err(err.Error())
 	}
 	return nil
@@ -309,7 +309,7 @@ func (ci *ConsulIntentions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("unrecognized intentions option '%s'", d.Val())
 		}
 	}
-	if err := ci.validate(); err != nil {
+	if err := ci.Validate(); err != nil {
 		return d.Err(err.Error())
 	}
 	return nil

@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/svcname"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -64,8 +65,9 @@ type ConsulIntentions struct {
 	// Connection settings overriding the mesh app's, field by field.
 	Consul *ConsulConfig `json:"consul,omitempty"`
 
-	key   intentionsKey
-	watch *intentionsWatch
+	key       intentionsKey
+	watch     *intentionsWatch
+	validated validate.Once // Validate's answer, for Caddy's call after Provision
 }
 
 // CaddyModule returns the Caddy module information.
@@ -79,7 +81,7 @@ func (*ConsulIntentions) CaddyModule() caddy.ModuleInfo {
 // Provision takes the shared watch of the destination's intentions and
 // waits briefly for Consul's first answer.
 func (ci *ConsulIntentions) Provision(ctx caddy.Context) error {
-	if err := ci.validate(); err != nil {
+	if err := ci.Validate(); err != nil {
 		return err
 	}
 	app, err := meshApp(ctx)
@@ -107,7 +109,12 @@ func (ci *ConsulIntentions) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-func (ci *ConsulIntentions) validate() error {
+// Validate rejects bad values, naming the field and the value.
+// Provision calls it before acting on them; its checks run once.
+func (ci *ConsulIntentions) Validate() error { return ci.validated.Do(ci.check) }
+
+// check makes Validate's checks.
+func (ci *ConsulIntentions) check() error {
 	if ci.Default != "" && ci.Default != "allow" && ci.Default != "deny" {
 		return fmt.Errorf("mesh intentions: default %q: must be allow or deny", ci.Default)
 	}
@@ -261,6 +268,7 @@ func (w *intentionsWatch) Apply(a intentionsAnswer) {
 // Interface guards
 var (
 	_ caddy.Provisioner  = (*ConsulIntentions)(nil)
+	_ caddy.Validator    = (*ConsulIntentions)(nil)
 	_ caddy.CleanerUpper = (*ConsulIntentions)(nil)
 	_ consul.Watch       = (*intentionsWatch)(nil)
 )

@@ -210,11 +210,8 @@ func (c *RegistrationCheck) validate() error {
 	)
 }
 
-// prepare validates r and fills its defaults.
+// prepare fills the defaults of r, which Validate found valid.
 func (r *Registration) prepare() error {
-	if err := r.validate(); err != nil {
-		return err
-	}
 	if r.ID == "" {
 		host, err := os.Hostname()
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/reqkey"
 	"github.com/caddymesh/caddymesh/internal/svcname"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -157,6 +158,7 @@ type ConsulUpstreams struct {
 	serviceName reqkey.Func    // evaluates a name with placeholders
 	handout     *pool.Handout  // hands out the whole pool, or the policy's candidates
 	logger      *zap.Logger
+	validated   validate.Once // Validate's answer, for Caddy's call after Provision
 }
 
 // CaddyModule returns the Caddy module information.
@@ -172,7 +174,7 @@ func (*ConsulUpstreams) CaddyModule() caddy.ModuleInfo {
 // name with placeholders, gets ready to watch services as requests come.
 func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
 	cu.logger = ctx.Logger()
-	if err := cu.validate(); err != nil {
+	if err := cu.Validate(); err != nil {
 		return err
 	}
 	cu.setDefaults()
@@ -286,8 +288,12 @@ func (cu *ConsulUpstreams) ResetCache(r *http.Request) error {
 	return nil
 }
 
-// validate rejects bad values, naming the field and the value.
-func (cu *ConsulUpstreams) validate() error {
+// Validate rejects bad values, naming the field and the value.
+// Provision calls it before acting on them; its checks run once.
+func (cu *ConsulUpstreams) Validate() error { return cu.validated.Do(cu.check) }
+
+// check makes Validate's checks.
+func (cu *ConsulUpstreams) check() error {
 	switch {
 	case strings.TrimSpace(cu.Service) == "":
 		return errors.New("consul upstreams: service is required")
@@ -374,6 +380,7 @@ func (cu *ConsulUpstreams) fullFilter() string {
 // Interface guards
 var (
 	_ caddy.Provisioner                  = (*ConsulUpstreams)(nil)
+	_ caddy.Validator                    = (*ConsulUpstreams)(nil)
 	_ caddy.CleanerUpper                 = (*ConsulUpstreams)(nil)
 	_ reverseproxy.UpstreamSource        = (*ConsulUpstreams)(nil)
 	_ reverseproxy.CachingUpstreamSource = (*ConsulUpstreams)(nil)

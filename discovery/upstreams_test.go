@@ -46,7 +46,7 @@ func TestValidateNamesFieldAndValue(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.source.validate()
+			err := tt.source.Validate()
 			if err == nil {
 				t.Fatal("want an error")
 			}

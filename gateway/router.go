@@ -22,6 +22,7 @@ import (
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/running"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -76,16 +77,17 @@ type Router struct {
 	// Connection settings overriding the mesh app's, field by field.
 	Consul *consul.Config `json:"consul,omitempty"`
 
-	ctx      caddy.Context
-	logger   *zap.Logger
-	conn     consul.Connection      // how routed services are watched
-	catalogs []*consul.CatalogWatch // names and tags; and services with meta routes
-	table    atomic.Pointer[routeTable]
-	proxies  map[proxyKind]*reverseproxy.Handler
-	slashes  urlpath.EscapedSlashes // how paths are normalized
-	wake     chan struct{}
-	stop     func()                         // stops the refreshing goroutine; nil until it starts
-	watches  map[string]*consul.HealthWatch // owned by the refreshing goroutine
+	ctx       caddy.Context
+	logger    *zap.Logger
+	conn      consul.Connection      // how routed services are watched
+	catalogs  []*consul.CatalogWatch // names and tags; and services with meta routes
+	table     atomic.Pointer[routeTable]
+	proxies   map[proxyKind]*reverseproxy.Handler
+	slashes   urlpath.EscapedSlashes // how paths are normalized
+	wake      chan struct{}
+	stop      func()                         // stops the refreshing goroutine; nil until it starts
+	watches   map[string]*consul.HealthWatch // owned by the refreshing goroutine
+	validated validate.Once                  // Validate's answer, for Caddy's call after Provision
 }
 
 // proxyKind is how a route's upstreams are dialled, and whether they see
@@ -146,9 +148,12 @@ func (rt *Router) start() {
 }
 
 // Validate rejects bad values, naming the field and the value. Provision
-// runs it, once, before it takes anything; the proxy settings are checked
-// as the proxies are made from them (see checkProxy).
-func (rt *Router) Validate() error {
+// calls it before acting on them; its checks run once. The proxy settings
+// are checked as the proxies are made from them (see checkProxy).
+func (rt *Router) Validate() error { return rt.validated.Do(rt.check) }
+
+// check makes Validate's checks.
+func (rt *Router) check() error {
 	if rt.Fallback != "" && rt.Fallback != "404" && rt.Fallback != "next" {
 		return fmt.Errorf("mesh_router: fallback %q: must be 404 or next", rt.Fallback)
 	}
@@ -320,6 +325,7 @@ func routeTables() []*routeTable {
 // Interface guards
 var (
 	_ caddy.Provisioner                  = (*Router)(nil)
+	_ caddy.Validator                    = (*Router)(nil)
 	_ caddy.CleanerUpper                 = (*Router)(nil)
 	_ caddyhttp.MiddlewareHandler        = (*Router)(nil)
 	_ reverseproxy.UpstreamSource        = routeUpstreams{}

@@ -18,6 +18,7 @@ import (
 	"github.com/caddymesh/caddymesh/internal/reqkey"
 	"github.com/caddymesh/caddymesh/internal/svcname"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -72,6 +73,7 @@ type MeshService struct {
 	catalogKey consul.CatalogKey
 	catalog    *consul.CatalogWatch
 	reachable  atomic.Pointer[reachableServices]
+	validated  validate.Once // Validate's answer, for Caddy's call after Provision
 }
 
 // reachableServices are the services of a catalog answer that the handler
@@ -123,7 +125,11 @@ func provisionGateway(ctx caddy.Context, own *consul.Config) (consul.Connection,
 }
 
 // Validate rejects bad values, naming the field and the value.
-func (s *MeshService) Validate() error {
+// Provision calls it before acting on them; its checks run once.
+func (s *MeshService) Validate() error { return s.validated.Do(s.check) }
+
+// check makes Validate's checks.
+func (s *MeshService) check() error {
 	switch {
 	case !reqkey.HasPlaceholders(s.Service):
 		return fmt.Errorf("mesh_service: service %q: must take the name from the request with a placeholder, such as {http.request.uri.path.0}", s.Service)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/reqkey"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -66,9 +67,10 @@ type ConsistentHash struct {
 	// The policy that chooses when the key is empty. Default: random.
 	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
 
-	fallback reverseproxy.Selector
-	key      reqkey.Func
-	rings    builtFor[*hashRing]
+	fallback  reverseproxy.Selector
+	key       reqkey.Func
+	rings     builtFor[*hashRing]
+	validated validate.Once // Validate's answer, for Caddy's call after Provision
 }
 
 // hashRing is a ring with what bounded loads need beside it.
@@ -90,8 +92,11 @@ func (*ConsistentHash) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision fills defaults, compiles the key and loads the fallback.
+// Provision validates, fills defaults, compiles the key and loads the fallback.
 func (ch *ConsistentHash) Provision(ctx caddy.Context) error {
+	if err := ch.Validate(); err != nil {
+		return err
+	}
 	if ch.Key == "" {
 		ch.Key = reqkey.ClientIP
 	}
@@ -111,7 +116,11 @@ func (ch *ConsistentHash) Provision(ctx caddy.Context) error {
 }
 
 // Validate rejects bad values, naming the field and the value.
-func (ch *ConsistentHash) Validate() error {
+// Provision calls it before acting on them; its checks run once.
+func (ch *ConsistentHash) Validate() error { return ch.validated.Do(ch.check) }
+
+// check makes Validate's checks.
+func (ch *ConsistentHash) check() error {
 	switch {
 	case ch.Points < 0 || ch.Points > maxPointsPerWeight:
 		return fmt.Errorf("consistent_hash: points %d: must be from 1 to %d", ch.Points, maxPointsPerWeight)

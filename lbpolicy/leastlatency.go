@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddymesh/caddymesh/internal/bounds"
 	"github.com/caddymesh/caddymesh/internal/pool"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -62,6 +63,7 @@ type LeastLatency struct {
 	// ownTransport is the transport the policy gave its proxy, which had
 	// none; nil when the proxy had its own.
 	ownTransport *reverseproxy.HTTPTransport
+	validated    validate.Once // Validate's answer, for Caddy's call after Provision
 }
 
 // Defaults and bounds of the options.
@@ -87,6 +89,9 @@ func (*LeastLatency) CaddyModule() caddy.ModuleInfo {
 // loads a reverse_proxy's configured transport before its selection
 // policy (TestLeastLatencyMeasuresEveryTransport pins it).
 func (ll *LeastLatency) Provision(ctx caddy.Context) error {
+	if err := ll.Validate(); err != nil {
+		return err
+	}
 	proxy := pool.EnclosingProxy(ctx)
 	if proxy == nil {
 		return errors.New("least_latency: must be the selection policy of a reverse_proxy, whose round trips it measures")
@@ -104,7 +109,11 @@ func (ll *LeastLatency) Provision(ctx caddy.Context) error {
 }
 
 // Validate rejects options out of range, naming them.
-func (ll *LeastLatency) Validate() error {
+// Provision calls it before acting on them; its checks run once.
+func (ll *LeastLatency) Validate() error { return ll.validated.Do(ll.check) }
+
+// check makes Validate's checks.
+func (ll *LeastLatency) check() error {
 	if err := cmp.Or(
 		bounds.DurationOrZero("decay", ll.Decay, minDecay, maxDecay),
 		bounds.DurationOrZero("default_rtt", ll.DefaultRTT, minDefaultRTT, maxDefaultRTT),

@@ -19,6 +19,7 @@ import (
 	"github.com/caddymesh/caddymesh/internal/bounds"
 	"github.com/caddymesh/caddymesh/internal/keyed"
 	"github.com/caddymesh/caddymesh/internal/running"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -96,6 +97,7 @@ type Breaker struct {
 	events       *caddyevents.App
 	ctx          caddy.Context
 	logger       *zap.Logger
+	validated    validate.Once // Validate's answer, for Caddy's call after Provision
 }
 
 var (
@@ -164,7 +166,11 @@ func (b *Breaker) setDefaults() {
 }
 
 // Validate rejects bad values, naming the field and the value.
-func (b *Breaker) Validate() error {
+// Provision calls it before acting on them; its checks run once.
+func (b *Breaker) Validate() error { return b.validated.Do(b.check) }
+
+// check makes Validate's checks.
+func (b *Breaker) check() error {
 	if err := cmp.Or(
 		bounds.Check("failure_ratio", b.FailureRatio, 0, 1),
 		bounds.CheckOrZero("min_requests", b.MinRequests, 1, maxBreakerCount),

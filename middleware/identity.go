@@ -20,6 +20,7 @@ import (
 	"github.com/caddymesh/caddymesh/internal/meshapp"
 	"github.com/caddymesh/caddymesh/internal/spiffe"
 	"github.com/caddymesh/caddymesh/internal/urlpath"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -79,6 +80,7 @@ type Identity struct {
 	slashes     urlpath.EscapedSlashes
 	names       boxed.Strings
 	logger      *zap.Logger
+	validated   validate.Once // Validate's answer, for Caddy's call after Provision
 }
 
 // IdentitySource is one place a caller's identity may come from.
@@ -178,7 +180,11 @@ func (id *Identity) usesMTLS() bool {
 }
 
 // Validate rejects bad values, naming the field and the value.
-func (id *Identity) Validate() error {
+// Provision calls it before acting on them; its checks run once.
+func (id *Identity) Validate() error { return id.validated.Do(id.check) }
+
+// check makes Validate's checks.
+func (id *Identity) check() error {
 	if len(id.From) == 0 {
 		return errors.New("mesh_identity: from: at least one source of identity is required")
 	}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/caddymesh/caddymesh/internal/bounds"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -74,6 +75,7 @@ type Limit struct {
 	perSecond rate.Limit
 	buckets   *perKey[*bucket]
 	now       func() time.Time
+	validated validate.Once // Validate's answer, for Caddy's call after Provision
 }
 
 // bucket is one key's limits.
@@ -131,7 +133,11 @@ func (l *Limit) newBucket() *bucket {
 }
 
 // Validate rejects bad values, naming the field and the value.
-func (l *Limit) Validate() error {
+// Provision calls it before acting on them; its checks run once.
+func (l *Limit) Validate() error { return l.validated.Do(l.check) }
+
+// check makes Validate's checks.
+func (l *Limit) check() error {
 	if _, err := parseRate(l.Rate); err != nil {
 		return err
 	}

@@ -43,7 +43,7 @@ func (s *ConsulKV) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	if err := s.validate(); err != nil {
+	if err := s.Validate(); err != nil {
 		return d.Err(err.Error())
 	}
 	return nil

@@ -19,6 +19,7 @@ import (
 
 	"github.com/caddymesh/caddymesh/internal/consul"
 	"github.com/caddymesh/caddymesh/internal/running"
+	"github.com/caddymesh/caddymesh/internal/validate"
 )
 
 func init() {
@@ -70,6 +71,7 @@ type ConsulKV struct {
 	aead      cipher.AEAD // nil when values are stored as they are
 	logger    *zap.Logger
 	locks     locks
+	validated validate.Once // Validate's answer, for Caddy's call after Provision
 }
 
 // instances are the provisioned storages, for the admin API.
@@ -89,7 +91,7 @@ func (s *ConsulKV) Provision(ctx caddy.Context) error {
 	if s.Prefix == "" {
 		s.Prefix = defaultPrefix
 	}
-	if err := s.validate(); err != nil {
+	if err := s.Validate(); err != nil {
 		return err
 	}
 	if s.AESKeyFile != "" {
@@ -108,8 +110,12 @@ func (s *ConsulKV) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// validate rejects settings that cannot work, naming the field and value.
-func (s *ConsulKV) validate() error {
+// Validate rejects settings that cannot work, naming the field and value.
+// Provision calls it before acting on them; its checks run once.
+func (s *ConsulKV) Validate() error { return s.validated.Do(s.check) }
+
+// check makes Validate's checks.
+func (s *ConsulKV) check() error {
 	if strings.HasPrefix(s.Prefix, "/") || strings.HasSuffix(s.Prefix, "/") {
 		return fmt.Errorf("consul_kv: prefix %q: no leading or trailing slash", s.Prefix)
 	}
@@ -185,6 +191,7 @@ var errNotHeld = errors.New("not held by this instance")
 // Interface guards
 var (
 	_ caddy.Provisioner          = (*ConsulKV)(nil)
+	_ caddy.Validator            = (*ConsulKV)(nil)
 	_ caddy.CleanerUpper         = (*ConsulKV)(nil)
 	_ caddy.StorageConverter     = (*ConsulKV)(nil)
 	_ certmagic.Storage          = (*ConsulKV)(nil)
