@@ -173,3 +173,26 @@ func BenchmarkBuild(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRingPick measures the ring's own part of a consistent_hash
+// pick, with no request: a key hash (of 4,096 varied ones, or one) to its
+// member, every member usable. BenchmarkSelect's consistent_hash adds the
+// key's evaluation and hash and the upstream's availability to it.
+func BenchmarkRingPick(b *testing.B) {
+	for _, n := range []int{4, 64, 256} {
+		r := newRing(members(n), defaultPoints)
+		hashes := keyHashes(4096)
+		b.Run(fmt.Sprintf("upstreams=%d/mode=serial", n), func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				r.pick(hashes[i%len(hashes)], allUsable)
+				i++
+			}
+		})
+		b.Run(fmt.Sprintf("upstreams=%d/mode=one_key", n), func(b *testing.B) {
+			for b.Loop() {
+				r.pick(hashes[0], allUsable)
+			}
+		})
+	}
+}

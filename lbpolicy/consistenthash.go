@@ -9,7 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
-	"github.com/cespare/xxhash/v2"
+	"github.com/zeebo/xxh3"
 
 	"github.com/caddymesh/caddymesh/internal/pool"
 	"github.com/caddymesh/caddymesh/internal/reqkey"
@@ -141,7 +141,7 @@ func (ch *ConsistentHash) Select(upstreams reverseproxy.UpstreamPool, r *http.Re
 		return ch.fallback.Select(upstreams, r, w)
 	}
 	hr := ch.rings.get(upstreams, r, ch.Weights, ch.build)
-	hash := xxhash.Sum64String(key)
+	hash := xxh3.HashString(key)
 	var i int
 	if ch.BoundedLoad == 0 {
 		i = hr.pick(hash, func(i int) bool { return upstreams[i].Available() })
@@ -169,7 +169,7 @@ func (ch *ConsistentHash) Preselect(s *pool.Snapshot, r *http.Request, candidate
 		return candidates
 	}
 	hr := ch.rings.forSnapshot(s, ch.Weights, ch.build)
-	return hr.nearest(xxhash.Sum64String(key), candidates, pool.MaxCandidates)
+	return hr.nearest(xxh3.HashString(key), candidates, pool.MaxCandidates)
 }
 
 // selectCandidate returns the first available of the candidates that

@@ -5,7 +5,7 @@ import (
 	"math/bits"
 	"slices"
 
-	"github.com/cespare/xxhash/v2"
+	"github.com/zeebo/xxh3"
 )
 
 // A ring is a consistent-hash ring with multi-probe lookup (Appleton and
@@ -100,7 +100,7 @@ func newRing(members []ringMember, pointsPerWeight int) *ring {
 	})
 	seeds := make([]uint64, len(members))
 	for i, m := range members {
-		seeds[i] = xxhash.Sum64String(m.id)
+		seeds[i] = xxh3.HashString(m.id)
 	}
 	for b := range len(r.start) - 1 {
 		if bucket := r.points[r.start[b]:r.start[b+1]]; len(bucket) > 1 {
@@ -167,7 +167,7 @@ func pointCounts(members []ringMember, pointsPerWeight int) []int {
 // the splitmix64 sequence seeded by the hash of the member's identity.
 func forEachPoint(members []ringMember, counts []int, f func(member int, position uint32)) {
 	for i, m := range members {
-		seed := xxhash.Sum64String(m.id)
+		seed := xxh3.HashString(m.id)
 		for k := range counts[i] {
 			f(i, uint32(mix(seed+uint64(k)*golden)>>32))
 		}

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/cespare/xxhash/v2"
+	"github.com/zeebo/xxh3"
 )
 
 // keyHashes hashes n random 30-byte keys, from a fixed seed.
@@ -18,7 +18,7 @@ func keyHashes(n int) []uint64 {
 		for j := range key {
 			key[j] = byte(r.UintN(256))
 		}
-		hashes[i] = xxhash.Sum64(key[:])
+		hashes[i] = xxh3.Hash(key[:])
 	}
 	return hashes
 }

@@ -133,6 +133,9 @@ func PreselectionOf(r *http.Request) *Preselection {
 // it and it names as many candidates as there are upstreams; nil
 // otherwise, when policy must choose from upstreams as a whole pool.
 func PreselectionBy(r *http.Request, policy Preselector, upstreams []*reverseproxy.Upstream) *Preselection {
+	if len(upstreams) > MaxCandidates { // no preselection names so many: skip the lookup of the request's variables
+		return nil
+	}
 	if p := PreselectionOf(r); p != nil && p.By == policy && len(p.Candidates) == len(upstreams) {
 		return p
 	}
