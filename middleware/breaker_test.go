@@ -174,6 +174,10 @@ func TestBreakerUnderConcurrentLoad(t *testing.T) {
 	clock := &tickingClock{tick: time.Microsecond} // open_for passes in a thousand readings
 	b.now = clock.now
 	dep := new(dependency)
+	// Failing from the first call, so that the circuit opens however the
+	// callers are scheduled (with a head start of healthy calls, the failures
+	// of a phase could stay below the ratio of the window).
+	dep.status.Store(500)
 	var refused, passed atomic.Int64
 	var wg sync.WaitGroup
 	for range 16 {
@@ -201,7 +205,6 @@ func TestBreakerUnderConcurrentLoad(t *testing.T) {
 		return true
 	}
 	for range 20 { // fail, then heal, each for a thousand readings of the clock
-		dep.status.Store(500)
 		if !lasts(1000) {
 			break
 		}
@@ -209,6 +212,7 @@ func TestBreakerUnderConcurrentLoad(t *testing.T) {
 		if !lasts(1000) {
 			break
 		}
+		dep.status.Store(500)
 	}
 	<-finished
 	if calls := dep.calls.Load(); calls != passed.Load() || refused.Load() == 0 {
