@@ -13,7 +13,8 @@ import (
 // TestEveryModuleValidatesOnce enforces the house rule of package validate:
 // a caddymesh module that both provisions and validates keeps Validate's
 // answer in a validate.Once, so that its Provision can validate before it
-// acts and Caddy's call after Provision does not check again.
+// acts and Caddy's call after Provision does not check again. A fresh
+// module's Validate must leave an answer in its Once.
 func TestEveryModuleValidatesOnce(t *testing.T) {
 	once := reflect.TypeFor[validate.Once]()
 	checked := 0
@@ -28,13 +29,19 @@ func TestEveryModuleValidatesOnce(t *testing.T) {
 			continue
 		}
 		_, provisions := module.(caddy.Provisioner)
-		_, validates := module.(caddy.Validator)
+		validator, validates := module.(caddy.Validator)
 		if !provisions || !validates {
 			continue
 		}
 		checked++
-		if !hasFieldOf(typ.Elem(), once) {
+		field, ok := fieldOf(typ.Elem(), once)
+		if !ok {
 			t.Errorf("%s (%s) provisions and validates, but keeps no validate.Once", id, typ)
+			continue
+		}
+		_ = validator.Validate() // a zero config may be valid or not; either way an answer
+		if !reflect.ValueOf(module).Elem().FieldByIndex(field.Index).FieldByName("done").Bool() {
+			t.Errorf("%s (%s): Validate left no answer in its validate.Once", id, typ)
 		}
 	}
 	if checked < 13 {
@@ -42,12 +49,12 @@ func TestEveryModuleValidatesOnce(t *testing.T) {
 	}
 }
 
-// hasFieldOf reports whether struct type typ has a field of type field.
-func hasFieldOf(typ, field reflect.Type) bool {
+// fieldOf returns the field of struct type typ whose type is field.
+func fieldOf(typ, field reflect.Type) (reflect.StructField, bool) {
 	for i := range typ.NumField() {
-		if typ.Field(i).Type == field {
-			return true
+		if f := typ.Field(i); f.Type == field {
+			return f, true
 		}
 	}
-	return false
+	return reflect.StructField{}, false
 }

@@ -184,13 +184,13 @@ func (r *Registration) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "weights":
 			err = r.parseWeights(d)
 		case "check":
-			err = r.check().parseKind(d)
+			err = r.healthCheck().parseKind(d)
 		case "interval":
-			err = args.Duration(d, &r.check().Interval)
+			err = args.Duration(d, &r.healthCheck().Interval)
 		case "timeout":
-			err = args.Duration(d, &r.check().Timeout)
+			err = args.Duration(d, &r.healthCheck().Timeout)
 		case "deregister_critical_after":
-			err = args.Duration(d, &r.check().DeregisterCriticalAfter)
+			err = args.Duration(d, &r.healthCheck().DeregisterCriticalAfter)
 		case "drain":
 			err = args.Duration(d, &r.Drain)
 		case "connect":
@@ -221,8 +221,8 @@ func (r *Registration) parseConnect(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// check returns r's check, creating it.
-func (r *Registration) check() *RegistrationCheck {
+// healthCheck returns r's health check, creating it.
+func (r *Registration) healthCheck() *RegistrationCheck {
 	if r.Check == nil {
 		r.Check = new(RegistrationCheck)
 	}

@@ -84,7 +84,7 @@ func (*LeastLatency) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision fills defaults, takes the estimates of its configuration and
+// Provision validates, fills defaults, takes the estimates of its configuration and
 // wraps the transport of its reverse_proxy to measure round trips. Caddy
 // loads a reverse_proxy's configured transport before its selection
 // policy (TestLeastLatencyMeasuresEveryTransport pins it).

@@ -205,7 +205,7 @@ func (id *Identity) check() error {
 			}
 		}
 	}
-	if id.usesMTLS() && len(id.TrustDomains) == 0 && id.IntentionsRaw == nil && id.intentions == nil {
+	if id.usesMTLS() && len(id.TrustDomains) == 0 && id.IntentionsRaw == nil {
 		return errors.New("mesh_identity: from mtls: trust_domain is required, unless Consul intentions say it")
 	}
 	for _, domain := range id.TrustDomains {

@@ -235,9 +235,12 @@ func (f *front) adminRequest(t *testing.T, method, path, contentType, body strin
 	var answer string
 	// A connection can reach the admin server a config change is replacing
 	// (both listen on the port for a moment) and be reset as it closes: such
-	// a request is sent again. A load sent twice is one load: Caddy leaves an
-	// unchanged config alone.
+	// a request is sent again, which is why this helper is for idempotent
+	// requests only (GETs, and loads: Caddy leaves an unchanged config alone).
 	for attempt := 0; attempt < 3 && status == 0; attempt++ {
+		if attempt > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
 		req, err := http.NewRequest(method, "http://"+f.admin+path, strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)

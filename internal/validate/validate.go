@@ -2,8 +2,8 @@
 //
 // Caddy calls a module's Validate after its Provision, but caddymesh's
 // modules act on their configuration while they provision: they query
-// Consul for the services it names, register it with the agent, size
-// queues by it. So each module has one public Validate, which its
+// Consul for the services it names, take shared watches and estimates
+// keyed by it, size queues by it. So each module has one public Validate, which its
 // Provision calls before acting on anything, and which keeps its answer
 // in a [Once]: Caddy's own call after Provision, and any later one, get
 // that answer without the checks running again.
