@@ -178,6 +178,7 @@ func (s *ConsulKV) acquire(ctx context.Context, name string, wait bool) (bool, e
 	value := s.seal(s.storageKey(l.key), []byte(holder))
 	retries := rate.NewLimiter(rate.Every(250*time.Millisecond), 2)
 	var index uint64
+	triedAgain := false
 	for {
 		ok, _, err := s.client.KV().Acquire(&api.KVPair{Key: l.key, Value: value, Session: l.session}, write(ctx))
 		if err == nil && ok && s.locks.hold(l, time.Now()) {
@@ -185,6 +186,13 @@ func (s *ConsulKV) acquire(ctx context.Context, name string, wait bool) (bool, e
 		}
 		if err == nil && ok { // the storage stopped meanwhile
 			err = context.Canceled
+		}
+		if err == nil && !wait && !triedAgain {
+			triedAgain = true
+			var free bool
+			if free, err = s.awaitLockDelay(ctx, l.key); err == nil && free {
+				continue
+			}
 		}
 		if err == nil && wait {
 			index, err = s.awaitRelease(ctx, l.key, index, retries)
@@ -222,6 +230,23 @@ func (s *ConsulKV) awaitRelease(ctx context.Context, key string, index uint64, r
 		if pair == nil || pair.Session == "" {
 			return 0, nil
 		}
+	}
+}
+
+// awaitLockDelay reports whether the lock key, which Consul refused, has
+// no holder, and then waits out the lock delay that made Consul refuse it
+// (a holder released it a moment ago), so that a TryLock of a free lock
+// takes it.
+func (s *ConsulKV) awaitLockDelay(ctx context.Context, key string) (bool, error) {
+	pair, _, err := s.client.KV().Get(key, query(ctx))
+	if err != nil || (pair != nil && pair.Session != "") {
+		return false, err
+	}
+	select {
+	case <-time.After(lockDelay):
+		return true, nil
+	case <-ctx.Done():
+		return false, ctx.Err()
 	}
 }
 
