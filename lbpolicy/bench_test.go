@@ -34,6 +34,7 @@ func benchmarkPolicies(b *testing.B, upstreams reverseproxy.UpstreamPool) map[st
 	return map[string]reverseproxy.Selector{
 		"smooth_weighted":              &SmoothWeighted{Weights: weights},
 		"consistent_hash":              provisioned(b, &ConsistentHash{Key: "{http.request.header.X-User}"}),
+		"consistent_hash_points_256":   provisioned(b, &ConsistentHash{Key: "{http.request.header.X-User}", Points: 256}),
 		"consistent_hash_bounded_load": provisioned(b, &ConsistentHash{Key: "{http.request.header.X-User}", BoundedLoad: 1.25}),
 		"least_latency":                newTestLeastLatency(b),
 		"least_conn":                   &reverseproxy.LeastConnSelection{},
@@ -63,7 +64,7 @@ func BenchmarkSelect(b *testing.B) {
 		policies := benchmarkPolicies(b, upstreams)
 		for _, name := range []string{
 			"smooth_weighted", "round_robin", "weighted_round_robin",
-			"consistent_hash", "consistent_hash_bounded_load", "ip_hash", "uri_hash", "header",
+			"consistent_hash", "consistent_hash_points_256", "consistent_hash_bounded_load", "ip_hash", "uri_hash", "header",
 			"least_latency", "least_conn", "random_choose_2",
 		} {
 			policy := policies[name]
