@@ -284,8 +284,8 @@ func TestStaticUpstreamsServeUntilConsulFirstAnswers(t *testing.T) {
 	}
 	defer late.Stop()
 	late.Register(t, consultest.Instance{Service: "late", ID: "late-1", Port: dynamic.Port()})
-	meshtest.Eventually(t, 10*time.Second, "Consul's instances take over", func() bool {
-		return reached(url, 10) == "dynamic"
+	meshtest.EventuallyEquals(t, 10*time.Second, "Consul's instances take over", "dynamic", func() string {
+		return reached(url, 10)
 	})
 }
 

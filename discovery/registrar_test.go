@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,6 +45,22 @@ func instance(t *testing.T, a *consultest.Agent, id string) *api.AgentService {
 		return nil
 	}
 	return services[id]
+}
+
+// passingIDs lists, sorted and joined by commas, the IDs of service's
+// instances that Consul has passing; an error as its text.
+func passingIDs(t *testing.T, service string) string {
+	t.Helper()
+	entries, _, err := agent.Client.Health().Service(service, "", true, nil)
+	if err != nil {
+		return err.Error()
+	}
+	var ids []string
+	for _, e := range entries {
+		ids = append(ids, e.Service.ID)
+	}
+	slices.Sort(ids)
+	return strings.Join(ids, ",")
 }
 
 // catalogIndex returns the catalog's modify index of instance id.
@@ -199,8 +216,13 @@ func TestDrainingSidecarLosesNoRequest(t *testing.T) {
 	meshtest.StartCaddy(t, "../examples/sidecars/a.Caddyfile", callerAdmin,
 		"PORT="+strconv.Itoa(callerPort), "ADMIN="+callerAdmin, "CONSUL_HTTP_ADDR="+agent.Addr)
 	url := fmt.Sprintf("http://127.0.0.1:%d/", callerPort)
-	meshtest.Eventually(t, 10*time.Second, "A reaches both of B's sidecars", func() bool {
-		return reached(url, 20) == "b-1,b-2"
+	// Consul's part first (each sidecar registers, then its check runs and
+	// passes), then A's: a failure says which one was slow.
+	meshtest.EventuallyEquals(t, 30*time.Second, "Consul lists both of B's sidecars passing", "b-1,b-2", func() string {
+		return passingIDs(t, "b")
+	})
+	meshtest.EventuallyEquals(t, 10*time.Second, "A reaches both of B's sidecars", "b-1,b-2", func() string {
+		return reached(url, 20)
 	})
 
 	traffic := meshtest.StartTraffic(url, 4)

@@ -69,8 +69,8 @@ func startRegisteredBackends(t *testing.T, agent *consultest.Agent, n int) (ids,
 func awaitRouted(t *testing.T, f *front, ids []string) {
 	t.Helper()
 	want := strings.Join(ids, ",")
-	meshtest.Eventually(t, 20*time.Second, "the front routes to "+want, func() bool {
-		return f.reached(10*len(ids)) == want
+	meshtest.EventuallyEquals(t, 20*time.Second, "the front routes to "+want, want, func() string {
+		return f.reached(10 * len(ids))
 	})
 }
 

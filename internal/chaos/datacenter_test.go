@@ -245,7 +245,7 @@ func awaitAllRoutedWithin(t *testing.T, fronts []*front, timeout time.Duration, 
 	t.Helper()
 	want := strings.Join(ids, ",")
 	for _, f := range fronts {
-		meshtest.Eventually(t, timeout, f.url+" routes to "+want, func() bool { return f.reached(10*len(ids)) == want })
+		meshtest.EventuallyEquals(t, timeout, f.url+" routes to "+want, want, func() string { return f.reached(10 * len(ids)) })
 	}
 }
 

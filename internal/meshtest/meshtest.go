@@ -189,6 +189,20 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	}
 }
 
+// EventuallyEquals calls got until it returns want, failing the test
+// after timeout with the last answer it had.
+func EventuallyEquals(t testing.TB, timeout time.Duration, what, want string, got func() string) {
+	t.Helper()
+	var last string
+	deadline := time.Now().Add(timeout)
+	for last = got(); last != want; last = got() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting until %s: got %q, want %q", timeout, what, last, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // Traffic is steady load against one URL from a few workers.
 type Traffic struct {
 	ok, failed, dropped atomic.Int64

@@ -64,6 +64,11 @@ func StartCaddy(t testing.TB, caddyfile, admin string, env ...string) *CaddyProc
 		<-p.exited
 		p.exited <- nil
 	})
+	t.Cleanup(func() { // runs first: the log of a failed test's Caddy, for the reason
+		if t.Failed() {
+			t.Logf("the log of Caddy with admin %s:\n%s", admin, p.Log())
+		}
+	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if resp, err := Client.Get("http://" + admin + "/config/"); err == nil {
@@ -73,11 +78,11 @@ func StartCaddy(t testing.TB, caddyfile, admin string, env ...string) *CaddyProc
 		select {
 		case err := <-p.exited:
 			p.exited <- err
-			t.Fatalf("caddy exited: %v\n%s", err, p.Log())
+			t.Fatalf("caddy exited: %v", err)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("caddy's admin endpoint %s did not answer in 30s\n%s", admin, p.Log())
+			t.Fatalf("caddy's admin endpoint %s did not answer in 30s", admin)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -95,7 +100,7 @@ func (p *CaddyProcess) Stop(t testing.TB) time.Duration {
 	case err := <-p.exited:
 		p.exited <- err
 	case <-time.After(60 * time.Second):
-		t.Fatalf("caddy did not stop within 60s of SIGTERM\n%s", p.Log())
+		t.Fatal("caddy did not stop within 60s of SIGTERM")
 	}
 	return time.Since(start)
 }

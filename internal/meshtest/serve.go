@@ -73,7 +73,7 @@ func Reached(url string, n int) string {
 // want (as Reached spells them).
 func AwaitReached(t *testing.T, url, want string) {
 	t.Helper()
-	Eventually(t, Propagation, "traffic reaches exactly "+want, func() bool { return Reached(url, 40) == want })
+	EventuallyEquals(t, Propagation, "traffic reaches exactly "+want, want, func() string { return Reached(url, 40) })
 }
 
 // AdminGet fetches an endpoint of Caddy's admin API, decoding its JSON
