@@ -77,14 +77,14 @@ func TestLiveRouteManagement(t *testing.T) {
 		if n := watchedServices(t); n != 2 {
 			t.Fatalf("cycle %d, route added: %d watches, want 2", i, n)
 		}
-		if status, body := meshtest.Get(base + "/new/x"); status != http.StatusOK || body != "new" {
+		if status, body := meshtest.GetAfterReload(base + "/new/x"); status != http.StatusOK || body != "new" {
 			t.Fatalf("cycle %d: the new route answered %d %q", i, status, body)
 		}
 		admin(t, http.MethodPatch, "/id/live/handle/0/load_balancing/selection_policy", `{"policy": "smooth_weighted"}`)
 		if n := watchedServices(t); n != 2 {
 			t.Fatalf("cycle %d, policy changed: %d watches, want 2", i, n)
 		}
-		if status, body := meshtest.Get(base + "/new/x"); status != http.StatusOK || body != "new" {
+		if status, body := meshtest.GetAfterReload(base + "/new/x"); status != http.StatusOK || body != "new" {
 			t.Fatalf("cycle %d, smooth_weighted: the new route answered %d %q", i, status, body)
 		}
 		admin(t, http.MethodDelete, "/id/live", "")
@@ -140,15 +140,15 @@ func TestGatewayExampleRecipe(t *testing.T) {
 			"load_balancing": {"selection_policy": {"policy": "round_robin"}}
 		}]
 	}`)
-	if status, body := meshtest.Get(base + "/orders/1"); status != http.StatusOK || body != "orders-1" {
+	if status, body := meshtest.GetAfterReload(base + "/orders/1"); status != http.StatusOK || body != "orders-1" {
 		t.Errorf("after adding the route, /orders/1 answered %d %q", status, body)
 	}
 	admin(t, http.MethodPatch, "/id/orders/handle/0/load_balancing/selection_policy", `{"policy": "smooth_weighted"}`)
-	if status, body := meshtest.Get(base + "/orders/1"); status != http.StatusOK || body != "orders-1" {
+	if status, body := meshtest.GetAfterReload(base + "/orders/1"); status != http.StatusOK || body != "orders-1" {
 		t.Errorf("after changing the policy, /orders/1 answered %d %q", status, body)
 	}
 	admin(t, http.MethodDelete, "/id/orders", "")
-	if status, body := meshtest.Get(base + "/orders/1"); status != http.StatusOK || body != "greeter-1" {
+	if status, body := meshtest.GetAfterReload(base + "/orders/1"); status != http.StatusOK || body != "greeter-1" {
 		t.Errorf("after removing the route, /orders/1 answered %d %q, want the catch-all greeter", status, body)
 	}
 	if len(watchViewsOf(t, "orders")) != 0 {
