@@ -134,7 +134,13 @@ func TestRouterReportsConflictsAndRejectedDeclarations(t *testing.T) {
 	registerEcho(t, "rc-alpha", "alpha-1", []string{"urlprefix-dup.test/", "urlprefix-/old redirect=301,https://new.test/"}, nil)
 	expectRoutes(t, fmt.Sprintf("http://127.0.0.1:%d", p), map[[2]string]string{{"dup.test", "/"}: "alpha-1 /"})
 
-	tables := routeTables(t)
+	// rc-alpha's route may serve before the router has seen rc-beta's
+	// instance pass: wait until it has (a conflict to report), then check.
+	var tables []routeTableView
+	meshtest.Eventually(t, propagation, "the table to see both declarations of dup.test/", func() bool {
+		tables = routeTables(t)
+		return len(tables) != 1 || len(tables[0].Conflicts) > 0
+	})
 	if len(tables) != 1 {
 		t.Fatalf("%d route tables, want 1", len(tables))
 	}
