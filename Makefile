@@ -30,12 +30,13 @@ demo: build consul
 sidecars: build consul
 	examples/sidecars/run.sh
 
-## test: formatting, vet, and every test with the race detector
+## test: formatting, vet, and every test with the race detector, one package at a time: the end-to-end
+## packages run Consul agents, Caddy processes and timed loads, which would crowd each other out on two cores
 test: consul
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "not gofmt-formatted:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) test -race ./...
+	$(GO) test -race -p 1 ./...
 
 ## fleet: three Caddy processes sharing consul_kv get one certificate from Pebble (HTTP-01 for real),
 ## another takes over from a killed lock holder, and a certificate is renewed after a Consul outage
