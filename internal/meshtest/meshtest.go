@@ -191,13 +191,7 @@ func Spread(url string, n int) map[string]int {
 // Eventually calls cond until it holds, failing the test after timeout.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting until %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	await(t, timeout, what, cond, func() string { return "" })
 }
 
 // EventuallyEquals calls got until it returns want, failing the test
@@ -205,10 +199,18 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 func EventuallyEquals(t testing.TB, timeout time.Duration, what, want string, got func() string) {
 	t.Helper()
 	var last string
+	await(t, timeout, what, func() bool { last = got(); return last == want },
+		func() string { return fmt.Sprintf(": got %q, want %q", last, want) })
+}
+
+// await calls cond until it holds; after timeout it fails the test,
+// saying what it waited for and, from detail, what it saw last.
+func await(t testing.TB, timeout time.Duration, what string, cond func() bool, detail func() string) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
-	for last = got(); last != want; last = got() {
+	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting until %s: got %q, want %q", timeout, what, last, want)
+			t.Fatalf("timed out after %s waiting until %s%s", timeout, what, detail())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
