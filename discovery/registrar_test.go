@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -45,22 +44,6 @@ func instance(t *testing.T, a *consultest.Agent, id string) *api.AgentService {
 		return nil
 	}
 	return services[id]
-}
-
-// passingIDs lists, sorted and joined by commas, the IDs of service's
-// instances that Consul has passing; an error as its text.
-func passingIDs(t *testing.T, service string) string {
-	t.Helper()
-	entries, _, err := agent.Client.Health().Service(service, "", true, nil)
-	if err != nil {
-		return err.Error()
-	}
-	var ids []string
-	for _, e := range entries {
-		ids = append(ids, e.Service.ID)
-	}
-	slices.Sort(ids)
-	return strings.Join(ids, ",")
 }
 
 // catalogIndex returns the catalog's modify index of instance id.
@@ -219,7 +202,7 @@ func TestDrainingSidecarLosesNoRequest(t *testing.T) {
 	// Consul's part first (each sidecar registers, then its check runs and
 	// passes), then A's: a failure says which one was slow.
 	meshtest.EventuallyEquals(t, 30*time.Second, "Consul lists both of B's sidecars passing", "b-1,b-2", func() string {
-		return passingIDs(t, "b")
+		return agent.PassingIDs("b")
 	})
 	meshtest.EventuallyEquals(t, 10*time.Second, "A reaches both of B's sidecars", "b-1,b-2", func() string {
 		return reached(url, 20)

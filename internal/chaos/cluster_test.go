@@ -97,17 +97,9 @@ func (s *sidecar) start(t *testing.T) {
 func awaitPassing(t *testing.T, agent *consultest.Agent, ids ...string) {
 	t.Helper()
 	slices.Sort(ids)
-	meshtest.Eventually(t, 20*time.Second, "Consul lists "+strings.Join(ids, ", ")+" as passing", func() bool {
-		entries, _, err := agent.Client.Health().Service(service, "", true, nil)
-		if err != nil {
-			return false
-		}
-		var passing []string
-		for _, e := range entries {
-			passing = append(passing, e.Service.ID)
-		}
-		slices.Sort(passing)
-		return slices.Equal(passing, ids)
+	want := strings.Join(ids, ",")
+	meshtest.EventuallyEquals(t, 20*time.Second, "Consul lists "+want+" as passing", want, func() string {
+		return agent.PassingIDs(service)
 	})
 }
 

@@ -353,6 +353,21 @@ func (a *Agent) Deregister(t testing.TB, id string) {
 	}
 }
 
+// PassingIDs returns the IDs of service's instances that Consul lists as
+// passing, sorted and joined by commas; on an error, its text.
+func (a *Agent) PassingIDs(service string) string {
+	entries, _, err := a.Client.Health().Service(service, "", true, nil)
+	if err != nil {
+		return err.Error()
+	}
+	var ids []string
+	for _, e := range entries {
+		ids = append(ids, e.Service.ID)
+	}
+	slices.Sort(ids)
+	return strings.Join(ids, ",")
+}
+
 // Maintenance puts instance id into maintenance mode, or takes it out.
 func (a *Agent) Maintenance(t testing.TB, id string, on bool) {
 	t.Helper()
